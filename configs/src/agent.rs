@@ -1,0 +1,228 @@
+//! `flowmesh-agent`: the per-host agent that traces TCP flows with eBPF,
+//! probes its peers and sends records to its rack's sampler.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::component::{Checks, Component, Invalid, MetricsEndpoint};
+
+/// Smallest datagram that holds a header and one flow record.
+const MIN_DATAGRAM: usize = 24 + 104;
+
+/// Configuration of `flowmesh-agent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This host's node id in the topology file. Required (0 is not an id).
+    pub node_id: u32,
+    /// The topology file.
+    pub topology: PathBuf,
+    /// Where and how records are sent.
+    pub uplink: AgentUplink,
+    /// TCP flow tracing with eBPF.
+    pub flows: FlowTracing,
+    /// Pingmesh-style probing of peers.
+    pub probes: Probing,
+    /// Prometheus and health endpoint.
+    pub metrics: MetricsEndpoint,
+}
+
+/// How the agent batches records into UDP datagrams for its sampler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentUplink {
+    /// The rack sampler's UDP address. Unset: the `sampler` of this node's
+    /// rack in the topology file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<SocketAddr>,
+    /// A second sampler that receives a copy of every datagram (for a
+    /// redundant sampler pair).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secondary_sampler: Option<SocketAddr>,
+    /// Largest datagram to send, bytes. 1472 fits a 1500-byte MTU over IPv4
+    /// without fragmentation; use 1452 on IPv6 paths.
+    pub max_datagram_bytes: usize,
+    /// Send a partly filled datagram after this long, ms.
+    pub flush_ms: u64,
+    /// Cap on records per datagram; 0 means as many as fit.
+    pub batch_size: usize,
+    /// Send an empty datagram after this long without records, so the sampler
+    /// can tell an idle agent from a dead one, seconds.
+    pub heartbeat_secs: u64,
+}
+
+/// eBPF flow tracing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowTracing {
+    /// Report flows that stay open this often, seconds.
+    pub report_open_secs: u64,
+    /// Flows tracked at once (eBPF hash map entries); beyond it new flows are
+    /// counted as dropped.
+    pub max_tracked_flows: u32,
+    /// Kernel → agent ring buffer size, bytes; a power of two, at least one
+    /// page.
+    pub ring_buffer_bytes: u32,
+    /// Processes tracked by the per-process connect counters.
+    pub max_tracked_processes: u32,
+    /// Trace only sockets of processes in this cgroup v2 directory (e.g. one
+    /// container or simulated host). Unset: every socket on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// Trace only sockets in this network namespace (a path such as
+    /// `/run/netns/NAME` or `/proc/PID/ns/net`). Unset: every namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+}
+
+/// Probing of peers chosen from the topology.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Probing {
+    /// Whether this agent probes (it always answers probes while running).
+    pub enabled: bool,
+    /// UDP port of the probe responder on every node.
+    pub port: u16,
+    /// Interval between probes to one target, ms.
+    pub interval_ms: u64,
+    /// A probe without a reply after this long is lost, ms.
+    pub timeout_ms: u64,
+    /// Nodes probed in each other rack at a time.
+    pub inter_rack_peers: u32,
+    /// How often the inter-rack peer choice rotates, seconds.
+    pub rotate_secs: u64,
+    /// Cap on probes sent per second by this node, all targets together.
+    pub max_probes_per_sec: u32,
+    /// DSCP probes are sent with, 0–63.
+    pub dscp: u8,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node_id: 0,
+            topology: PathBuf::from("/etc/flowmesh/topology.toml"),
+            uplink: AgentUplink::default(),
+            flows: FlowTracing::default(),
+            probes: Probing::default(),
+            metrics: MetricsEndpoint {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            },
+        }
+    }
+}
+
+impl Default for AgentUplink {
+    fn default() -> Self {
+        AgentUplink {
+            sampler: None,
+            secondary_sampler: None,
+            max_datagram_bytes: 1472,
+            flush_ms: 200,
+            batch_size: 0,
+            heartbeat_secs: 5,
+        }
+    }
+}
+
+impl Default for FlowTracing {
+    fn default() -> Self {
+        FlowTracing {
+            report_open_secs: 30,
+            max_tracked_flows: 65_536,
+            ring_buffer_bytes: 1 << 20,
+            max_tracked_processes: 4_096,
+            cgroup: None,
+            netns: None,
+        }
+    }
+}
+
+impl Default for Probing {
+    fn default() -> Self {
+        Probing {
+            enabled: true,
+            port: 7788,
+            interval_ms: 1_000,
+            timeout_ms: 1_000,
+            inter_rack_peers: 4,
+            rotate_secs: 60,
+            max_probes_per_sec: 200,
+            dscp: 0,
+        }
+    }
+}
+
+impl Component for AgentConfig {
+    const NAME: &'static str = "agent";
+    const ENV_PREFIX: &'static str = "FLOWMESH_AGENT";
+
+    fn validate(&self) -> Vec<Invalid> {
+        let mut c = Checks::default();
+        c.check(
+            self.node_id != 0,
+            "node_id",
+            self.node_id,
+            "this host's node id from the topology file (1 or more)",
+        );
+        c.path("topology", &self.topology);
+        let up = &self.uplink;
+        c.range(
+            "uplink.max_datagram_bytes",
+            up.max_datagram_bytes,
+            MIN_DATAGRAM..=65_507,
+            "bytes",
+        );
+        c.range("uplink.flush_ms", up.flush_ms, 1..=60_000, "milliseconds");
+        c.range(
+            "uplink.batch_size",
+            up.batch_size,
+            0..=65_535,
+            "records (0 = as many as fit)",
+        );
+        c.range("uplink.heartbeat_secs", up.heartbeat_secs, 1..=3_600, "seconds");
+        if let (Some(a), Some(b)) = (up.sampler, up.secondary_sampler) {
+            c.check(
+                a != b,
+                "uplink.secondary_sampler",
+                b,
+                "an address other than uplink.sampler",
+            );
+        }
+        let fl = &self.flows;
+        c.range("flows.report_open_secs", fl.report_open_secs, 1..=86_400, "seconds");
+        c.range(
+            "flows.max_tracked_flows",
+            fl.max_tracked_flows,
+            1..=16_777_216,
+            "entries",
+        );
+        c.check(
+            fl.ring_buffer_bytes.is_power_of_two() && (4_096..=1 << 30).contains(&fl.ring_buffer_bytes),
+            "flows.ring_buffer_bytes",
+            fl.ring_buffer_bytes,
+            "a power of two from 4096 to 1073741824",
+        );
+        c.range(
+            "flows.max_tracked_processes",
+            fl.max_tracked_processes,
+            1..=1_048_576,
+            "entries",
+        );
+        let pr = &self.probes;
+        c.range("probes.port", pr.port, 1..=65_535, "a UDP port");
+        c.range("probes.interval_ms", pr.interval_ms, 10..=3_600_000, "milliseconds");
+        c.range("probes.timeout_ms", pr.timeout_ms, 1..=60_000, "milliseconds");
+        c.range("probes.rotate_secs", pr.rotate_secs, 1..=86_400, "seconds");
+        c.range(
+            "probes.max_probes_per_sec",
+            pr.max_probes_per_sec,
+            1..=100_000,
+            "probes per second",
+        );
+        c.range("probes.dscp", pr.dscp, 0..=63, "a DSCP value");
+        c.0
+    }
+}

@@ -1,0 +1,114 @@
+//! `flowmesh-analyzer`: reads the collector's database, flags anomalies and
+//! localizes them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::component::{Checks, Component, Invalid};
+
+/// Configuration of `flowmesh-analyzer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyzerConfig {
+    /// The collector's SQLite database (opened read-only).
+    pub database: PathBuf,
+    /// The topology file.
+    pub topology: PathBuf,
+    /// Anomaly thresholds.
+    pub detect: Detection,
+    /// Attribution of anomalous paths to a host, rack or rack pair.
+    pub localize: Localization,
+}
+
+/// Anomaly thresholds. Defaults follow the anchors: Pingmesh treats drop
+/// rates of 1e-4–1e-5 as normal; rpingmesh flags loss above 2% or p99 RTT
+/// above 500 µs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Detection {
+    /// Probe loss rate (lost / sent) above which a path window is flagged.
+    pub loss_rate: f64,
+    /// TCP retransmission rate (retransmitted / sent segments) above which a
+    /// path window is flagged.
+    pub retrans_rate: f64,
+    /// p99 network RTT above which a path window is flagged, µs.
+    pub p99_rtt_us: u64,
+    /// Windows of a path's own history that form its baseline.
+    pub baseline_windows: u32,
+    /// A value more than this many median absolute deviations above the
+    /// baseline median is flagged.
+    pub mad_k: f64,
+    /// Fewest probes a window needs before it can be flagged.
+    pub min_probes: u32,
+    /// An agent whose datagrams arrive below this share of those sent is a
+    /// telemetry gap.
+    pub min_completeness: f64,
+}
+
+/// How anomalous paths are attributed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Localization {
+    /// Share of an element's paths that must be bad before it is blamed.
+    pub min_bad_share: f64,
+    /// Fewest paths through an element before it can be blamed.
+    pub min_paths: u32,
+}
+
+impl Default for AnalyzerConfig {
+    fn default() -> Self {
+        AnalyzerConfig {
+            database: PathBuf::from("/var/lib/flowmesh/flowmesh.db"),
+            topology: PathBuf::from("/etc/flowmesh/topology.toml"),
+            detect: Detection::default(),
+            localize: Localization::default(),
+        }
+    }
+}
+
+impl Default for Detection {
+    fn default() -> Self {
+        Detection {
+            loss_rate: 0.02,
+            retrans_rate: 0.01,
+            p99_rtt_us: 500,
+            baseline_windows: 30,
+            mad_k: 5.0,
+            min_probes: 20,
+            min_completeness: 0.9,
+        }
+    }
+}
+
+impl Default for Localization {
+    fn default() -> Self {
+        Localization {
+            min_bad_share: 0.6,
+            min_paths: 2,
+        }
+    }
+}
+
+impl Component for AnalyzerConfig {
+    const NAME: &'static str = "analyzer";
+    const ENV_PREFIX: &'static str = "FLOWMESH_ANALYZER";
+
+    fn validate(&self) -> Vec<Invalid> {
+        let mut c = Checks::default();
+        c.path("database", &self.database);
+        c.path("topology", &self.topology);
+        let d = &self.detect;
+        c.range("detect.loss_rate", d.loss_rate, 0.0..=1.0, "a fraction");
+        c.range("detect.retrans_rate", d.retrans_rate, 0.0..=1.0, "a fraction");
+        c.range("detect.p99_rtt_us", d.p99_rtt_us, 1..=60_000_000, "microseconds");
+        c.range("detect.baseline_windows", d.baseline_windows, 3..=100_000, "windows");
+        c.range("detect.mad_k", d.mad_k, 0.5..=100.0, "a multiple");
+        c.range("detect.min_probes", d.min_probes, 1..=1_000_000, "probes");
+        c.range("detect.min_completeness", d.min_completeness, 0.0..=1.0, "a fraction");
+        let l = &self.localize;
+        c.range("localize.min_bad_share", l.min_bad_share, 0.0..=1.0, "a fraction");
+        c.range("localize.min_paths", l.min_paths, 1..=100_000, "paths");
+        c.0
+    }
+}

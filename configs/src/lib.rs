@@ -1,0 +1,26 @@
+//! Configuration of every flowmesh daemon and CLI, and the topology file.
+//!
+//! Each component has one serde struct ([`AgentConfig`], [`SamplerConfig`],
+//! [`CollectorConfig`], [`AnalyzerConfig`]) with its defaults in its
+//! `Default` impl. [`Component::load`] reads an optional TOML file, applies
+//! `FLOWMESH_<COMPONENT>_…` environment overrides on top, refuses unknown keys
+//! and then validates ranges, so every mistake is reported with the key, the
+//! value and the form expected. `configs/examples/` holds a commented example
+//! of each file; a test keeps them in step with the structs.
+//!
+//! The [`Topology`] file lists racks and nodes; it is the one source of truth
+//! for probe peers, a sampler's rack and fault localization.
+
+mod agent;
+mod analyzer;
+mod collector;
+mod component;
+mod sampler;
+mod topology;
+
+pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};
+pub use analyzer::{AnalyzerConfig, Detection, Localization};
+pub use collector::CollectorConfig;
+pub use component::{Component, ConfigArgs, ConfigError, Invalid, MetricsEndpoint, TlsFiles};
+pub use sampler::{Aggregation, Ingest, SamplerConfig, SamplerUplink};
+pub use topology::{Node, Problem, Rack, Topology, TopologyError};
