@@ -79,16 +79,24 @@ pub fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, HistogramError> 
         .map_err(|e| HistogramError::Payload(e.to_string()))
 }
 
+/// Most samples an encoded histogram may hold: 2⁴⁸, far above any window's
+/// probe count, and low enough that 65 536 such histograms merge without
+/// overflowing a `u64` total.
+pub const MAX_HISTOGRAM_SAMPLES: u64 = 1 << 48;
+
 /// Walks the payload's varints before hdrhistogram's decoder does, refusing
-/// what that decoder mishandles: a zero-run of −2⁶³ (the zig-zag value
-/// `u64::MAX`), whose negation overflows and panics in hdrhistogram 7.5
-/// (found by the `histogram` fuzz target).
+/// what hdrhistogram 7.5 mishandles (both found by the `histogram` fuzz
+/// target): a zero-run of −2⁶³ (the zig-zag value `u64::MAX`), whose negation
+/// overflows in the decoder, and counts summing past `u64::MAX`, which make
+/// later quantile queries overflow. Totals above [`MAX_HISTOGRAM_SAMPLES`]
+/// are refused.
 ///
 /// The payload is a sequence of LEB128 varints of at most 9 bytes, the ninth
 /// contributing all eight of its bits; each is a zig-zag encoded count, or a
 /// run of zero counts when negative.
 fn check_payload(payload: &[u8]) -> Result<(), HistogramError> {
     let mut rest = payload;
+    let mut samples = 0u64;
     while !rest.is_empty() {
         let mut value = 0u64;
         let mut used = 0;
@@ -109,6 +117,13 @@ fn check_payload(payload: &[u8]) -> Result<(), HistogramError> {
         }
         if value == u64::MAX {
             return Err(HistogramError::Format("zero-run length out of range"));
+        }
+        // Zig-zag: even values are counts (value / 2), odd ones zero-runs.
+        if value & 1 == 0 {
+            samples = samples.saturating_add(value >> 1);
+            if samples > MAX_HISTOGRAM_SAMPLES {
+                return Err(HistogramError::Format("more samples than MAX_HISTOGRAM_SAMPLES"));
+            }
         }
         rest = &rest[used..];
     }
@@ -150,6 +165,31 @@ mod tests {
         bytes.truncate(V2_HEADER_LEN + 3);
         bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
         assert!(matches!(decode_histogram(&bytes), Err(HistogramError::Format(_))));
+    }
+
+    /// The second input the fuzzer found: counts whose sum overflows.
+    #[test]
+    fn overflowing_total_count_is_refused() {
+        let crash = [
+            0x1c, 0x84, 0x93, 0x13, 0x00, 0x00, 0x00, 0x1c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+            0x00, 0x00, 0x01, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, //
+            0x3f, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xfa, 0xff, 0xfa, 0x1c, 0x84, 0x93, 0xff, 0xff, //
+            0xff, 0xff, 0xff, 0xff, 0xff, 0x8e, 0xff, 0xc0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00, //
+            0xff, 0xff, 0x00, 0x01,
+        ];
+        assert_eq!(
+            decode_histogram(&crash),
+            Err(HistogramError::Format("more samples than MAX_HISTOGRAM_SAMPLES"))
+        );
+        let mut histogram = new_rtt_histogram();
+        histogram.record_n(1_000, MAX_HISTOGRAM_SAMPLES).unwrap();
+        let mut bytes = Vec::new();
+        encode_histogram(&histogram, &mut bytes).unwrap();
+        assert_eq!(decode_histogram(&bytes).unwrap().len(), MAX_HISTOGRAM_SAMPLES);
+        histogram.record(1_000).unwrap();
+        bytes.clear();
+        encode_histogram(&histogram, &mut bytes).unwrap();
+        assert!(decode_histogram(&bytes).is_err());
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub use datagram::{
 pub use error::{DropReason, Error, FieldError};
 pub use flow::{Flow, FlowRecord};
 pub use histogram::{
-    HistogramError, RTT_HISTOGRAM_MAX_NS, RTT_HISTOGRAM_SIGFIGS, decode_histogram, encode_histogram, new_rtt_histogram,
+    HistogramError, MAX_HISTOGRAM_SAMPLES, RTT_HISTOGRAM_MAX_NS, RTT_HISTOGRAM_SIGFIGS, decode_histogram,
+    encode_histogram, new_rtt_histogram,
 };
 pub use probe::{MAX_QPN, Probe, ProbeAddr, ProbeRecord, ProbeTimestamps};
 pub use record::Record;

@@ -84,22 +84,23 @@ const ORIGIN: Origin = Origin {
     agent_epoch: 5,
 };
 
-fn flow_datagram(flows: &[Flow], seq: u32, sent: u64) -> Vec<u8> {
+/// A datagram of `records`, built in a buffer pre-filled with 0xa5 so that
+/// bytes the builder forgets to write show up.
+fn datagram<R: Record>(records: impl IntoIterator<Item = R>, seq: u32, sent: u64) -> Vec<u8> {
     let mut buf = vec![0xa5u8; MAX_UDP_PAYLOAD];
     let mut builder = DatagramBuilder::new(&mut buf, ORIGIN).unwrap();
-    for flow in flows {
-        builder.push(&flow.to_record()).unwrap();
+    for record in records {
+        builder.push(&record).unwrap();
     }
     builder.finish(seq, sent).to_vec()
 }
 
+fn flow_datagram(flows: &[Flow], seq: u32, sent: u64) -> Vec<u8> {
+    datagram(flows.iter().map(Flow::to_record), seq, sent)
+}
+
 fn probe_datagram(probes: &[Probe]) -> Vec<u8> {
-    let mut buf = vec![0xa5u8; MAX_UDP_PAYLOAD];
-    let mut builder = DatagramBuilder::new(&mut buf, ORIGIN).unwrap();
-    for probe in probes {
-        builder.push(&probe.to_record()).unwrap();
-    }
-    builder.finish(0, 0).to_vec()
+    datagram(probes.iter().map(Probe::to_record), 0, 0)
 }
 
 prop_compose! {
