@@ -78,6 +78,25 @@ impl ProbeRecord {
         ProbeOutcome::from(self.outcome)
     }
 
+    /// The requester's address.
+    #[inline]
+    pub fn src(&self) -> ProbeAddr {
+        self.addr(self.src_addr)
+    }
+
+    /// The responder's address.
+    #[inline]
+    pub fn dst(&self) -> ProbeAddr {
+        self.addr(self.dst_addr)
+    }
+
+    fn addr(&self, bytes: [u8; 16]) -> ProbeAddr {
+        match ip_from_bytes(self.family(), bytes) {
+            Some(ip) => ProbeAddr::Ip(ip),
+            None => ProbeAddr::Gid(Gid(bytes)),
+        }
+    }
+
     /// Time the responder held the probe (t3 − t2), when it reported both
     /// timestamps and a reply arrived.
     #[inline]
@@ -148,6 +167,15 @@ pub enum ProbeAddr {
     Ip(IpAddr),
     /// RDMA UD probes.
     Gid(Gid),
+}
+
+impl std::fmt::Display for ProbeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeAddr::Ip(ip) => ip.fmt(f),
+            ProbeAddr::Gid(gid) => gid.fmt(f),
+        }
+    }
 }
 
 /// The four probe timestamps, ns since the Unix epoch (0 = not known).
@@ -222,15 +250,10 @@ impl Probe {
     /// Decodes a record, validating it first.
     pub fn from_record(record: &ProbeRecord) -> Result<Probe, FieldError> {
         record.validate()?;
-        let family = record.family();
-        let addr = |bytes: [u8; 16]| match ip_from_bytes(family, bytes) {
-            Some(ip) => ProbeAddr::Ip(ip),
-            None => ProbeAddr::Gid(Gid(bytes)),
-        };
         Ok(Probe {
             transport: record.transport(),
-            src: addr(record.src_addr),
-            dst: addr(record.dst_addr),
+            src: record.src(),
+            dst: record.dst(),
             src_port: record.src_port.get(),
             dst_port: record.dst_port.get(),
             dst_node: record.dst_node.get(),

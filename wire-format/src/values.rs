@@ -16,7 +16,7 @@ macro_rules! wire_enum {
     (
         $(#[$attr:meta])*
         pub enum $name:ident {
-            $( $(#[$vattr:meta])* $variant:ident = $value:expr, )+
+            $( $(#[$vattr:meta])* $variant:ident = $value:expr => $label:literal, )+
         }
     ) => {
         $(#[$attr])*
@@ -30,6 +30,15 @@ macro_rules! wire_enum {
         impl $name {
             /// Every defined value, in wire order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The lower-case name used in reports, metrics and the database;
+            /// `"unknown"` for an undefined value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $label, )+
+                    $name::Unknown(_) => "unknown",
+                }
+            }
         }
 
         impl WireEnum for $name {
@@ -65,9 +74,9 @@ wire_enum! {
     /// What the records of a datagram are.
     pub enum RecordKind {
         /// [`FlowRecord`](crate::FlowRecord)s.
-        Flow = 1,
+        Flow = 1 => "flow",
         /// [`ProbeRecord`](crate::ProbeRecord)s.
-        Probe = 2,
+        Probe = 2 => "probe",
     }
 }
 
@@ -78,11 +87,11 @@ wire_enum! {
     /// operating system's `AF_*` constants.
     pub enum AddressFamily {
         /// IPv4, stored as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
-        Ipv4 = 4,
+        Ipv4 = 4 => "ipv4",
         /// IPv6.
-        Ipv6 = 6,
+        Ipv6 = 6 => "ipv6",
         /// An RDMA global identifier (GID), 16 raw bytes.
-        Gid = 27,
+        Gid = 27 => "gid",
     }
 }
 
@@ -90,9 +99,9 @@ wire_enum! {
     /// Which side opened a TCP flow, as seen from the reporting host.
     pub enum Direction {
         /// The reporting host connected (active open).
-        Outbound = 1,
+        Outbound = 1 => "outbound",
         /// The reporting host accepted (passive open).
-        Inbound = 2,
+        Inbound = 2 => "inbound",
     }
 }
 
@@ -101,14 +110,14 @@ wire_enum! {
     pub enum EndReason {
         /// The flow was still open; this is a periodic report with cumulative
         /// counters. Later reports of the same flow supersede it.
-        Open = 0,
+        Open = 0 => "open",
         /// Orderly close (FIN handshake).
-        Closed = 1,
+        Closed = 1 => "closed",
         /// Reset by either side.
-        Reset = 2,
+        Reset = 2 => "reset",
         /// The kernel gave up on the connection (retransmission or keepalive
         /// timeout).
-        Timeout = 3,
+        Timeout = 3 => "timeout",
     }
 }
 
@@ -116,12 +125,12 @@ wire_enum! {
     /// The transport a probe used.
     pub enum Transport {
         /// UDP echo probe.
-        Udp = 1,
+        Udp = 1 => "udp",
         /// TCP connect probe.
-        Tcp = 2,
+        Tcp = 2 => "tcp",
         /// RDMA unreliable-datagram probe; addresses are GIDs and ports are
         /// queue-pair numbers.
-        RdmaUd = 3,
+        RdmaUd = 3 => "rdma-ud",
     }
 }
 
@@ -129,12 +138,12 @@ wire_enum! {
     /// How a probe ended.
     pub enum ProbeOutcome {
         /// A reply arrived before the timeout.
-        Ok = 0,
+        Ok = 0 => "ok",
         /// No reply before the timeout: the probe counts as lost.
-        Timeout = 1,
+        Timeout = 1 => "timeout",
         /// The probe could not be sent or the reply reported an error; the
         /// record's `error_code` says which.
-        Error = 2,
+        Error = 2 => "error",
     }
 }
 
@@ -142,14 +151,14 @@ wire_enum! {
     /// The status in a [`BatchAck`](crate::BatchAck).
     pub enum AckStatus {
         /// The batch was committed to storage by this delivery.
-        Stored = 1,
+        Stored = 1 => "stored",
         /// A batch with this id was already committed; nothing was written.
-        Duplicate = 2,
+        Duplicate = 2 => "duplicate",
         /// The batch failed validation and will never be stored; the sender
         /// must not retry it. `error_code` holds a [`DropReason`](crate::DropReason) code.
-        Rejected = 3,
+        Rejected = 3 => "rejected",
         /// The receiver is overloaded or shutting down; retry later.
-        RetryLater = 4,
+        RetryLater = 4 => "retry-later",
     }
 }
 
@@ -168,6 +177,13 @@ mod tests {
             assert_eq!(u8::from(ProbeOutcome::from(byte)), byte);
             assert_eq!(u8::from(AckStatus::from(byte)), byte);
         }
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(Transport::RdmaUd.as_str(), "rdma-ud");
+        assert_eq!(EndReason::Unknown(7).as_str(), "unknown");
+        assert_eq!(ProbeOutcome::Timeout.as_str(), "timeout");
     }
 
     #[test]
