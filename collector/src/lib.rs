@@ -4,9 +4,14 @@
 //! idempotent storage of validated batches (one transaction per call, the
 //! batch id as the key), racks and nodes, and retention. docs/schema.md
 //! describes every table, view and column.
+//!
+//! [`server`] is the QUIC side: mutual TLS 1.3 ([`tls`]), one batch per
+//! stream, a single writer thread, acknowledgements only after commit.
 
 mod schema;
+pub mod server;
 mod store;
+pub mod tls;
 
 pub use schema::SCHEMA_VERSION;
 pub use store::{Store, StoreError, Stored};

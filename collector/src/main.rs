@@ -1,0 +1,153 @@
+//! `flowmesh-collector`: stores rack samplers' batches in SQLite.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use collector::Store;
+use collector::server::{self, Stats, Writer};
+use collector::tls::{self, DevPki};
+use configs::{CollectorConfig, ConfigArgs, Topology};
+use tracing::info;
+
+/// flowmesh collector: a QUIC server that stores rack samplers' batches in
+/// SQLite, each once, acknowledging only after commit.
+#[derive(Parser)]
+#[command(name = "flowmesh-collector", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Generate a development CA and certificates for a collector and samplers
+    /// (for demos and tests; use your own PKI in production).
+    DevCerts {
+        /// Directory to write ca.pem, collector.pem/.key and <sampler>.pem/.key into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Names the collector's certificate is valid for.
+        #[arg(long = "server-name", value_name = "NAME", default_values_t = [String::from("flowmesh-collector"), String::from("localhost")])]
+        server_names: Vec<String>,
+        /// Sampler certificates to issue, by name.
+        #[arg(long = "sampler", value_name = "NAME", default_values_t = [String::from("sampler")])]
+        samplers: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the whole cause chain; no backtrace.
+            eprintln!("flowmesh-collector: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::DevCerts {
+            out,
+            server_names,
+            samplers,
+        }) => {
+            DevPki::generate(&out, &server_names, &samplers)?;
+            println!("wrote development certificates to {}", out.display());
+            Ok(())
+        }
+        Some(Command::Serve) | None => {
+            let Some(config) = cli.config.load_or_print::<CollectorConfig>()? else {
+                return Ok(());
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
+    // Handle SIGTERM from the very start, so an early stop is still clean.
+    let shutdown = shutdown_signal().context("installing the SIGTERM handler")?;
+    let mut store = Store::open(&config.database)?;
+    if let Some(path) = &config.topology {
+        let topology = Topology::load(path)?;
+        for rack in topology.racks() {
+            store.upsert_rack(rack.id, &rack.name)?;
+        }
+        for node in topology.nodes() {
+            store.upsert_node(node.id, &node.name, node.rack)?;
+        }
+    }
+    let mut server_config = tls::server_config(&config.tls)?;
+    server_config.transport_config(Arc::new(server::transport_config(32)));
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .with_context(|| format!("listening on {} (key `listen`)", config.listen))?;
+    let local: SocketAddr = endpoint.local_addr()?;
+    info!(message = "Collector listening.", %local, database = %config.database.display());
+
+    let stats = Arc::new(Stats::default());
+    let (writer, writer_thread) = Writer::spawn(
+        store,
+        config.max_pending_batches,
+        config.batches_per_transaction,
+        stats.clone(),
+    )?;
+
+    let retention = Duration::from_secs(u64::from(config.retention_days) * 86_400);
+    let pruner = writer.clone();
+    let retention_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let cutoff = server::now_ns().saturating_sub(retention.as_nanos() as u64);
+            pruner.prune(cutoff).await;
+        }
+    });
+
+    server::serve(endpoint, writer, stats, shutdown).await;
+    retention_task.abort();
+    let _ = retention_task.await;
+    // The last Writer handle is gone: the writer finishes its transaction and exits.
+    tokio::task::spawn_blocking(move || writer_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    info!(message = "Collector stopped.");
+    Ok(())
+}
+
+/// A future that completes on SIGTERM or SIGINT; the handlers are installed
+/// before this returns.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!(message = "SIGTERM: finishing the current transaction."),
+            _ = int.recv() => info!(message = "SIGINT: finishing the current transaction."),
+        }
+    })
+}
