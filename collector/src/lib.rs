@@ -11,6 +11,7 @@
 mod schema;
 pub mod server;
 mod store;
+pub mod telemetry;
 pub mod tls;
 
 pub use schema::SCHEMA_VERSION;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use collector::Store;
 use collector::server::{self, Stats, Writer};
+use collector::telemetry::Telemetry;
 use collector::tls::{self, DevPki};
 use configs::{CollectorConfig, ConfigArgs, Topology};
 use tracing::info;
@@ -33,7 +34,7 @@ enum Command {
     /// Generate a development CA and certificates for a collector and samplers
     /// (for demos and tests; use your own PKI in production).
     DevCerts {
-        /// Directory to write ca.pem, collector.pem/.key and <sampler>.pem/.key into.
+        /// Directory to write `ca.pem`, `collector.pem`/`.key` and `<sampler>.pem`/`.key` into.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Names the collector's certificate is valid for.
@@ -109,6 +110,15 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     info!(message = "Collector listening.", %local, database = %config.database.display());
 
     let stats = Arc::new(Stats::default());
+    let telemetry = Telemetry::new(stats.clone(), &config.database);
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("listening on {} (key `metrics.listen`)", config.metrics.listen))?;
+    info!(message = "Metrics endpoint listening.", local = %metrics_listener.local_addr()?);
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = tokio::spawn(telemetry.clone().serve(metrics_listener, async {
+        let _ = metrics_stopped.await;
+    }));
     let (writer, writer_thread) = Writer::spawn(
         store,
         config.max_pending_batches,
@@ -127,13 +137,17 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
         }
     });
 
+    telemetry.set_ready(true);
     server::serve(endpoint, writer, stats, shutdown).await;
+    telemetry.set_ready(false);
     retention_task.abort();
     let _ = retention_task.await;
     // The last Writer handle is gone: the writer finishes its transaction and exits.
     tokio::task::spawn_blocking(move || writer_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    let _ = stop_metrics.send(());
+    metrics_task.await??;
     info!(message = "Collector stopped.");
     Ok(())
 }

@@ -138,8 +138,10 @@ fn commit(store: &mut Store, batch: &mut Vec<(Vec<u8>, Reply)>, stats: &Stats) {
     };
     match result {
         Ok((outcomes, rows)) => {
+            let elapsed = started.elapsed();
             Stats::add(&stats.transactions, 1);
-            Stats::add(&stats.write_micros, started.elapsed().as_micros() as u64);
+            Stats::add(&stats.write_micros, elapsed.as_micros() as u64);
+            metrics::histogram!(crate::telemetry::WRITE_SECONDS).record(elapsed.as_secs_f64());
             let new = outcomes.iter().filter(|o| **o == Stored::New).count() as u64;
             Stats::add(&stats.batches_stored, new);
             Stats::add(&stats.batches_duplicate, outcomes.len() as u64 - new);

@@ -195,6 +195,10 @@ struct Collector(Child);
 
 impl Collector {
     fn start(dir: &Path, pki: &DevPki, port: u16) -> Collector {
+        Collector::start_with_metrics(dir, pki, port, "127.0.0.1:0")
+    }
+
+    fn start_with_metrics(dir: &Path, pki: &DevPki, port: u16, metrics: &str) -> Collector {
         let files = pki.collector();
         let child = Command::new(env!("CARGO_BIN_EXE_flowmesh-collector"))
             .env("FLOWMESH_COLLECTOR_LISTEN", format!("127.0.0.1:{port}"))
@@ -202,7 +206,7 @@ impl Collector {
             .env("FLOWMESH_COLLECTOR_TLS__CA", &files.ca)
             .env("FLOWMESH_COLLECTOR_TLS__CERT", &files.cert)
             .env("FLOWMESH_COLLECTOR_TLS__KEY", &files.key)
-            .env("FLOWMESH_COLLECTOR_METRICS__LISTEN", "127.0.0.1:0")
+            .env("FLOWMESH_COLLECTOR_METRICS__LISTEN", metrics)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -309,4 +313,69 @@ async fn sigkill_loses_no_acknowledged_batch() {
     assert!(stored <= total as usize - acked.len());
     assert_eq!(count(&db, "SELECT COUNT(*) FROM batches"), total as i64);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM path_windows"), total as i64 * 20);
+}
+
+/// A plain HTTP/1.1 GET over TCP, as a Prometheus scrape does: (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn prometheus_scrape_reports_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::generate(&dir.path().join("pki"), &["localhost".into()], &["sampler-a".into()]).unwrap();
+    let port = free_port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let _collector = Collector::start_with_metrics(dir.path(), &pki, port, &metrics.to_string());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(metrics, "/readyz").await {
+            Ok((200, body)) => {
+                assert_eq!(body, "ready\n");
+                break;
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("collector never became ready: {other:?}"),
+        }
+    }
+    assert_eq!(http_get(metrics, "/healthz").await.unwrap(), (200, "ok\n".to_string()));
+
+    let endpoint = client(&pki.sampler("sampler-a"));
+    let conn = connect_with_retry(&endpoint, format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let bytes = batch(3, 0, 5);
+    assert_eq!(send(&conn, &bytes).await.unwrap().status(), AckStatus::Stored);
+    assert_eq!(send(&conn, &bytes).await.unwrap().status(), AckStatus::Duplicate);
+
+    let (status, body) = http_get(metrics, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let value = |line_start: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{body}"))
+    };
+    assert_eq!(value("flowmesh_collector_batches_total{outcome=\"stored\"}"), 1.0);
+    assert_eq!(value("flowmesh_collector_batches_total{outcome=\"duplicate\"}"), 1.0);
+    assert_eq!(value("flowmesh_collector_rows_stored_total"), 6.0); // the batch row + 5 paths
+    assert_eq!(value("flowmesh_collector_write_seconds_count"), 2.0); // one per transaction
+    assert!(value("flowmesh_collector_database_bytes") > 0.0);
+    assert!(
+        body.contains("# TYPE flowmesh_collector_batches_total counter"),
+        "{body}"
+    );
 }
