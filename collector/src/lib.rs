@@ -8,6 +8,7 @@
 //! [`server`] is the QUIC side: mutual TLS 1.3 ([`tls`]), one batch per
 //! stream, a single writer thread, acknowledgements only after commit.
 
+pub mod query;
 mod schema;
 pub mod server;
 mod store;

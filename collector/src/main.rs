@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use collector::Store;
+use collector::query::{self, Format, Question};
 use collector::server::{self, Stats, Writer};
 use collector::telemetry::Telemetry;
 use collector::tls::{self, DevPki};
@@ -31,6 +32,24 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Answer a common question from the database (read-only; safe while the
+    /// collector runs). For anything else use sqlite3 with docs/schema.md.
+    Query {
+        #[command(subcommand)]
+        question: QueryCommand,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+        format: Format,
+        /// Only windows from this long ago: e.g. 30m, 6h, 7d, or "all".
+        #[arg(long, default_value = "1h", value_parser = parse_since, global = true)]
+        since: Since,
+        /// Rows at most.
+        #[arg(long, default_value_t = 20, global = true)]
+        limit: usize,
+        /// The database; default: `database` from the configuration.
+        #[arg(long, value_name = "FILE", global = true)]
+        database: Option<PathBuf>,
+    },
     /// Generate a development CA and certificates for a collector and samplers
     /// (for demos and tests; use your own PKI in production).
     DevCerts {
@@ -44,6 +63,44 @@ enum Command {
         #[arg(long = "sampler", value_name = "NAME", default_values_t = [String::from("sampler")])]
         samplers: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum QueryCommand {
+    /// Paths by probe loss, worst first.
+    WorstPaths,
+    /// Estimated bytes sent per node and remote address (sampled flows × weight).
+    TopTalkers,
+    /// One node's path windows, as source or destination, newest first.
+    Node {
+        /// Node name or id.
+        node: String,
+    },
+    /// Agents whose telemetry went missing or that were silent.
+    Completeness,
+}
+
+/// How far back a query looks; `None` for everything.
+#[derive(Debug, Clone, Copy)]
+struct Since(Option<Duration>);
+
+/// Parses "30s", "15m", "6h", "7d" or "all" (no limit).
+fn parse_since(text: &str) -> Result<Since, String> {
+    if text == "all" {
+        return Ok(Since(None));
+    }
+    let expected = || format!("{text:?}: expected a number with s, m, h or d (e.g. 30m, 6h, 7d), or \"all\"");
+    let split = text.len().checked_sub(1).ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| expected())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        _ => return Err(expected()),
+    };
+    Ok(Since(Some(Duration::from_secs(seconds))))
 }
 
 fn main() -> ExitCode {
@@ -74,6 +131,34 @@ fn run() -> anyhow::Result<()> {
         }) => {
             DevPki::generate(&out, &server_names, &samplers)?;
             println!("wrote development certificates to {}", out.display());
+            Ok(())
+        }
+        Some(Command::Query {
+            question,
+            format,
+            since,
+            limit,
+            database,
+        }) => {
+            let database = match database {
+                Some(path) => path,
+                None => match cli.config.load_or_print::<CollectorConfig>()? {
+                    Some(config) => config.database,
+                    None => return Ok(()),
+                },
+            };
+            let store = Store::open_read_only(&database)?;
+            let since_ns = since
+                .0
+                .map_or(0, |d| server::now_ns().saturating_sub(d.as_nanos() as u64));
+            let question = match question {
+                QueryCommand::WorstPaths => Question::WorstPaths,
+                QueryCommand::TopTalkers => Question::TopTalkers,
+                QueryCommand::Node { node } => Question::Node(node),
+                QueryCommand::Completeness => Question::Completeness,
+            };
+            let answer = query::ask(&store, &question, since_ns, limit)?;
+            answer.write(format, &mut std::io::stdout().lock())?;
             Ok(())
         }
         Some(Command::Serve) | None => {
