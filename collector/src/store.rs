@@ -97,7 +97,8 @@ impl Store {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 5000;",
+             PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -65536;",
         )
         .map_err(open_error)?;
         migrate(&conn, path, SCHEMA_VERSION)?;

@@ -1,0 +1,272 @@
+//! `flowmesh-bench`: benchmarks of whole tiers over real sockets and files,
+//! each reported beside a baseline measured in the same run.
+//!
+//! `flowmesh-bench collector-ingest` measures rows/s from a QUIC client
+//! through the collector into SQLite, against a bare rusqlite loop inserting
+//! the same rows with prepared statements in the same transaction sizes (the
+//! ceiling), and the collector's store API without QUIC (where the rest goes).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use collector::server::{self, Stats, Writer};
+use collector::tls::{self, DevPki};
+use collector::{Store, Stored};
+use rusqlite::params;
+use wire_format::{AckStatus, BatchAck, BatchBuilder, BatchId, BatchInfo, BatchView, PathSummary, Transport};
+
+/// flowmesh benchmarks.
+#[derive(Parser)]
+#[command(name = "flowmesh-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Collector ingest: QUIC → SQLite rows/s beside a bare rusqlite loop.
+    CollectorIngest {
+        /// Batches to send.
+        #[arg(long, default_value_t = 400)]
+        batches: u32,
+        /// Path summaries per batch (one row each).
+        #[arg(long, default_value_t = 1_000)]
+        paths: u32,
+        /// Batches committed per transaction (the collector's default).
+        #[arg(long, default_value_t = 16)]
+        per_transaction: usize,
+        /// Streams the client keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        streams: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::CollectorIngest {
+            batches,
+            paths,
+            per_transaction,
+            streams,
+        } => collector_ingest(batches, paths, per_transaction, streams),
+    }
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+/// Batches of `paths` path summaries each, in recent windows.
+fn make_batches(count: u32, paths: u32) -> anyhow::Result<Vec<Vec<u8>>> {
+    let base = (server::now_ns() / (10 * SECOND) - u64::from(count) - 10) * 10 * SECOND;
+    (0..count)
+        .map(|i| {
+            let start = base + u64::from(i) * 10 * SECOND;
+            let mut b = BatchBuilder::new(BatchInfo {
+                batch_id: BatchId::for_window(1, start, 0),
+                sampler_id: 1,
+                rack_id: 1,
+                window_start_ns: start,
+                window_len_ns: 10 * SECOND,
+                created_ns: start,
+                malformed_datagrams: 0,
+                records_over_capacity: 0,
+                spool_dropped_batches: 0,
+            });
+            for p in 0..paths {
+                let mut s = PathSummary::new(p / 64 + 1, p % 64 + 1, (p % 8) as u8, Some(Transport::Udp));
+                s.probes_sent = 100.into();
+                s.probes_lost = (p % 3).into();
+                s.rtt_p50_ns = (20_000 + u64::from(p)).into();
+                s.rtt_p99_ns = (90_000 + u64::from(p)).into();
+                b.push_path(s, &[])?;
+            }
+            Ok(b.encode()?)
+        })
+        .collect()
+}
+
+/// Rows a batch writes: its `batches` row and one per path.
+fn rows(batches: &[Vec<u8>]) -> u64 {
+    batches
+        .iter()
+        .map(|b| BatchView::parse(b).map_or(0, |v| 1 + v.paths.len() as u64))
+        .sum()
+}
+
+/// The ceiling: the same rows inserted by a bare prepared-statement loop.
+fn bare_rusqlite(db: &Path, batches: &[Vec<u8>], per_transaction: usize) -> anyhow::Result<Duration> {
+    drop(Store::open(db)?); // the same schema and indexes
+    let mut conn = rusqlite::Connection::open(db)?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536;")?;
+    let views: Vec<BatchView<'_>> = batches.iter().map(|b| BatchView::parse(b)).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    for chunk in views.chunks(per_transaction) {
+        let tx = conn.transaction()?;
+        {
+            let mut batch_row = tx.prepare_cached(
+                "INSERT INTO batches (batch_id, sampler_id, rack_id, window_start_ns, window_len_ns, created_ns,
+                     received_ns, path_count, completeness_count, flow_sample_count, probe_sample_count,
+                     malformed_datagrams, records_over_capacity, spool_dropped_batches)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, 0, 0, 0, 0)",
+            )?;
+            let mut path_row = tx.prepare_cached(
+                "INSERT INTO path_windows (batch_id, window_start_ns, window_len_ns, rack_id, src_node, dst_node,
+                     dscp, transport, probes_sent, probes_lost, probes_failed, rtt_min_ns, rtt_p50_ns, rtt_p90_ns,
+                     rtt_p99_ns, rtt_p999_ns, rtt_max_ns, responder_delay_p50_ns, responder_delay_p99_ns, flows,
+                     flows_with_retrans, flows_reset, bytes_sent, bytes_received, segs_out, retrans_segs,
+                     rtt_histogram)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                     ?21, ?22, ?23, ?24, ?25, ?26, NULL)",
+            )?;
+            for v in chunk {
+                let h = v.header;
+                let id = &h.batch_id.0[..];
+                let start = h.window_start_ns.get() as i64;
+                let len = h.window_len_ns.get() as i64;
+                batch_row.execute(params![id, 1, 1, start, len, 0, 0, v.paths.len() as i64])?;
+                for p in v.paths {
+                    path_row.execute(params![
+                        id,
+                        start,
+                        len,
+                        1,
+                        p.src_node.get(),
+                        p.dst_node.get(),
+                        p.dscp,
+                        "udp",
+                        p.probes_sent.get(),
+                        p.probes_lost.get(),
+                        p.probes_failed.get(),
+                        p.rtt_min_ns.get() as i64,
+                        p.rtt_p50_ns.get() as i64,
+                        p.rtt_p90_ns.get() as i64,
+                        p.rtt_p99_ns.get() as i64,
+                        p.rtt_p999_ns.get() as i64,
+                        p.rtt_max_ns.get() as i64,
+                        p.responder_delay_p50_ns.get() as i64,
+                        p.responder_delay_p99_ns.get() as i64,
+                        p.flows.get(),
+                        p.flows_with_retrans.get(),
+                        p.flows_reset.get(),
+                        p.bytes_sent.get() as i64,
+                        p.bytes_received.get() as i64,
+                        p.segs_out.get() as i64,
+                        p.retrans_segs.get() as i64,
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(started.elapsed())
+}
+
+/// The collector's store API alone, same transaction sizes, no network.
+fn store_only(db: &Path, batches: &[Vec<u8>], per_transaction: usize) -> anyhow::Result<Duration> {
+    let mut store = Store::open(db)?;
+    let views: Vec<BatchView<'_>> = batches.iter().map(|b| BatchView::parse(b)).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    for chunk in views.chunks(per_transaction) {
+        let outcomes = store.store_batches(chunk, 0)?;
+        anyhow::ensure!(outcomes.iter().all(|o| *o == Stored::New), "unexpected duplicate");
+    }
+    Ok(started.elapsed())
+}
+
+/// End to end: a QUIC client with `streams` batches in flight, through the
+/// collector's server and writer, to acknowledgements after commit.
+fn quic_end_to_end(
+    dir: &Path,
+    batches: Vec<Vec<u8>>,
+    per_transaction: usize,
+    streams: usize,
+) -> anyhow::Result<Duration> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let pki = DevPki::generate(&dir.join("pki"), &["localhost".into()], &["bench".into()])?;
+        let store = Store::open(&dir.join("quic.db"))?;
+        let stats = Arc::new(Stats::default());
+        let (writer, writer_thread) = Writer::spawn(store, 64, per_transaction, stats.clone())?;
+        let mut server_config = tls::server_config(&pki.collector())?;
+        server_config.transport_config(Arc::new(server::transport_config(64)));
+        let endpoint = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+        let addr = endpoint.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server::serve(endpoint, writer, stats.clone(), async {
+            let _ = stopped.await;
+        }));
+
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        client.set_default_client_config(tls::client_config(&pki.sampler("bench"))?);
+        let conn = client.connect(addr, "localhost")?.await?;
+        let queue = Arc::new(tokio::sync::Mutex::new(batches.into_iter()));
+        let started = Instant::now();
+        let lanes: Vec<_> = (0..streams)
+            .map(|_| {
+                let conn = conn.clone();
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let Some(bytes) = queue.lock().await.next() else {
+                            return anyhow::Ok(());
+                        };
+                        let (mut tx, mut rx) = conn.open_bi().await?;
+                        tx.write_all(&bytes).await?;
+                        tx.finish()?;
+                        let reply = rx.read_to_end(64).await?;
+                        let status = BatchAck::parse(&reply)?.status();
+                        anyhow::ensure!(status == AckStatus::Stored, "acknowledged {status:?}");
+                    }
+                })
+            })
+            .collect();
+        for lane in lanes {
+            lane.await??;
+        }
+        let elapsed = started.elapsed();
+        conn.close(0u32.into(), b"done");
+        let _ = stop.send(());
+        serving.await?;
+        tokio::task::spawn_blocking(move || writer_thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?;
+        Ok(elapsed)
+    })
+}
+
+fn collector_ingest(count: u32, paths: u32, per_transaction: usize, streams: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let batches = make_batches(count, paths)?;
+    let rows = rows(&batches) as f64;
+    let bytes: usize = batches.iter().map(Vec::len).sum();
+    println!(
+        "collector ingest: {count} batches × {paths} paths = {rows} rows ({:.1} MB), {per_transaction} batches per \
+         transaction, synchronous = FULL, {streams} QUIC streams in flight",
+        bytes as f64 / 1e6
+    );
+    let ceiling = bare_rusqlite(&dir.path().join("bare.db"), &batches, per_transaction).context("bare rusqlite")?;
+    let store = store_only(&dir.path().join("store.db"), &batches, per_transaction).context("store only")?;
+    let quic = quic_end_to_end(dir.path(), batches, per_transaction, streams).context("QUIC end to end")?;
+    let rate = |d: Duration| rows / d.as_secs_f64();
+    println!(
+        "  bare rusqlite loop (ceiling) {:>10.0} rows/s  {:>8.3} s",
+        rate(ceiling),
+        ceiling.as_secs_f64()
+    );
+    println!(
+        "  collector store API          {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling",
+        rate(store),
+        store.as_secs_f64(),
+        rate(store) / rate(ceiling)
+    );
+    println!(
+        "  QUIC → collector → SQLite    {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling",
+        rate(quic),
+        quic.as_secs_f64(),
+        rate(quic) / rate(ceiling)
+    );
+    Ok(())
+}
