@@ -16,7 +16,7 @@ use collector::server::{self, Stats, Writer};
 use collector::tls::{self, DevPki};
 use collector::{Store, Stored};
 use rusqlite::params;
-use wire_format::{AckStatus, BatchAck, BatchBuilder, BatchId, BatchInfo, BatchView, PathSummary, Transport};
+use wire_format::{AckStatus, BatchAck, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport};
 
 /// flowmesh benchmarks.
 #[derive(Parser)]
@@ -64,17 +64,7 @@ fn make_batches(count: u32, paths: u32) -> anyhow::Result<Vec<Vec<u8>>> {
     (0..count)
         .map(|i| {
             let start = base + u64::from(i) * 10 * SECOND;
-            let mut b = BatchBuilder::new(BatchInfo {
-                batch_id: BatchId::for_window(1, start, 0),
-                sampler_id: 1,
-                rack_id: 1,
-                window_start_ns: start,
-                window_len_ns: 10 * SECOND,
-                created_ns: start,
-                malformed_datagrams: 0,
-                records_over_capacity: 0,
-                spool_dropped_batches: 0,
-            });
+            let mut b = BatchBuilder::new(BatchInfo::window(1, 1, start, 10 * SECOND));
             for p in 0..paths {
                 let mut s = PathSummary::new(p / 64 + 1, p % 64 + 1, (p % 8) as u8, Some(Transport::Udp));
                 s.probes_sent = 100.into();

@@ -26,17 +26,7 @@ fn database(dir: &std::path::Path) -> std::path::PathBuf {
         (recent + 10 * SECOND, 30),
         (recent - 86_400 * SECOND, 90),
     ] {
-        let mut b = BatchBuilder::new(BatchInfo {
-            batch_id: BatchId::for_window(1, start, 0),
-            sampler_id: 1,
-            rack_id: 1,
-            window_start_ns: start,
-            window_len_ns: 10 * SECOND,
-            created_ns: start,
-            malformed_datagrams: 0,
-            records_over_capacity: 0,
-            spool_dropped_batches: 0,
-        });
+        let mut b = BatchBuilder::new(BatchInfo::window(1, 1, start, 10 * SECOND));
         for (dst, lost) in [(201u32, lost_to_201), (102, 0)] {
             let mut p = PathSummary::new(101, dst, 0, Some(Transport::Udp));
             p.probes_sent = 100.into();

@@ -29,17 +29,7 @@ fn window_start(window: u64) -> u64 {
 
 fn batch(sampler: u32, window: u64, paths: u32) -> Vec<u8> {
     let start = window_start(window);
-    let mut b = BatchBuilder::new(BatchInfo {
-        batch_id: BatchId::for_window(sampler, start, 0),
-        sampler_id: sampler,
-        rack_id: 1,
-        window_start_ns: start,
-        window_len_ns: 10 * SECOND,
-        created_ns: start + 10 * SECOND,
-        malformed_datagrams: 0,
-        records_over_capacity: 0,
-        spool_dropped_batches: 0,
-    });
+    let mut b = BatchBuilder::new(BatchInfo::window(sampler, 1, start, 10 * SECOND));
     for dst in 0..paths {
         let mut p = PathSummary::new(101, 200 + dst, 0, Some(Transport::Udp));
         p.probes_sent = 10.into();

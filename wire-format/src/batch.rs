@@ -128,6 +128,25 @@ pub struct BatchInfo {
     pub spool_dropped_batches: u32,
 }
 
+impl BatchInfo {
+    /// Values for part 0 of sampler `sampler_id`'s window of rack `rack_id`:
+    /// the id from [`BatchId::for_window`], `created_ns` at the window's end,
+    /// all loss counters zero.
+    pub fn window(sampler_id: u32, rack_id: u32, window_start_ns: u64, window_len_ns: u64) -> Self {
+        BatchInfo {
+            batch_id: BatchId::for_window(sampler_id, window_start_ns, 0),
+            sampler_id,
+            rack_id,
+            window_start_ns,
+            window_len_ns,
+            created_ns: window_start_ns.saturating_add(window_len_ns),
+            malformed_datagrams: 0,
+            records_over_capacity: 0,
+            spool_dropped_batches: 0,
+        }
+    }
+}
+
 impl BatchHeader {
     /// The header's values.
     pub fn info(&self) -> BatchInfo {
