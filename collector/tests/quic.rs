@@ -1,6 +1,7 @@
 //! The collector over a real QUIC connection with mutual TLS: batches are
 //! stored and acknowledged, repeats are duplicates, invalid batches are
-//! rejected with a reason, unknown client certificates are refused, and a
+//! rejected with a reason, unknown client certificates are refused, several
+//! samplers can write at once, the metrics endpoint reports it all, and a
 //! collector killed with SIGKILL loses no acknowledged batch.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
@@ -368,4 +369,36 @@ async fn prometheus_scrape_reports_what_happened() {
         body.contains("# TYPE flowmesh_collector_batches_total counter"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn many_samplers_at_once_each_with_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("sampler-{i}")).collect();
+    let pki = DevPki::generate(&dir.path().join("pki"), &["localhost".into()], &names).unwrap();
+    let server = Server::start(dir.path(), &pki).await;
+    let samplers: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let endpoint = client(&pki.sampler(name));
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+                for w in 0..10 {
+                    let ack = send(&conn, &batch(i as u32 + 1, w, 3)).await.unwrap();
+                    assert_eq!(ack.status(), AckStatus::Stored);
+                }
+                conn.close(0u32.into(), b"done");
+                endpoint.wait_idle().await;
+            })
+        })
+        .collect();
+    for sampler in samplers {
+        sampler.await.unwrap();
+    }
+    assert_eq!(count(&server.db, "SELECT COUNT(DISTINCT sampler_id) FROM batches"), 4);
+    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM batches"), 40);
+    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM path_windows"), 120);
+    server.stop().await;
 }
