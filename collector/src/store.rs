@@ -96,7 +96,6 @@ impl Store {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
-             PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;
              PRAGMA cache_size = -65536;",
         )
@@ -178,17 +177,29 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes up to `max_batches` batches whose window started before
-    /// `cutoff_ns`, with everything they carried; returns how many. Call
-    /// repeatedly with a small `max_batches` so each transaction, and the time
-    /// the writer is held, stays short.
+    /// Deletes the oldest batches whose window started before `cutoff_ns`,
+    /// with every row they carried, in one transaction; returns how many
+    /// batches. Whole windows go together: the oldest `max_batches` batches
+    /// set how far this step reaches, and other racks' batches of the same
+    /// windows go with them. Call repeatedly with a small `max_batches` so each
+    /// transaction, and the time the writer is held, stays short.
     pub fn prune(&mut self, cutoff_ns: u64, max_batches: usize) -> Result<usize, StoreError> {
-        let deleted = self.conn.execute(
-            "DELETE FROM batches WHERE batch_id IN (
-                 SELECT batch_id FROM batches WHERE window_start_ns < ?1
+        let tx = self.conn.transaction()?;
+        let reach: Option<i64> = tx.query_row(
+            "SELECT MAX(window_start_ns) FROM (
+                 SELECT window_start_ns FROM batches WHERE window_start_ns < ?1
                  ORDER BY window_start_ns LIMIT ?2)",
             params![int(cutoff_ns), i64::try_from(max_batches).unwrap_or(i64::MAX)],
+            |row| row.get(0),
         )?;
+        let Some(reach) = reach else {
+            return Ok(0);
+        };
+        for table in ["path_windows", "agent_windows", "sampled_flows", "sampled_probes"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE window_start_ns <= ?1"), [reach])?;
+        }
+        let deleted = tx.execute("DELETE FROM batches WHERE window_start_ns <= ?1", [reach])?;
+        tx.commit()?;
         Ok(deleted)
     }
 }
