@@ -36,8 +36,6 @@ pub struct Stats {
     pub connections_refused: AtomicU64,
     /// Transactions committed.
     pub transactions: AtomicU64,
-    /// Total time spent in committed transactions, µs.
-    pub write_micros: AtomicU64,
     /// Batches deleted by retention.
     pub batches_pruned: AtomicU64,
 }
@@ -140,7 +138,6 @@ fn commit(store: &mut Store, batch: &mut Vec<(Vec<u8>, Reply)>, stats: &Stats) {
         Ok((outcomes, rows)) => {
             let elapsed = started.elapsed();
             Stats::add(&stats.transactions, 1);
-            Stats::add(&stats.write_micros, elapsed.as_micros() as u64);
             metrics::histogram!(crate::telemetry::WRITE_SECONDS).record(elapsed.as_secs_f64());
             let new = outcomes.iter().filter(|o| **o == Stored::New).count() as u64;
             Stats::add(&stats.batches_stored, new);
