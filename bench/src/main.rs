@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use collector::server::{self, Stats, Writer};
-use collector::tls::{self, DevPki};
 use collector::{Store, Stored};
+use configs::tls::{self, DevPki};
 use rusqlite::params;
 use wire_format::{AckStatus, BatchAck, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport};
 

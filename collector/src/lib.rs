@@ -5,7 +5,7 @@
 //! batch id as the key), racks and nodes, and retention. docs/schema.md
 //! describes every table, view and column.
 //!
-//! [`server`] is the QUIC side: mutual TLS 1.3 ([`tls`]), one batch per
+//! [`server`] is the QUIC side: mutual TLS 1.3 ([`configs::tls`]), one batch per
 //! stream, a single writer thread, acknowledgements only after commit.
 
 pub mod query;
@@ -13,7 +13,6 @@ mod schema;
 pub mod server;
 mod store;
 pub mod telemetry;
-pub mod tls;
 
 pub use schema::SCHEMA_VERSION;
 pub use store::{Store, StoreError, Stored};

@@ -11,8 +11,7 @@ use clap::{Parser, Subcommand};
 use collector::Store;
 use collector::query::{self, Format, Question};
 use collector::server::{self, Stats, Writer};
-use collector::telemetry::Telemetry;
-use collector::tls::{self, DevPki};
+use configs::tls::{self, DevPki};
 use configs::{CollectorConfig, ConfigArgs, Topology};
 use tracing::info;
 
@@ -104,24 +103,11 @@ fn parse_since(text: &str) -> Result<Since, String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            // One line with the whole cause chain; no backtrace.
-            eprintln!("flowmesh-collector: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    configs::endpoint::exit_code("flowmesh-collector", run())
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    configs::endpoint::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::DevCerts {
@@ -176,7 +162,7 @@ fn run() -> anyhow::Result<()> {
 
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start, so an early stop is still clean.
-    let shutdown = shutdown_signal().context("installing the SIGTERM handler")?;
+    let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
     let mut store = Store::open(&config.database)?;
     if let Some(path) = &config.topology {
         let topology = Topology::load(path)?;
@@ -195,7 +181,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     info!(message = "Collector listening.", %local, database = %config.database.display());
 
     let stats = Arc::new(Stats::default());
-    let telemetry = Telemetry::new(stats.clone(), &config.database);
+    let telemetry = collector::telemetry::endpoint(stats.clone(), &config.database);
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics.listen)
         .await
         .with_context(|| format!("listening on {} (key `metrics.listen`)", config.metrics.listen))?;
@@ -235,18 +221,4 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     metrics_task.await??;
     info!(message = "Collector stopped.");
     Ok(())
-}
-
-/// A future that completes on SIGTERM or SIGINT; the handlers are installed
-/// before this returns.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => info!(message = "SIGTERM: finishing the current transaction."),
-            _ = int.recv() => info!(message = "SIGINT: finishing the current transaction."),
-        }
-    })
 }

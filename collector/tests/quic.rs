@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use collector::Store;
 use collector::server::{self, Stats, Writer};
-use collector::tls::{self, DevPki};
 use configs::TlsFiles;
+use configs::tls::{self, DevPki};
 use wire_format::*;
 
 const SECOND: u64 = 1_000_000_000;

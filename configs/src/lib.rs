@@ -10,12 +10,21 @@
 //!
 //! The [`Topology`] file lists racks and nodes; it is the one source of truth
 //! for probe peers, a sampler's rack and fault localization.
+//!
+//! Two features carry the operational plumbing the daemons share, so it is
+//! written once: `tls` (mutual TLS 1.3 for the sampler → collector QUIC link,
+//! from the files a config names, and a development PKI) and `endpoint` (the
+//! Prometheus and health HTTP endpoint).
 
 mod agent;
 mod analyzer;
 mod collector;
 mod component;
+#[cfg(feature = "endpoint")]
+pub mod endpoint;
 mod sampler;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod topology;
 
 pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};

@@ -16,6 +16,9 @@ use crate::probe::ProbeRecord;
 use crate::record::{Record, check_known, check_max, check_zero};
 use crate::values::{AckStatus, Transport, WireEnum};
 
+/// ALPN protocol id of the sampler → collector batch protocol (QUIC, TLS 1.3).
+pub const BATCH_ALPN: &[u8] = b"flowmesh-batch/1";
+
 /// First four bytes of every batch.
 pub const BATCH_MAGIC: [u8; 4] = *b"FMBT";
 
@@ -308,6 +311,13 @@ pub struct AgentCompleteness {
 const _: () = assert!(size_of::<AgentCompleteness>() == 40);
 
 impl AgentCompleteness {
+    /// All-zero completeness for agent `node_id`.
+    pub fn new(node_id: u32) -> Self {
+        let mut completeness = AgentCompleteness::new_zeroed();
+        completeness.node_id = node_id.into();
+        completeness
+    }
+
     fn validate(&self) -> Result<(), FieldError> {
         if self.flags & !completeness_flags::ALL != 0 {
             return Err(FieldError::Invalid {
@@ -602,6 +612,11 @@ impl BatchBuilder {
     /// Adds a sampled probe.
     pub fn push_probe(&mut self, meta: SampleMeta, record: ProbeRecord) {
         self.probes.push(SampledProbe { meta, record });
+    }
+
+    /// Whether no item has been added yet.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.completeness.is_empty() && self.flows.is_empty() && self.probes.is_empty()
     }
 
     /// Bytes the encoded batch will occupy.

@@ -159,7 +159,7 @@ impl DropReason {
     ];
 
     /// The snake_case label for metrics and logs.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             DropReason::Truncated => "truncated",
             DropReason::Oversized => "oversized",

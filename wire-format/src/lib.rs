@@ -30,9 +30,9 @@ mod values;
 
 pub use addr::Gid;
 pub use batch::{
-    ACK_MAGIC, ACK_VERSION, AgentCompleteness, BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION, BatchAck, BatchBuilder,
-    BatchHeader, BatchId, BatchInfo, BatchView, MAX_BATCH_BYTES, PathSummary, SampleMeta, SampledFlow, SampledProbe,
-    anomaly, completeness_flags,
+    ACK_MAGIC, ACK_VERSION, AgentCompleteness, BATCH_ALPN, BATCH_HEADER_LEN, BATCH_MAGIC, BATCH_VERSION, BatchAck,
+    BatchBuilder, BatchHeader, BatchId, BatchInfo, BatchView, MAX_BATCH_BYTES, PathSummary, SampleMeta, SampledFlow,
+    SampledProbe, anomaly, completeness_flags,
 };
 pub use datagram::{
     DATAGRAM_HEADER_LEN, DATAGRAM_VERSION, DEFAULT_MAX_DATAGRAM, Datagram, DatagramBuilder, DatagramHeader, Full,

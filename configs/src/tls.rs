@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use configs::TlsFiles;
+use crate::TlsFiles;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// ALPN protocol id of the batch protocol; a peer speaking anything else is
 /// refused during the handshake.
-pub const ALPN: &[u8] = b"flowmesh-batch/1";
+pub use wire_format::BATCH_ALPN as ALPN;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
