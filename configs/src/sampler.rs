@@ -63,6 +63,10 @@ pub struct Aggregation {
     /// Raw records kept per window at most (anomalous first); beyond it they
     /// are counted as over capacity.
     pub max_samples: usize,
+    /// Open flows remembered between their periodic reports at most, so each
+    /// window counts only the bytes and segments of its own share; a flow
+    /// beyond it is counted whole and as untracked.
+    pub max_flows: usize,
 }
 
 /// QUIC uplink and spool.
@@ -123,6 +127,7 @@ impl Default for Aggregation {
             sample_one_in: 100,
             rtt_anomaly_us: 1_000,
             max_samples: 100_000,
+            max_flows: 1_000_000,
         }
     }
 }
@@ -196,6 +201,7 @@ impl Component for SamplerConfig {
             "microseconds",
         );
         c.range("aggregate.max_samples", agg.max_samples, 0..=100_000_000, "records");
+        c.range("aggregate.max_flows", agg.max_flows, 0..=100_000_000, "flows");
         let up = &self.uplink;
         c.check(
             !up.server_name.is_empty(),

@@ -1,0 +1,52 @@
+//! `flowmesh-sampler`: one per rack; aggregates its agents' datagrams per
+//! window and forwards batches to the collector over QUIC.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use configs::{ConfigArgs, SamplerConfig};
+use rack_sampler::service::Sampler;
+use tracing::info;
+
+/// flowmesh rack sampler: receives agent datagrams over UDP, aggregates them
+/// per path and window, keeps every anomalous raw record and a weighted
+/// sample of the rest, and sends one batch per window to the collector
+/// (QUIC, mutual TLS), spooling to disk while it is unreachable.
+///
+/// Development certificates: `flowmesh-collector dev-certs --out DIR
+/// --sampler NAME`.
+#[derive(Parser)]
+#[command(name = "flowmesh-sampler", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+fn main() -> ExitCode {
+    configs::endpoint::exit_code("flowmesh-sampler", run())
+}
+
+fn run() -> anyhow::Result<()> {
+    configs::endpoint::init_logging();
+    let cli = Cli::parse();
+    let Some(config) = cli.config.load_or_print::<SamplerConfig>()? else {
+        return Ok(());
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(async {
+            let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
+            let sampler = Sampler::start(config, shutdown).await?;
+            info!(
+                message = "sampler running",
+                ingest = ?sampler.ingest_addrs,
+                metrics = %sampler.metrics_addr
+            );
+            sampler.run().await;
+            info!(message = "sampler stopped");
+            Ok(())
+        })
+}

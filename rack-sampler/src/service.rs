@@ -1,0 +1,248 @@
+//! The sampler daemon put together: ingest sockets, the window closer, the
+//! spool, the QUIC uplink and the metrics endpoint, stopped cleanly by a
+//! shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use configs::{SamplerConfig, Topology, TopologyError};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::aggregate::{Aggregator, EmittedWindow, Settings};
+use crate::spool::{Spool, SpoolError, SpoolKey};
+use crate::uplink::{self, Target, UplinkStats};
+use crate::{ingest, now_ns, telemetry};
+
+/// How often due windows are emitted.
+const TICK: Duration = Duration::from_millis(100);
+
+/// File in the spool directory naming the window a shutdown emitted early
+/// and the next part number, so a restart within that window does not reuse
+/// its batch id.
+const RESUME_FILE: &str = "resume";
+
+/// Why the sampler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The topology file is unusable.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// The configured rack is not in the topology.
+    #[error("rack `{rack}` is not in the topology file {}; its racks are: {known}", .topology.display())]
+    UnknownRack {
+        /// The configured name.
+        rack: String,
+        /// The topology file.
+        topology: PathBuf,
+        /// The racks it has.
+        known: String,
+    },
+    /// TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] configs::tls::TlsError),
+    /// The spool directory is unusable.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// A socket could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started sampler.
+pub struct Sampler {
+    /// Addresses the ingest sockets are bound to (ports resolved).
+    pub ingest_addrs: Vec<SocketAddr>,
+    /// Address of the metrics endpoint.
+    pub metrics_addr: SocketAddr,
+    run: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Sampler {
+    /// Binds everything and prepares the tasks; [`Sampler::run`] runs them
+    /// until `shutdown` completes.
+    pub async fn start(
+        config: SamplerConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Sampler, StartError> {
+        let topology = Arc::new(Topology::load(&config.topology)?);
+        let rack = topology
+            .rack_by_name(&config.rack)
+            .ok_or_else(|| StartError::UnknownRack {
+                rack: config.rack.clone(),
+                topology: config.topology.clone(),
+                known: topology
+                    .racks()
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
+            .id;
+        let client_config = configs::tls::client_config(&config.uplink.tls)?;
+        let spool = Spool::open(&config.uplink.spool_dir, config.uplink.spool_max_bytes)?;
+        let mut aggregator = Aggregator::new(Settings::new(&config, rack), topology.clone(), now_ns());
+        if let Some((start, part)) = take_resume(&config.uplink.spool_dir) {
+            aggregator.resume_window(start, part);
+        }
+        let aggregator = Arc::new(Mutex::new(aggregator));
+        let spool = Arc::new(Mutex::new(spool));
+
+        let mut sockets = Vec::new();
+        for &addr in &config.ingest.listen {
+            let bound = ingest::bind(addr, config.ingest.socket_buffer_bytes).map_err(|source| StartError::Bind {
+                what: "ingest socket",
+                addr,
+                source,
+            })?;
+            info!(message = "receiving agent datagrams", %addr, receive_buffer = bound.buffer_bytes);
+            sockets.push(bound.socket);
+        }
+        let ingest_addrs = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
+        let metrics_listener = tokio::net::TcpListener::bind(config.metrics.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "metrics endpoint",
+                addr: config.metrics.listen,
+                source,
+            })?;
+        let metrics_addr = metrics_listener.local_addr().unwrap_or(config.metrics.listen);
+        let target = Target {
+            addr: config.uplink.collector,
+            server_name: config.uplink.server_name.clone(),
+            ack_timeout: Duration::from_millis(config.uplink.ack_timeout_ms),
+        };
+        let endpoint = uplink::client_endpoint(&target, client_config).map_err(|source| StartError::Bind {
+            what: "QUIC client endpoint for",
+            addr: target.addr,
+            source,
+        })?;
+        let stats = Arc::new(UplinkStats::default());
+        let metrics = telemetry::endpoint(aggregator.clone(), spool.clone(), stats.clone(), topology);
+
+        let spool_dir = config.uplink.spool_dir.clone();
+        let per_lock = config.ingest.recv_batch;
+        let run = async move {
+            let (stop, stopped) = watch::channel(false);
+            let wake = Arc::new(Notify::new());
+            let mut ingest_tasks = Vec::new();
+            for socket in sockets {
+                let task = ingest::run(socket, aggregator.clone(), per_lock, stopped.clone());
+                ingest_tasks.push(tokio::spawn(async move {
+                    if let Err(error) = task.await {
+                        warn!(message = "ingest socket failed", %error);
+                    }
+                }));
+            }
+            let uplink_task = tokio::spawn(uplink::run(
+                endpoint.clone(),
+                target,
+                spool.clone(),
+                wake.clone(),
+                stats,
+                stopped.clone(),
+            ));
+            let mut metrics_stopped = stopped.clone();
+            let metrics_task = tokio::spawn(metrics.clone().serve(metrics_listener, async move {
+                let _ = metrics_stopped.wait_for(|s| *s).await;
+            }));
+            metrics.set_ready(true);
+
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let due = ingest::lock(&aggregator).emit_due(now_ns());
+                        spool_windows(&spool, due, &wake);
+                    }
+                    _ = &mut shutdown => break,
+                }
+            }
+            info!(message = "shutting down: emitting open windows to the spool");
+            metrics.set_ready(false);
+            let _ = stop.send(true);
+            for task in ingest_tasks {
+                let _ = task.await;
+            }
+            let (windows, resume) = ingest::lock(&aggregator).emit_all(now_ns());
+            spool_windows(&spool, windows, &wake);
+            if let Some((start, part)) = resume {
+                write_resume(&spool_dir, start, part);
+            }
+            // The uplink finishes the batch in flight; the rest wait in the
+            // spool for the next start.
+            let _ = tokio::time::timeout(Duration::from_secs(5), uplink_task).await;
+            endpoint.close(0u32.into(), b"sampler stopping");
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            let _ = metrics_task.await;
+        };
+        Ok(Sampler {
+            ingest_addrs,
+            metrics_addr,
+            run: Box::pin(run),
+        })
+    }
+
+    /// Runs until the shutdown future given to [`Sampler::start`] completes.
+    pub async fn run(self) {
+        self.run.await;
+    }
+}
+
+fn spool_windows(spool: &Mutex<Spool>, windows: Vec<EmittedWindow>, wake: &Notify) {
+    if windows.is_empty() {
+        return;
+    }
+    let mut spool = uplink::lock(spool);
+    for window in windows {
+        for (part, bytes) in window.parts {
+            let key = SpoolKey {
+                window_start_ns: window.start_ns,
+                part,
+            };
+            match spool.push(key, bytes) {
+                Ok(pushed) if pushed.refused => {
+                    warn!(
+                        message = "batch larger than the whole spool was dropped; raise uplink.spool_max_bytes",
+                        window = window.start_ns
+                    )
+                }
+                Ok(pushed) if pushed.dropped > 0 => {
+                    warn!(
+                        message = "spool full: dropped the oldest batches",
+                        dropped = pushed.dropped
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => warn!(message = "cannot spool a batch; its window is lost", %error),
+            }
+        }
+    }
+    wake.notify_one();
+}
+
+fn take_resume(dir: &Path) -> Option<(u64, u16)> {
+    let path = dir.join(RESUME_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    let (start, part) = text.trim().split_once(' ')?;
+    Some((start.parse().ok()?, part.parse().ok()?))
+}
+
+fn write_resume(dir: &Path, start: u64, part: u16) {
+    if let Err(error) = std::fs::write(dir.join(RESUME_FILE), format!("{start} {part}\n")) {
+        warn!(message = "cannot record the window emitted early; a restart within it may be stored as a duplicate", %error);
+    }
+}

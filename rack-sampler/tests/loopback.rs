@@ -1,0 +1,522 @@
+//! The sampler binary on loopback: synthetic agents send real UDP datagrams;
+//! a real QUIC server in the test stands in for the collector and records
+//! every batch. Covers exact delivery across a collector outage and a
+//! sampler restart, the malformed-datagram corpus, the Prometheus endpoint
+//! and a refused client certificate.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{datagram, probe};
+use configs::TlsFiles;
+use configs::tls::{self, DevPki};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire_format::{AckStatus, BatchAck, BatchId, BatchView, ProbeOutcome};
+use zerocopy::IntoBytes;
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the stand-in collector received: every distinct batch, and how many
+/// repeats it acknowledged as duplicates.
+#[derive(Default)]
+struct Received {
+    batches: BTreeMap<BatchId, Vec<u8>>,
+    duplicates: u64,
+}
+
+/// A QUIC server that acknowledges batches the way the collector does.
+struct StandIn {
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandIn {
+    fn start(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>) -> StandIn {
+        let endpoint = quinn::Endpoint::server(tls::server_config(files).unwrap(), addr).unwrap();
+        let accepting = endpoint.clone();
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let Ok(connection) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                        let Ok(bytes) = recv.read_to_end(64 << 20).await else {
+                            return;
+                        };
+                        let view = BatchView::parse(&bytes).unwrap();
+                        let id = view.header.batch_id;
+                        let status = {
+                            let mut r = received.lock().unwrap();
+                            match r.batches.entry(id) {
+                                std::collections::btree_map::Entry::Occupied(_) => {
+                                    r.duplicates += 1;
+                                    AckStatus::Duplicate
+                                }
+                                std::collections::btree_map::Entry::Vacant(e) => {
+                                    e.insert(bytes.clone());
+                                    AckStatus::Stored
+                                }
+                            }
+                        };
+                        let _ = send.write_all(BatchAck::new(id, status, 0).as_bytes()).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+        StandIn { endpoint, task }
+    }
+
+    async fn stop(self) {
+        self.endpoint.close(0u32.into(), b"stand-in stopping");
+        self.task.abort();
+        let _ = self.task.await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The sampler binary as a child process, killed if the test fails.
+struct SamplerProcess {
+    child: Child,
+    stderr: PathBuf,
+}
+
+struct Setup {
+    dir: PathBuf,
+    ingest: SocketAddr,
+    metrics: SocketAddr,
+    collector: SocketAddr,
+    tls: TlsFiles,
+}
+
+impl SamplerProcess {
+    fn start(s: &Setup, name: &str) -> SamplerProcess {
+        let config = s.dir.join("sampler.toml");
+        std::fs::write(&config, config_text(s)).unwrap();
+        let stderr = s.dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_flowmesh-sampler"))
+            .args(["--config".as_ref(), config.as_os_str()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        SamplerProcess { child, stderr }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "sampler exited with {status}: {}", self.log());
+                return;
+            }
+            assert!(Instant::now() < deadline, "sampler did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for SamplerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_text(s: &Setup) -> String {
+    let topology = s.dir.join("topology.toml");
+    std::fs::write(&topology, common::TOPOLOGY).unwrap();
+    format!(
+        r#"
+sampler_id = 3
+rack = "rack1"
+topology = "{topology}"
+
+[ingest]
+listen = ["{ingest}"]
+
+[aggregate]
+window_secs = 1
+grace_ms = 300
+sample_one_in = 4
+
+[uplink]
+collector = "{collector}"
+server_name = "localhost"
+spool_dir = "{spool}"
+ack_timeout_ms = 2000
+tls = {{ ca = "{ca}", cert = "{cert}", key = "{key}" }}
+
+[metrics]
+listen = "{metrics}"
+"#,
+        topology = topology.display(),
+        ingest = s.ingest,
+        collector = s.collector,
+        spool = s.dir.join("spool").display(),
+        ca = s.tls.ca.display(),
+        cert = s.tls.cert.display(),
+        key = s.tls.key.display(),
+        metrics = s.metrics,
+    )
+}
+
+fn setup(dir: &Path, pki: &DevPki) -> Setup {
+    Setup {
+        dir: dir.to_path_buf(),
+        ingest: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
+        metrics: format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap(),
+        collector: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
+        tls: pki.sampler("sampler-3"),
+    }
+}
+
+fn pki(dir: &Path) -> DevPki {
+    DevPki::generate(&dir.join("pki"), &["localhost".into()], &["sampler-3".into()]).unwrap()
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+/// Polls the metrics endpoint until `ready` holds for the exposition.
+async fn wait_for_metrics(addr: SocketAddr, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(page) = http_get(addr, "/metrics").await
+            && ready(&page)
+        {
+            return page;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of the sample `series` (name with labels, as exposed).
+fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn now_ns() -> u64 {
+    rack_sampler::now_ns()
+}
+
+/// Sends `count` datagrams of one probe each from agent `node`, 20 ms
+/// apart, numbered from `*seq`; returns how many probes were sent.
+fn send_probes(socket: &UdpSocket, to: SocketAddr, node: u32, seq: &mut u32, count: u32) -> u64 {
+    for _ in 0..count {
+        let record = probe(node, 102, u64::from(*seq), ProbeOutcome::Ok, 150_000, 10_000);
+        socket
+            .send_to(&datagram(node, 1, *seq, now_ns(), &[record]), to)
+            .unwrap();
+        *seq += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    u64::from(count)
+}
+
+/// A stand-in collector and a sampler started against it.
+struct Rig {
+    pki: DevPki,
+    s: Setup,
+    received: Arc<Mutex<Received>>,
+    stand_in: StandIn,
+    sampler: SamplerProcess,
+}
+
+impl Rig {
+    async fn start(dir: &Path, name: &str) -> Rig {
+        let pki = pki(dir);
+        let s = setup(dir, &pki);
+        let received = Arc::new(Mutex::new(Received::default()));
+        let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+        let sampler = SamplerProcess::start(&s, name);
+        wait_for_metrics(s.metrics, "the sampler's endpoint", |_| true).await;
+        Rig {
+            pki,
+            s,
+            received,
+            stand_in,
+            sampler,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_window_arrives_once_across_a_collector_outage_and_a_sampler_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        pki,
+        s,
+        received,
+        stand_in,
+        sampler,
+    } = Rig::start(dir.path(), "first").await;
+
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seq = 0;
+    let to = s.ingest;
+    let mut sent = 0;
+    // Phase 1: collector up.
+    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60));
+    wait_for_metrics(s.metrics, "a first acknowledged batch", |p| {
+        metric(p, "flowmesh_sampler_uplink_batches_acked_total{status=\"stored\"}").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    // Phase 2: collector down; batches spool.
+    stand_in.stop().await;
+    let spooled_before = received.lock().unwrap().batches.len();
+    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60));
+    wait_for_metrics(s.metrics, "batches waiting in the spool", |p| {
+        metric(p, "flowmesh_sampler_spool_batches").unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    // Phase 3: restart the sampler mid-outage; its spool must survive.
+    sampler.stop();
+    let spool_files = std::fs::read_dir(dir.path().join("spool")).unwrap().count();
+    assert!(spool_files >= 2, "spool is empty after a clean stop");
+    let sampler = SamplerProcess::start(&s, "second");
+    wait_for_metrics(s.metrics, "the restarted sampler", |_| true).await;
+    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60));
+    // Phase 4: collector back: every spooled batch is replayed.
+    let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+    let done = wait_for_metrics(s.metrics, "the spool to drain", |p| {
+        metric(p, "flowmesh_sampler_spool_batches") == Some(0.0)
+            && metric(p, "flowmesh_sampler_windows_emitted_total").unwrap_or(0.0) >= 3.0
+    })
+    .await;
+    // Let the last window with traffic close and be delivered too.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let _ = wait_for_metrics(s.metrics, "the spool to drain again", |p| {
+        metric(p, "flowmesh_sampler_spool_batches") == Some(0.0)
+    })
+    .await;
+    sampler.stop();
+    stand_in.stop().await;
+    assert!(done.contains("flowmesh_sampler_uplink_connected 1"), "{done}");
+
+    let r = received.lock().unwrap();
+    assert!(r.batches.len() > spooled_before);
+    // Every window from the first to the last arrived, each id once; the
+    // restart's window may come in two parts.
+    let mut windows: BTreeMap<u64, Vec<u16>> = BTreeMap::new();
+    let mut probes = 0u64;
+    let mut weights = 0u64;
+    for (id, bytes) in &r.batches {
+        let view = BatchView::parse(bytes).unwrap();
+        let start = view.header.window_start_ns.get();
+        assert_eq!(view.header.sampler_id.get(), 3);
+        assert_eq!(view.header.window_len_ns.get(), 1_000_000_000);
+        assert_eq!(
+            *id,
+            BatchId::for_window(3, start, u16::from_be_bytes([id.0[12], id.0[13]]))
+        );
+        windows
+            .entry(start)
+            .or_default()
+            .push(u16::from_be_bytes([id.0[12], id.0[13]]));
+        probes += view.paths.iter().map(|p| u64::from(p.probes_sent.get())).sum::<u64>();
+        weights += view.probes.iter().map(|p| u64::from(p.meta.weight.get())).sum::<u64>();
+        assert_eq!(view.completeness.len(), 3);
+    }
+    // Windows are contiguous except where no sampler ran at all (the
+    // restart): a sampler does not claim windows it did not observe.
+    let starts: Vec<u64> = windows.keys().copied().collect();
+    let gaps: Vec<u64> = starts
+        .windows(2)
+        .map(|p| (p[1] - p[0]) / 1_000_000_000 - 1)
+        .filter(|&g| g > 0)
+        .collect();
+    assert!(
+        gaps.len() <= 1 && gaps.iter().all(|&g| g <= 3),
+        "windows missing: {starts:?}"
+    );
+    assert!(windows.values().all(|parts| parts.len() <= 2));
+    assert_eq!(probes, sent, "probes lost or counted twice");
+    assert_eq!(weights, sent, "sample weights do not add up to the records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_datagrams_are_counted_by_reason_while_good_traffic_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        s,
+        received,
+        stand_in,
+        sampler,
+        ..
+    } = Rig::start(dir.path(), "sampler").await;
+
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let good = |seq: u32| datagram(101, 1, seq, now_ns(), &[probe(101, 102, 0, ProbeOutcome::Ok, 1_000, 0)]);
+    let mut wrong_version = good(0);
+    wrong_version[2] = 2;
+    let mut unknown_kind = good(0);
+    unknown_kind[3] = 9;
+    let mut reserved = good(0);
+    let last = reserved.len() - 1;
+    reserved[last] = 1;
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", Vec::new()),
+        ("truncated", vec![0xff; 10]),
+        ("truncated", good(0)[..40].to_vec()),
+        ("oversized", [good(0), vec![0; 7]].concat()),
+        ("unsupported_version", wrong_version),
+        ("unknown_kind", unknown_kind),
+        ("reserved_not_zero", reserved),
+        (
+            "foreign_node",
+            datagram(201, 1, 0, now_ns(), &[probe(201, 101, 0, ProbeOutcome::Ok, 1, 0)]),
+        ),
+        // Text where a header belongs: its third byte is no version we know.
+        (
+            "unsupported_version",
+            b"GET / HTTP/1.1\r\nHost: sampler\r\n\r\n".to_vec(),
+        ),
+    ];
+    let mut seq = 0;
+    for (_, bad) in &corpus {
+        agent.send_to(&good(seq), s.ingest).unwrap();
+        seq += 1;
+        agent.send_to(bad, s.ingest).unwrap();
+    }
+    agent.send_to(&good(seq), s.ingest).unwrap();
+    let page = wait_for_metrics(s.metrics, "every datagram counted", |p| {
+        metric(p, "flowmesh_sampler_datagrams_received_total") == Some(f64::from(seq + 1))
+            && metric(p, "flowmesh_sampler_datagrams_dropped_total{reason=\"foreign_node\"}") == Some(1.0)
+    })
+    .await;
+    let mut want: BTreeMap<&str, f64> = BTreeMap::new();
+    for (reason, _) in &corpus {
+        *want.entry(reason).or_default() += 1.0;
+    }
+    for (reason, count) in &want {
+        let series = format!("flowmesh_sampler_datagrams_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&page, &series), Some(*count), "{series}\n{page}");
+    }
+    assert_eq!(
+        metric(&page, "flowmesh_sampler_datagrams_dropped_total{reason=\"bad_magic\"}"),
+        Some(0.0),
+        "every reason is exposed, zero included"
+    );
+    assert!(page.contains("# HELP flowmesh_sampler_datagrams_dropped_total"));
+    let health = http_get(s.metrics, "/healthz").await.unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let ready = http_get(s.metrics, "/readyz").await.unwrap();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    // The window's batch reports the refused datagrams upward.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let malformed = loop {
+        let total: u32 = received
+            .lock()
+            .unwrap()
+            .batches
+            .values()
+            .map(|b| BatchView::parse(b).unwrap().header.malformed_datagrams.get())
+            .sum();
+        if total == corpus.len() as u32 || Instant::now() > deadline {
+            break total;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(malformed, corpus.len() as u32);
+    sampler.stop();
+    stand_in.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_client_certificate_is_refused_and_reported_as_a_tls_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let rogue = DevPki::generate(&dir.path().join("rogue"), &["localhost".into()], &["sampler-3".into()]).unwrap();
+    let mut s = setup(dir.path(), &pki);
+    // Trusts the real collector, presents a certificate its CA never signed.
+    s.tls = TlsFiles {
+        ca: pki.collector().ca,
+        ..rogue.sampler("sampler-3")
+    };
+    let received = Arc::new(Mutex::new(Received::default()));
+    let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+    let sampler = SamplerProcess::start(&s, "rogue");
+    wait_for_metrics(s.metrics, "a TLS failure", |p| {
+        metric(p, "flowmesh_sampler_uplink_failures_total{kind=\"tls\"}").unwrap_or(0.0) >= 1.0
+            && metric(p, "flowmesh_sampler_windows_emitted_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let page = http_get(s.metrics, "/metrics").await.unwrap();
+    assert_eq!(metric(&page, "flowmesh_sampler_uplink_connected"), Some(0.0));
+    assert!(received.lock().unwrap().batches.is_empty());
+    let log = sampler.log();
+    assert!(log.contains("TLS handshake with the collector"), "{log}");
+    assert!(log.contains("uplink.tls.cert"), "{log}");
+    sampler.stop();
+    stand_in.stop().await;
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sampler.toml");
+    std::fs::write(
+        &config,
+        "sampler_id = 1\nrack = \"rack9\"\n[aggregate]\nwindow_secs = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-sampler"))
+        .args(["--config".as_ref(), config.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("aggregate.window_secs"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line, no backtrace: {stderr}");
+
+    // A rack the topology does not have is named, with the racks it has.
+    let pki = pki(dir.path());
+    let s = setup(dir.path(), &pki);
+    let text = config_text(&s).replace("rack = \"rack1\"", "rack = \"rack9\"");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-sampler"))
+        .args(["--config".as_ref(), config.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rack `rack9`") && stderr.contains("rack1, rack2"),
+        "{stderr}"
+    );
+}
