@@ -36,7 +36,8 @@ pub struct SamplerConfig {
 pub struct Ingest {
     /// Addresses to receive datagrams on (IPv4 and IPv6).
     pub listen: Vec<SocketAddr>,
-    /// Datagrams taken per receive call.
+    /// Datagrams aggregated per hold of the aggregation lock (received up
+    /// to 32 per system call).
     pub recv_batch: usize,
     /// Socket receive buffer to request, bytes (the kernel caps it at
     /// `net.core.rmem_max`).

@@ -37,8 +37,8 @@ use configs::{SamplerConfig, Topology};
 use hdrhistogram::Histogram;
 use wire_format::{
     AgentCompleteness, BatchBuilder, BatchId, BatchInfo, DropReason, EndReason, FlowRecord, MAX_BATCH_BYTES,
-    PathSummary, ProbeOutcome, ProbeRecord, RTT_HISTOGRAM_MAX_NS, RTT_HISTOGRAM_SIGFIGS, Records, SampleMeta,
-    Transport, anomaly, completeness_flags, encode_histogram, new_rtt_histogram,
+    PathSummary, ProbeOutcome, ProbeRecord, RTT_HISTOGRAM_MAX_NS, Records, SampleMeta, Transport, anomaly,
+    completeness_flags, encode_histogram, new_rtt_histogram,
 };
 
 use crate::completeness::{Arrival, SequenceTracker};
@@ -51,9 +51,20 @@ pub const FLOW_IDLE_WINDOWS: u64 = 60;
 /// process was stopped; older ones are skipped and counted.
 pub const MAX_CATCH_UP_WINDOWS: u64 = 360;
 
-/// Network RTTs held per path as raw values before switching to a
-/// histogram: a few per window is the common case and costs 8 bytes each.
-const FEW_SAMPLES: usize = 4_096;
+/// Values held per path as raw values before switching to a histogram: a
+/// few probes per path and window is the common case, at 8 bytes each.
+const FEW_SAMPLES: usize = 256;
+
+/// Significant digits of the sampler's RTT histograms: values within 1 %.
+/// Three digits would cost 2 048 counters per power of two, 80 KiB for a
+/// path with sub-millisecond RTTs — over a gigabyte for a busy rack's few
+/// thousand paths; two digits cost 12 KiB and resolve 1 µs at 100 µs, well
+/// inside what the SLA thresholds (hundreds of µs) need.
+pub const HISTOGRAM_SIGFIGS: u8 = 2;
+
+/// Values are clamped below this so a histogram that grows to hold them
+/// stays within the range readers accept.
+const HISTOGRAM_CLAMP_NS: u64 = RTT_HISTOGRAM_MAX_NS / 2;
 
 /// Settings of an [`Aggregator`], from the sampler's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,19 +275,19 @@ impl Default for Dist {
 }
 
 impl Dist {
-    fn record(&mut self, value: u64) {
-        let value = value.min(RTT_HISTOGRAM_MAX_NS);
+    /// Records `value`; beyond `spill_at` raw values the distribution turns
+    /// into a histogram.
+    fn record(&mut self, value: u64, spill_at: usize) {
+        let value = value.min(HISTOGRAM_CLAMP_NS);
         match self {
-            Dist::Few(values) if values.len() < FEW_SAMPLES => values.push(value),
+            Dist::Few(values) if values.len() < spill_at => values.push(value),
             Dist::Few(values) => {
-                let mut histogram = new_rtt_histogram();
-                for &v in values.iter().chain([&value]) {
-                    // Clamped into range above, so recording cannot fail.
-                    let _ = histogram.record(v);
-                }
+                values.push(value);
+                let histogram = sized_histogram(values);
                 *self = Dist::Many(Box::new(histogram));
             }
             Dist::Many(histogram) => {
+                // Auto-resizing, and values are clamped: cannot fail.
                 let _ = histogram.record(value);
             }
         }
@@ -289,26 +300,34 @@ impl Dist {
         }
     }
 
-    /// The distribution as a histogram sized to its largest value (a small
-    /// allocation for the common microsecond RTTs).
-    fn histogram(&self) -> Histogram<u64> {
+    fn into_histogram(self) -> Histogram<u64> {
         match self {
-            Dist::Many(histogram) => (**histogram).clone(),
-            Dist::Few(values) => {
-                let highest = values.iter().copied().max().unwrap_or(0).max(2);
-                let mut histogram = Histogram::new_with_bounds(1, highest, RTT_HISTOGRAM_SIGFIGS)
-                    .unwrap_or_else(|_| new_rtt_histogram());
-                for &v in values {
-                    let _ = histogram.record(v);
-                }
-                histogram
-            }
+            Dist::Many(histogram) => *histogram,
+            Dist::Few(values) => sized_histogram(&values),
         }
     }
 }
 
+/// A histogram of `values` covering just their range (it grows if more are
+/// recorded), so small RTTs cost a small allocation.
+fn sized_histogram(values: &[u64]) -> Histogram<u64> {
+    let highest = values.iter().copied().max().unwrap_or(0).max(2);
+    let mut histogram =
+        Histogram::new_with_bounds(1, highest, HISTOGRAM_SIGFIGS).unwrap_or_else(|_| new_rtt_histogram());
+    histogram.auto(true);
+    for &v in values {
+        let _ = histogram.record(v);
+    }
+    histogram
+}
+
 #[derive(Debug, Clone, Default)]
 struct PathAgg {
+    /// Raw values this path holds before switching to a histogram. It
+    /// differs between paths so that a busy window's paths, all filling at
+    /// the same pace, do not all convert in the same millisecond and stall
+    /// ingest.
+    spill_at: usize,
     probes_sent: u32,
     probes_lost: u32,
     probes_failed: u32,
@@ -331,7 +350,18 @@ impl PathAgg {
             self.rtt_min_ns = rtt;
         }
         self.rtt_max_ns = self.rtt_max_ns.max(rtt);
-        self.rtts.record(rtt);
+        self.rtts.record(rtt, self.spill_at);
+    }
+
+    fn new(key: &PathKey) -> PathAgg {
+        // A cheap mix of the key spreads thresholds over [FEW, 2·FEW).
+        let mix =
+            (u64::from(key.src) << 32 | u64::from(key.dst)) ^ (u64::from(key.dscp) << 8 | u64::from(key.transport));
+        let spread = (mix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % FEW_SAMPLES;
+        PathAgg {
+            spill_at: FEW_SAMPLES + spread,
+            ..PathAgg::default()
+        }
     }
 }
 
@@ -545,7 +575,10 @@ impl Aggregator {
                 window.records_over_capacity += 1;
                 None
             }
-            std::collections::hash_map::Entry::Vacant(e) => Some(e.insert(PathAgg::default())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let path = PathAgg::new(e.key());
+                Some(e.insert(path))
+            }
         }
     }
 
@@ -653,7 +686,7 @@ impl Aggregator {
                     }
                 }
                 if let Some(delay) = record.responder_delay_ns() {
-                    path.delays.record(delay);
+                    path.delays.record(delay, path.spill_at);
                 }
             }
             ProbeOutcome::Timeout => {
@@ -673,52 +706,16 @@ impl Aggregator {
     /// Emits every window that ended at least `grace` before `now_ns`, in
     /// order, including windows in which nothing arrived.
     pub fn emit_due(&mut self, now_ns: u64) -> Vec<EmittedWindow> {
-        let len = self.settings.window_ns;
-        let mut emitted = Vec::new();
-        let grace = self.settings.grace_ns;
-        let due = |start: u64| start.saturating_add(len).saturating_add(grace) <= now_ns;
-        if due(self.next_emit) {
-            let behind = (now_ns.saturating_sub(self.settings.grace_ns) - self.next_emit) / len;
-            if behind > MAX_CATCH_UP_WINDOWS {
-                let skip = behind - MAX_CATCH_UP_WINDOWS;
-                self.totals.windows_skipped += skip;
-                // Data held for skipped windows is emitted with the first
-                // one kept, not lost: re-key it.
-                let first_kept = self.next_emit + skip * len;
-                let stale: Vec<u64> = self.windows.range(..first_kept).map(|(&s, _)| s).collect();
-                for start in stale {
-                    if let Some(w) = self.windows.remove(&start) {
-                        self.merge_into(first_kept, w);
-                    }
-                }
-                self.next_emit = first_kept;
-            }
-        }
-        while due(self.next_emit) {
-            let start = self.next_emit;
-            emitted.push(self.emit(start, now_ns));
-            self.next_emit += len;
-        }
-        emitted
+        self.take_due(now_ns).into_iter().map(ClosedWindow::encode).collect()
     }
 
     /// Emits every open window now, complete or not (at shutdown). Returns
     /// the windows and, for the last, the next part number to use if the
     /// sampler restarts within it.
     pub fn emit_all(&mut self, now_ns: u64) -> (Vec<EmittedWindow>, Option<(u64, u16)>) {
-        let mut emitted = self.emit_due(now_ns);
-        let current = now_ns - now_ns % self.settings.window_ns;
-        let last = self.windows.keys().next_back().copied().unwrap_or(current).max(current);
-        let mut resume = None;
-        while self.next_emit <= last {
-            let start = self.next_emit;
-            let window = self.emit(start, now_ns);
-            let next_part = window.parts.last().map_or(0, |(p, _)| p + 1);
-            resume = Some((start, next_part));
-            emitted.push(window);
-            self.next_emit += self.settings.window_ns;
-        }
-        (emitted, resume)
+        let windows: Vec<EmittedWindow> = self.take_all(now_ns).into_iter().map(ClosedWindow::encode).collect();
+        let resume = windows.last().map(next_part);
+        (windows, resume)
     }
 
     fn merge_into(&mut self, start: u64, other: Window) {
@@ -747,7 +744,7 @@ impl Aggregator {
                 t.record_rtt(rtt);
             }
             for delay in dist_values(&p.delays) {
-                t.delays.record(delay);
+                t.delays.record(delay, t.spill_at);
             }
         }
         for (node, a) in other.agents {
@@ -764,8 +761,11 @@ impl Aggregator {
         target.probes.kept.extend(other.probes.kept);
     }
 
-    fn emit(&mut self, start: u64, now_ns: u64) -> EmittedWindow {
-        let mut window = self.windows.remove(&start).unwrap_or_default();
+    /// Detaches window `start` with what its batch needs, cheaply, so the
+    /// expensive part ([`ClosedWindow::encode`]) runs without holding up
+    /// ingest.
+    fn close(&mut self, start: u64, now_ns: u64) -> ClosedWindow {
+        let window = self.windows.remove(&start).unwrap_or_default();
         self.totals.windows_emitted += 1;
         let stale_before = start.saturating_sub(FLOW_IDLE_WINDOWS * self.settings.window_ns);
         self.flows
@@ -780,40 +780,121 @@ impl Aggregator {
             Some((resume_start, part)) if resume_start == start => part,
             _ => 0,
         };
-        let mut parts = Parts::new(info, first_part);
-
-        let mut keys: Vec<PathKey> = window.paths.keys().copied().collect();
-        keys.sort_unstable_by_key(|k| (k.src, k.dst, k.dscp, k.transport));
-        let mut histogram_bytes = Vec::new();
-        for key in &keys {
-            let p = &window.paths[key];
-            let (summary, histogram) = summarize(key, p, &mut histogram_bytes);
-            parts.path(summary, histogram);
-        }
-        for (&node, agent) in &self.agents {
-            let seen = window.agents.get(&node);
-            let mut c = AgentCompleteness::new(node);
-            c.last_seen_ns = agent.last_seen_ns.into();
-            match seen {
-                Some(w) => {
-                    c.agent_epoch = w.epoch.into();
-                    c.datagrams_expected = w.expected.into();
-                    c.datagrams_received = w.received.into();
-                    c.datagrams_duplicate = w.duplicate.into();
-                    c.datagrams_reordered = w.reordered.into();
-                    c.records = w.records.into();
-                    if w.restarted {
-                        c.flags |= completeness_flags::RESTARTED;
+        let completeness = self
+            .agents
+            .iter()
+            .map(|(&node, agent)| {
+                let mut c = AgentCompleteness::new(node);
+                c.last_seen_ns = agent.last_seen_ns.into();
+                match window.agents.get(&node) {
+                    Some(w) => {
+                        c.agent_epoch = w.epoch.into();
+                        c.datagrams_expected = w.expected.into();
+                        c.datagrams_received = w.received.into();
+                        c.datagrams_duplicate = w.duplicate.into();
+                        c.datagrams_reordered = w.reordered.into();
+                        c.records = w.records.into();
+                        if w.restarted {
+                            c.flags |= completeness_flags::RESTARTED;
+                        }
+                        if w.received == 0 {
+                            c.flags |= completeness_flags::SILENT;
+                        }
                     }
-                    if w.received == 0 {
+                    None => {
+                        c.agent_epoch = agent.sequence.epoch().unwrap_or(0).into();
                         c.flags |= completeness_flags::SILENT;
                     }
                 }
-                None => {
-                    c.agent_epoch = agent.sequence.epoch().unwrap_or(0).into();
-                    c.flags |= completeness_flags::SILENT;
+                c
+            })
+            .collect();
+        ClosedWindow {
+            info,
+            first_part,
+            window,
+            completeness,
+        }
+    }
+
+    /// Detaches every window due at `now_ns` (see [`Aggregator::emit_due`])
+    /// for encoding outside the caller's lock.
+    pub fn take_due(&mut self, now_ns: u64) -> Vec<ClosedWindow> {
+        let len = self.settings.window_ns;
+        let grace = self.settings.grace_ns;
+        let due = |start: u64| start.saturating_add(len).saturating_add(grace) <= now_ns;
+        if due(self.next_emit) {
+            let behind = (now_ns.saturating_sub(grace) - self.next_emit) / len;
+            if behind > MAX_CATCH_UP_WINDOWS {
+                let skip = behind - MAX_CATCH_UP_WINDOWS;
+                self.totals.windows_skipped += skip;
+                // Data held for skipped windows is emitted with the first
+                // one kept, not lost: re-key it.
+                let first_kept = self.next_emit + skip * len;
+                let stale: Vec<u64> = self.windows.range(..first_kept).map(|(&s, _)| s).collect();
+                for start in stale {
+                    if let Some(w) = self.windows.remove(&start) {
+                        self.merge_into(first_kept, w);
+                    }
                 }
+                self.next_emit = first_kept;
             }
+        }
+        let mut closed = Vec::new();
+        while due(self.next_emit) {
+            closed.push(self.close(self.next_emit, now_ns));
+            self.next_emit += len;
+        }
+        closed
+    }
+
+    /// Detaches every open window, complete or not (at shutdown).
+    pub fn take_all(&mut self, now_ns: u64) -> Vec<ClosedWindow> {
+        let mut closed = self.take_due(now_ns);
+        let current = now_ns - now_ns % self.settings.window_ns;
+        let last = self.windows.keys().next_back().copied().unwrap_or(current).max(current);
+        while self.next_emit <= last {
+            closed.push(self.close(self.next_emit, now_ns));
+            self.next_emit += self.settings.window_ns;
+        }
+        closed
+    }
+}
+
+/// A window detached from the [`Aggregator`], not yet encoded.
+#[derive(Debug)]
+pub struct ClosedWindow {
+    info: BatchInfo,
+    first_part: u16,
+    window: Window,
+    completeness: Vec<AgentCompleteness>,
+}
+
+impl ClosedWindow {
+    /// Window start, ns since the Unix epoch.
+    pub fn start_ns(&self) -> u64 {
+        self.info.window_start_ns
+    }
+
+    /// Summarizes the paths (quantiles, histograms), finishes sampling and
+    /// encodes the batch, in parts if it would exceed the size limit.
+    pub fn encode(self) -> EmittedWindow {
+        let ClosedWindow {
+            info,
+            first_part,
+            mut window,
+            completeness,
+        } = self;
+        let mut parts = Parts::new(info, first_part);
+        let mut paths: Vec<(PathKey, PathAgg)> = std::mem::take(&mut window.paths).into_iter().collect();
+        paths.sort_unstable_by_key(|(k, _)| (k.src, k.dst, k.dscp, k.transport));
+        let path_count = paths.len();
+        let mut histogram_bytes = Vec::new();
+        for (key, path) in paths {
+            let (summary, histogram) = summarize(&key, path, &mut histogram_bytes);
+            parts.path(summary, histogram);
+        }
+        for c in completeness {
             parts.completeness(c);
         }
         finish_sampling(&mut window.flows);
@@ -825,12 +906,17 @@ impl Aggregator {
             parts.probe(meta, record);
         }
         EmittedWindow {
-            start_ns: start,
+            start_ns: info.window_start_ns,
             parts: parts.finish(),
-            paths: keys.len(),
+            paths: path_count,
             records: window.records,
         }
     }
+}
+
+/// The part number a restart within `window`'s window continues from.
+pub fn next_part(window: &EmittedWindow) -> (u64, u16) {
+    (window.start_ns, window.parts.last().map_or(0, |(p, _)| p + 1))
 }
 
 fn dist_values(dist: &Dist) -> Vec<u64> {
@@ -888,7 +974,7 @@ fn finish_sampling<R>(sampler: &mut Sampler<R>) {
     }
 }
 
-fn summarize(key: &PathKey, p: &PathAgg, scratch: &mut Vec<u8>) -> (PathSummary, Vec<u8>) {
+fn summarize(key: &PathKey, p: PathAgg, scratch: &mut Vec<u8>) -> (PathSummary, Vec<u8>) {
     let transport = (key.transport != 0).then(|| Transport::from(key.transport));
     let mut s = PathSummary::new(key.src, key.dst, key.dscp, transport);
     s.probes_sent = p.probes_sent.into();
@@ -903,7 +989,7 @@ fn summarize(key: &PathKey, p: &PathAgg, scratch: &mut Vec<u8>) -> (PathSummary,
     s.retrans_segs = p.retrans_segs.into();
     scratch.clear();
     if !p.rtts.is_empty() {
-        let h = p.rtts.histogram();
+        let h = p.rtts.into_histogram();
         s.rtt_min_ns = p.rtt_min_ns.into();
         s.rtt_max_ns = p.rtt_max_ns.into();
         // Quantiles report the highest value equivalent to the bucket, which
@@ -918,7 +1004,7 @@ fn summarize(key: &PathKey, p: &PathAgg, scratch: &mut Vec<u8>) -> (PathSummary,
         let _ = encode_histogram(&h, scratch);
     }
     if !p.delays.is_empty() {
-        let h = p.delays.histogram();
+        let h = p.delays.into_histogram();
         s.responder_delay_p50_ns = h.value_at_quantile(0.5).into();
         s.responder_delay_p99_ns = h.value_at_quantile(0.99).into();
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use configs::{SamplerConfig, Topology, TopologyError};
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::aggregate::{Aggregator, EmittedWindow, Settings};
+use crate::aggregate::{self, Aggregator, ClosedWindow, EmittedWindow, Settings};
 use crate::spool::{Spool, SpoolError, SpoolKey};
 use crate::uplink::{self, Target, UplinkStats};
 use crate::{ingest, now_ns, telemetry};
@@ -164,8 +164,29 @@ impl Sampler {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {
-                        let due = ingest::lock(&aggregator).emit_due(now_ns());
-                        spool_windows(&spool, due, &wake);
+                        let closed = ingest::lock(&aggregator).take_due(now_ns());
+                        if !closed.is_empty() {
+                            // Summarizing, encoding and the synced spool
+                            // write run off the runtime's threads, so
+                            // receiving never waits for them.
+                            let (spool, wake) = (spool.clone(), wake.clone());
+                            let done = tokio::task::spawn_blocking(move || {
+                                let started = std::time::Instant::now();
+                                let windows: Vec<EmittedWindow> = closed.into_iter().map(ClosedWindow::encode).collect();
+                                let encoded = started.elapsed();
+                                let bytes: usize = windows.iter().flat_map(|w| &w.parts).map(|(_, b)| b.len()).sum();
+                                spool_windows(&spool, windows, &wake);
+                                debug!(
+                                    message = "windows emitted",
+                                    encode_ms = encoded.as_secs_f64() * 1e3,
+                                    spool_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
+                                    bytes
+                                );
+                            });
+                            if let Err(error) = done.await {
+                                warn!(message = "emitting a window failed; it is lost", %error);
+                            }
+                        }
                     }
                     _ = &mut shutdown => break,
                 }
@@ -176,7 +197,9 @@ impl Sampler {
             for task in ingest_tasks {
                 let _ = task.await;
             }
-            let (windows, resume) = ingest::lock(&aggregator).emit_all(now_ns());
+            let closed = ingest::lock(&aggregator).take_all(now_ns());
+            let windows: Vec<EmittedWindow> = closed.into_iter().map(ClosedWindow::encode).collect();
+            let resume = windows.last().map(aggregate::next_part);
             spool_windows(&spool, windows, &wake);
             if let Some((start, part)) = resume {
                 write_resume(&spool_dir, start, part);

@@ -81,7 +81,7 @@ fn probe_paths_are_summarized_exactly() {
     assert_eq!(p.rtt_min_ns.get(), 100_000);
     assert_eq!(p.rtt_max_ns.get(), 199_000);
     // 97 answered RTTs 100..=199 µs without 110, 120, 130: exact quantiles
-    // are the 49th and 97th values; the histogram holds 3 digits.
+    // are the 49th and 97th values; the histogram holds 2 digits (1 %).
     let answered: Vec<u64> = (0..100u64)
         .filter(|i| ![10, 20, 30].contains(i))
         .map(|i| 100_000 + i * 1_000)
@@ -93,15 +93,15 @@ fn probe_paths_are_summarized_exactly() {
         (p.rtt_p99_ns.get(), 0.99),
     ] {
         let want = exact(q);
-        assert!(got.abs_diff(want) <= want / 1000 + 1, "q{q}: {got} vs {want}");
+        assert!(got.abs_diff(want) <= want / 100 + 1, "q{q}: {got} vs {want}");
     }
-    assert!(p.responder_delay_p50_ns.get().abs_diff(20_000) <= 20);
+    assert!(p.responder_delay_p50_ns.get().abs_diff(20_000) <= 200);
     let histogram = decode_histogram(view.histogram(p)).unwrap();
     assert_eq!(histogram.len(), 97);
 
     let inter = &view.paths[1];
     assert_eq!((inter.dst_node.get(), inter.probes_sent.get()), (201, 10));
-    assert!(inter.rtt_p99_ns.get().abs_diff(2_000_000) <= 2_000);
+    assert!(inter.rtt_p99_ns.get().abs_diff(2_000_000) <= 20_000);
 
     // Kept: every anomaly (2 timeouts, 1 error, 10 RTTs above 1 ms) with
     // weight 1, and ordinary records 1 in 10; weights sum to 110.
