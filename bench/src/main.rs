@@ -5,6 +5,11 @@
 //! through the collector into SQLite, against a bare rusqlite loop inserting
 //! the same rows with prepared statements in the same transaction sizes (the
 //! ceiling), and the collector's store API without QUIC (where the rest goes).
+//!
+//! `flowmesh-bench sampler-ingest` measures the sampler's UDP ingest against
+//! a bare receive loop ([`sampler_ingest`]).
+
+mod sampler_ingest;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,6 +48,19 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         streams: usize,
     },
+    /// Sampler ingest: records/s through flowmesh-sampler beside a bare
+    /// receive loop, and the loss at a paced rate.
+    SamplerIngest(sampler_ingest::Options),
+    /// (Used by sampler-ingest.) Count datagrams received on LISTEN.
+    #[command(hide = true)]
+    UdpSink {
+        /// Address to receive on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Seconds to run.
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +71,8 @@ fn main() -> anyhow::Result<()> {
             per_transaction,
             streams,
         } => collector_ingest(batches, paths, per_transaction, streams),
+        Bench::SamplerIngest(options) => sampler_ingest::run(&options),
+        Bench::UdpSink { listen, seconds } => sampler_ingest::udp_sink(listen, seconds),
     }
 }
 

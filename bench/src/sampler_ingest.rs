@@ -1,0 +1,541 @@
+//! `flowmesh-bench sampler-ingest`: agent datagrams blasted on loopback into
+//! the real `flowmesh-sampler` binary, beside a bare receive loop that only
+//! counts datagrams on the same kind of socket and traffic (the ceiling).
+//!
+//! Both receivers run as child processes pinned to one core (`taskset -c
+//! 1`); the sender runs here on the other core. Each receiver gets the same
+//! socket set-up (`rack_sampler::ingest::bind`) and quinn-udp's recvmmsg, so
+//! the difference between them is the sampler's parsing, aggregation,
+//! downsampling and window emission. A third run paces the sender at a
+//! fraction of the sampler's measured throughput and reports the loss there.
+
+use std::io::IoSliceMut;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use configs::tls::DevPki;
+use wire_format::{
+    DatagramBuilder, Direction, EndReason, Flow, Origin, Probe, ProbeAddr, ProbeOutcome, ProbeTimestamps, Record,
+    Transport,
+};
+
+/// What to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Kind {
+    /// Probe records, 15 per datagram.
+    Probe,
+    /// Flow records, 13 per datagram.
+    Flow,
+}
+
+/// Options of the benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Options {
+    /// Seconds each phase sends for (long enough to emit windows).
+    #[arg(long, default_value_t = 12)]
+    seconds: u64,
+    /// The sampler's aggregation window, seconds (its default is 10).
+    #[arg(long, default_value_t = 10)]
+    window_secs: u64,
+    /// Agents (source nodes) in the sampler's rack.
+    #[arg(long, default_value_t = 40)]
+    agents: u32,
+    /// Probe targets (or flow peers) per agent.
+    #[arg(long, default_value_t = 60)]
+    targets: u32,
+    /// Record kind.
+    #[arg(long, value_enum, default_value_t = Kind::Probe)]
+    kind: Kind,
+    /// Pace of the loss run, as a fraction of the sampler's saturated rate.
+    #[arg(long, default_value_t = 0.6)]
+    paced: f64,
+}
+
+/// Hidden child mode: a bare receive loop that counts datagrams.
+pub(crate) fn udp_sink(listen: SocketAddr, seconds: u64) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let bound = rack_sampler::ingest::bind(listen, 8 << 20)?;
+        let socket = bound.socket;
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let mut buffers = vec![vec![0u8; 1 << 16]; rack_sampler::ingest::RECV_BATCH];
+        let mut meta = vec![quinn_udp::RecvMeta::default(); rack_sampler::ingest::RECV_BATCH];
+        println!("ready");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        let mut datagrams = 0u64;
+        loop {
+            tokio::select! {
+                ready = socket.readable() => ready?,
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+            loop {
+                let mut slices: Vec<IoSliceMut<'_>> = buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                match socket.try_io(tokio::io::Interest::READABLE, || {
+                    state.recv((&socket).into(), &mut slices, &mut meta)
+                }) {
+                    Ok(n) => {
+                        for m in &meta[..n] {
+                            datagrams += (m.len / m.stride.max(1)).max(1) as u64;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        println!("{datagrams} {}", cpu_seconds("self")?);
+        anyhow::Ok(())
+    })
+}
+
+/// CPU time (user + system) the process `pid` ("self" for this one) has
+/// used, seconds.
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("/proc stat field")?.parse::<f64>()?) };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Pre-built datagrams, one set per agent, whose sequence number and send
+/// time the sender patches in place.
+struct Traffic {
+    datagrams: Vec<(usize, Vec<u8>)>,
+    records_per_datagram: f64,
+    agents: usize,
+}
+
+fn build_traffic(opts: &Options) -> anyhow::Result<Traffic> {
+    let mut datagrams = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for agent in 0..opts.agents {
+        let src = node_ip(1, agent);
+        let origin = Origin {
+            node_id: 1_000 + agent,
+            agent_epoch: 1,
+        };
+        // Three rounds over the targets, so consecutive sends vary.
+        for round in 0..3u64 {
+            let built = match opts.kind {
+                Kind::Probe => {
+                    let records: Vec<_> = (0..opts.targets)
+                        .map(|target| {
+                            let random = next();
+                            let outcome = if random % 1_000 == 0 {
+                                ProbeOutcome::Timeout
+                            } else {
+                                ProbeOutcome::Ok
+                            };
+                            let answered = outcome == ProbeOutcome::Ok;
+                            let rtt = 50_000 + random % 450_000;
+                            Probe {
+                                transport: Transport::Udp,
+                                src: ProbeAddr::Ip(src),
+                                dst: ProbeAddr::Ip(node_ip(2, target)),
+                                src_port: 40_000,
+                                dst_port: 7788,
+                                dst_node: 5_000 + target,
+                                dscp: 0,
+                                seq: round,
+                                outcome,
+                                error_code: 0,
+                                timestamps: ProbeTimestamps {
+                                    requester_send_ns: 1_000,
+                                    responder_receive_ns: if answered { 9_000 } else { 0 },
+                                    responder_send_ns: if answered { 19_000 } else { 0 },
+                                    requester_receive_ns: if answered { 11_000 + rtt } else { 0 },
+                                },
+                            }
+                            .to_record()
+                        })
+                        .collect();
+                    pack(origin, &records)?
+                }
+                Kind::Flow => {
+                    let records: Vec<_> = (0..opts.targets)
+                        .map(|target| {
+                            let random = next();
+                            Flow {
+                                flow_id: u64::from(target) << 8 | round,
+                                src,
+                                dst: node_ip(2, target),
+                                src_port: 40_000,
+                                dst_port: 443,
+                                dscp: 0,
+                                direction: Direction::Outbound,
+                                end_reason: EndReason::Closed,
+                                start_ns: 1_000,
+                                duration_ns: 5_000_000,
+                                bytes_acked: random % 1_000_000,
+                                bytes_received: random % 10_000,
+                                segs_out: 100,
+                                segs_in: 50,
+                                retrans_segs: u32::from(random % 100 == 0),
+                                srtt_us: 80,
+                                min_rtt_us: 40,
+                            }
+                            .to_record()
+                        })
+                        .collect();
+                    pack(origin, &records)?
+                }
+            };
+            datagrams.extend(built.into_iter().map(|d| (agent as usize, d)));
+        }
+    }
+    // Each round's last datagram may be short: use the real average.
+    let records = u64::from(opts.agents) * 3 * u64::from(opts.targets);
+    let records_per_datagram = records as f64 / datagrams.len().max(1) as f64;
+    Ok(Traffic {
+        datagrams,
+        records_per_datagram,
+        agents: opts.agents as usize,
+    })
+}
+
+/// Full default-size datagrams of `records` (the last may be short).
+fn pack<R: Record>(origin: Origin, records: &[R]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let per = wire_format::capacity::<R>(wire_format::DEFAULT_MAX_DATAGRAM);
+    let mut out = Vec::new();
+    for chunk in records.chunks(per) {
+        let mut buf = [0u8; wire_format::DEFAULT_MAX_DATAGRAM];
+        let mut builder = DatagramBuilder::<R>::new(&mut buf, origin).context("datagram buffer")?;
+        for record in chunk {
+            builder.push(record)?;
+        }
+        out.push(builder.finish(0, 0).to_vec());
+    }
+    Ok(out)
+}
+
+fn node_ip(rack: u32, index: u32) -> std::net::IpAddr {
+    std::net::IpAddr::from([10, rack as u8, (index / 250) as u8, (index % 250 + 1) as u8])
+}
+
+/// Sends the traffic to `to` for `seconds`, at most `rate` datagrams/s if
+/// given; returns datagrams sent.
+fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: Option<f64>) -> anyhow::Result<u64> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let mut seqs = vec![0u32; traffic.agents];
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut sent = 0u64;
+    let mut attempts = 0u64;
+    let mut now_ns = rack_sampler::now_ns();
+    'outer: loop {
+        for (agent, datagram) in traffic.datagrams.iter_mut() {
+            attempts += 1;
+            // Attempts, not successes, so failing sends still reach the deadline.
+            if attempts.is_multiple_of(256) {
+                if Instant::now() >= end {
+                    break 'outer;
+                }
+                now_ns = rack_sampler::now_ns();
+                if let Some(rate) = rate {
+                    // Pace in bursts of 256: sleep until this burst is due.
+                    let due = start + Duration::from_secs_f64(sent as f64 / rate);
+                    let wait = due.saturating_duration_since(Instant::now());
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            let seq = &mut seqs[*agent];
+            datagram[12..16].copy_from_slice(&seq.to_be_bytes());
+            datagram[16..24].copy_from_slice(&now_ns.to_be_bytes());
+            *seq = seq.wrapping_add(1);
+            match socket.send_to(datagram, to) {
+                Ok(_) => sent += 1,
+                // The loopback queue is full: the receiver is behind. Count
+                // only what was handed to the kernel.
+                Err(e) if e.raw_os_error() == Some(105) || e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(sent)
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn pinned(program: &Path) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", "1"]).arg(program);
+    command
+}
+
+/// The baseline: datagrams a bare loop receives, and the CPU seconds it
+/// used.
+fn baseline(traffic: &mut Traffic, seconds: u64) -> anyhow::Result<(u64, u64, f64)> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let exe = std::env::current_exe()?;
+    let mut child = ChildGuard(
+        pinned(&exe)
+            .args(["udp-sink", "--listen", &addr.to_string(), "--seconds"])
+            .arg((seconds + 2).to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running the sink under taskset (util-linux)")?,
+    );
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().context("sink stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    if line.trim() != "ready" {
+        bail!("sink did not start: {line:?}");
+    }
+    let sent = blast(traffic, addr, seconds, None)?;
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line)?;
+    let (received, cpu) = line
+        .trim()
+        .split_once(' ')
+        .with_context(|| format!("sink output {line:?}"))?;
+    Ok((sent, received.parse()?, cpu.parse()?))
+}
+
+struct SamplerRun {
+    sent: u64,
+    datagrams: u64,
+    records: u64,
+    peak_rss_kib: u64,
+    cpu_seconds: f64,
+}
+
+fn sampler_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("flowmesh-sampler");
+    if !path.exists() {
+        bail!(
+            "{} not found; build it first: cargo build --release -p rack-sampler -p bench",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn write_setup(dir: &Path, opts: &Options, ingest: SocketAddr, metrics: SocketAddr) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut topology = String::from("[[racks]]\nid = 1\nname = \"bench\"\n\n[[racks]]\nid = 2\nname = \"far\"\n");
+    for agent in 0..opts.agents {
+        topology += &format!(
+            "\n[[nodes]]\nid = {}\nname = \"a{agent}\"\nrack = \"bench\"\naddresses = [\"{}\"]\n",
+            1_000 + agent,
+            node_ip(1, agent)
+        );
+    }
+    for target in 0..opts.targets {
+        topology += &format!(
+            "\n[[nodes]]\nid = {}\nname = \"t{target}\"\nrack = \"far\"\naddresses = [\"{}\"]\n",
+            5_000 + target,
+            node_ip(2, target)
+        );
+    }
+    std::fs::write(dir.join("topology.toml"), topology)?;
+    let pki = DevPki::generate(&dir.join("pki"), &["localhost".into()], &["bench".into()])?;
+    let tls = pki.sampler("bench");
+    // The collector address is deliberately unreachable: batches spool.
+    let collector = format!("127.0.0.1:{}", free_port()?);
+    let config = format!(
+        "sampler_id = 1\nrack = \"bench\"\ntopology = \"{topology}\"\n\n[ingest]\nlisten = [\"{ingest}\"]\n\n\
+         [aggregate]\nwindow_secs = {window}\ngrace_ms = 200\n\n[uplink]\ncollector = \"{collector}\"\n\
+         server_name = \"localhost\"\nspool_dir = \"{spool}\"\n\
+         tls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}\n\n[metrics]\nlisten = \"{metrics}\"\n",
+        topology = dir.join("topology.toml").display(),
+        spool = dir.join("spool").display(),
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        window = opts.window_secs,
+    );
+    let path = dir.join("sampler.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page)?;
+    Ok(page)
+}
+
+fn metric(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn run_sampler(dir: &Path, opts: &Options, traffic: &mut Traffic, rate: Option<f64>) -> anyhow::Result<SamplerRun> {
+    let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let config = write_setup(dir, opts, ingest, metrics)?;
+    let child = ChildGuard(
+        pinned(&sampler_binary()?)
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                std::env::var("FLOWMESH_BENCH_SAMPLER_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stderr(Stdio::from(std::fs::File::create(dir.join("sampler.log"))?))
+            .spawn()
+            .context("running flowmesh-sampler under taskset")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(metrics).is_err() {
+        if Instant::now() > deadline {
+            bail!("the sampler did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = blast(traffic, ingest, opts.seconds, rate)?;
+    // Let the receiver drain its socket buffer.
+    std::thread::sleep(Duration::from_millis(500));
+    let page = scrape(metrics)?;
+    let datagrams = metric(&page, "flowmesh_sampler_datagrams_received_total");
+    let records = metric(&page, "flowmesh_sampler_records_received_total{kind=\"probe\"}")
+        + metric(&page, "flowmesh_sampler_records_received_total{kind=\"flow\"}");
+    // taskset execs the sampler, so the child's pid is the sampler's.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))?;
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let cpu_seconds = cpu_seconds(&child.0.id().to_string())?;
+    drop(child);
+    if std::env::var_os("FLOWMESH_BENCH_SAMPLER_LOG").is_some() {
+        print!("{}", std::fs::read_to_string(dir.join("sampler.log"))?);
+    }
+    Ok(SamplerRun {
+        sent,
+        datagrams,
+        records,
+        peak_rss_kib,
+        cpu_seconds,
+    })
+}
+
+/// The sampler's per-record CPU cost without the kernel: the same traffic
+/// fed straight into an `Aggregator`, windows emitted and encoded as they
+/// close. Returns records aggregated and seconds taken.
+fn aggregate_only(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::Result<(u64, f64)> {
+    use rack_sampler::aggregate::{Aggregator, ClosedWindow, Settings};
+    let config_path = write_setup(
+        &dir.join("in-process"),
+        opts,
+        "127.0.0.1:9".parse()?,
+        "127.0.0.1:9".parse()?,
+    )?;
+    let text = std::fs::read_to_string(&config_path)?;
+    let config: configs::SamplerConfig = toml::from_str(&text)?;
+    let topology = std::sync::Arc::new(configs::Topology::load(&config.topology)?);
+    let mut aggregator = Aggregator::new(Settings::new(&config, 1), topology, rack_sampler::now_ns());
+    let mut seqs = vec![0u32; traffic.agents];
+    let start = Instant::now();
+    let mut records = 0u64;
+    let mut now_ns = rack_sampler::now_ns();
+    while start.elapsed() < Duration::from_secs(opts.seconds.min(5)) {
+        for (agent, datagram) in traffic.datagrams.iter_mut() {
+            let seq = &mut seqs[*agent];
+            datagram[12..16].copy_from_slice(&seq.to_be_bytes());
+            datagram[16..24].copy_from_slice(&now_ns.to_be_bytes());
+            *seq = seq.wrapping_add(1);
+            if let rack_sampler::aggregate::Ingested::Accepted { records: n } = aggregator.ingest(datagram, now_ns) {
+                records += n as u64;
+            }
+        }
+        now_ns = rack_sampler::now_ns();
+        for window in aggregator.take_due(now_ns) {
+            std::hint::black_box(ClosedWindow::encode(window));
+        }
+    }
+    Ok((records, start.elapsed().as_secs_f64()))
+}
+
+/// Runs the benchmark and prints its report.
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
+    let mut traffic = build_traffic(opts)?;
+    let per = traffic.records_per_datagram;
+    let secs = opts.seconds as f64;
+    println!(
+        "sampler-ingest: {:?} records, {:.1} per datagram on average, {} agents × {} targets, {} s windows, {} s per phase; receivers pinned to CPU 1",
+        opts.kind, per, opts.agents, opts.targets, opts.window_secs, opts.seconds
+    );
+    let (sent, received, sink_cpu) = baseline(&mut traffic, opts.seconds)?;
+    let sink_rate = received as f64 / secs;
+    // Records per CPU-second: what one core sustains, whether or not the
+    // sender could saturate the receiver.
+    let sink_capacity = received as f64 * per / sink_cpu.max(0.01);
+    println!(
+        "  bare receive loop (ceiling): {:>8.0} datagrams/s = {:>5.2} M records/s received ({:.2} % of sent lost), {:.2} CPU-s → {:>6.2} M records per CPU-second",
+        sink_rate,
+        sink_rate * per / 1e6,
+        100.0 * (sent.saturating_sub(received)) as f64 / sent.max(1) as f64,
+        sink_cpu,
+        sink_capacity / 1e6
+    );
+    let dir = tempfile::tempdir()?;
+    let saturated = run_sampler(&dir.path().join("saturated"), opts, &mut traffic, None)?;
+    let rate = saturated.datagrams as f64 / secs;
+    let capacity = saturated.records as f64 / saturated.cpu_seconds.max(0.01);
+    println!(
+        "  flowmesh-sampler, flat out:   {:>8.0} datagrams/s = {:>5.2} M records/s received ({:.2} % of sent lost), {:.2} CPU-s → {:>6.2} M records per CPU-second, peak RSS {} MiB",
+        rate,
+        saturated.records as f64 / secs / 1e6,
+        100.0 * (saturated.sent.saturating_sub(saturated.datagrams)) as f64 / saturated.sent.max(1) as f64,
+        saturated.cpu_seconds,
+        capacity / 1e6,
+        saturated.peak_rss_kib / 1024
+    );
+    println!(
+        "  ratio to the bare loop: received {:.2}, per CPU-second {:.2}",
+        rate / sink_rate.max(1.0),
+        capacity / sink_capacity.max(1.0)
+    );
+    let (cpu_records, cpu_secs) = aggregate_only(dir.path(), opts, &mut traffic)?;
+    println!(
+        "  aggregation alone (in process, no sockets, one thread): {:>6.2} M records/s = {:.0} ns per record",
+        cpu_records as f64 / cpu_secs / 1e6,
+        cpu_secs * 1e9 / cpu_records as f64
+    );
+    let target = rate * opts.paced;
+    let paced = run_sampler(&dir.path().join("paced"), opts, &mut traffic, Some(target))?;
+    let lost = paced.sent.saturating_sub(paced.datagrams);
+    println!(
+        "  flowmesh-sampler, paced at {:.0} % ({:.0} datagrams/s = {:.2} M records/s): {} of {} datagrams lost ({:.3} %), peak RSS {} MiB",
+        opts.paced * 100.0,
+        paced.sent as f64 / secs,
+        paced.records as f64 / secs / 1e6,
+        lost,
+        paced.sent,
+        100.0 * lost as f64 / paced.sent.max(1) as f64,
+        paced.peak_rss_kib / 1024
+    );
+    Ok(())
+}
