@@ -158,7 +158,7 @@ rack = "rack1"
 topology = "{topology}"
 
 [ingest]
-listen = ["{ingest}"]
+listen = ["{ingest}", "[::1]:{port}"]
 
 [aggregate]
 window_secs = 1
@@ -177,6 +177,7 @@ listen = "{metrics}"
 "#,
         topology = topology.display(),
         ingest = s.ingest,
+        port = s.ingest.port(),
         collector = s.collector,
         spool = s.dir.join("spool").display(),
         ca = s.tls.ca.display(),
@@ -412,7 +413,9 @@ async fn malformed_datagrams_are_counted_by_reason_while_good_traffic_flows() {
         seq += 1;
         agent.send_to(bad, s.ingest).unwrap();
     }
-    agent.send_to(&good(seq), s.ingest).unwrap();
+    // The same port over IPv6: both families are served side by side.
+    let agent6 = UdpSocket::bind("[::1]:0").unwrap();
+    agent6.send_to(&good(seq), ("::1", s.ingest.port())).unwrap();
     let page = wait_for_metrics(s.metrics, "every datagram counted", |p| {
         metric(p, "flowmesh_sampler_datagrams_received_total") == Some(f64::from(seq + 1))
             && metric(p, "flowmesh_sampler_datagrams_dropped_total{reason=\"foreign_node\"}") == Some(1.0)
