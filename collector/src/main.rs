@@ -40,8 +40,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
         format: Format,
         /// Only windows from this long ago: e.g. 30m, 6h, 7d, or "all".
-        #[arg(long, default_value = "1h", value_parser = parse_since, global = true)]
-        since: Since,
+        #[arg(long, default_value = "1h", value_parser = configs::Since::parse, global = true)]
+        since: configs::Since,
         /// Rows at most.
         #[arg(long, default_value_t = 20, global = true)]
         limit: usize,
@@ -79,29 +79,6 @@ enum QueryCommand {
     Completeness,
 }
 
-/// How far back a query looks; `None` for everything.
-#[derive(Debug, Clone, Copy)]
-struct Since(Option<Duration>);
-
-/// Parses "30s", "15m", "6h", "7d" or "all" (no limit).
-fn parse_since(text: &str) -> Result<Since, String> {
-    if text == "all" {
-        return Ok(Since(None));
-    }
-    let expected = || format!("{text:?}: expected a number with s, m, h or d (e.g. 30m, 6h, 7d), or \"all\"");
-    let split = text.len().checked_sub(1).ok_or_else(expected)?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| expected())?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3_600,
-        "d" => n * 86_400,
-        _ => return Err(expected()),
-    };
-    Ok(Since(Some(Duration::from_secs(seconds))))
-}
-
 fn main() -> ExitCode {
     configs::endpoint::exit_code("flowmesh-collector", run())
 }
@@ -134,9 +111,7 @@ fn run() -> anyhow::Result<()> {
                 },
             };
             let store = Store::open_read_only(&database)?;
-            let since_ns = since
-                .0
-                .map_or(0, |d| server::now_ns().saturating_sub(d.as_nanos() as u64));
+            let since_ns = since.start_ns(server::now_ns());
             let question = match question {
                 QueryCommand::WorstPaths => Question::WorstPaths,
                 QueryCommand::TopTalkers => Question::TopTalkers,

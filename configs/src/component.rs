@@ -231,3 +231,36 @@ impl Checks {
         self.check(!path.as_os_str().is_empty(), key, "\"\"", "a file path");
     }
 }
+
+/// How far back a command looks: "30s", "15m", "6h", "7d", or "all" (no
+/// limit), as given on a command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since(pub Option<std::time::Duration>);
+
+impl Since {
+    /// Parses the command-line form; the error says what was expected.
+    pub fn parse(text: &str) -> Result<Since, String> {
+        if text == "all" {
+            return Ok(Since(None));
+        }
+        let expected = || format!("{text:?}: expected a number with s, m, h or d (e.g. 30m, 6h, 7d), or \"all\"");
+        let split = text.len().checked_sub(1).ok_or_else(expected)?;
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number.parse().map_err(|_| expected())?;
+        let seconds = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3_600,
+            "d" => n * 86_400,
+            _ => return Err(expected()),
+        };
+        Ok(Since(Some(std::time::Duration::from_secs(seconds))))
+    }
+
+    /// The start of the range ending at `now_ns` (0 for "all").
+    pub fn start_ns(&self, now_ns: u64) -> u64 {
+        self.0.map_or(0, |d| {
+            now_ns.saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        })
+    }
+}

@@ -30,6 +30,6 @@ mod topology;
 pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};
 pub use analyzer::{AnalyzerConfig, Detection, Localization};
 pub use collector::CollectorConfig;
-pub use component::{Component, ConfigArgs, ConfigError, Invalid, MetricsEndpoint, TlsFiles};
+pub use component::{Component, ConfigArgs, ConfigError, Invalid, MetricsEndpoint, Since, TlsFiles};
 pub use sampler::{Aggregation, Ingest, SamplerConfig, SamplerUplink};
 pub use topology::{Node, Problem, Rack, Topology, TopologyError};

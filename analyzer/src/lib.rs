@@ -1,0 +1,9 @@
+//! flowmesh's analyzer: reads the collector's database (read-only), flags
+//! RTT and loss anomalies per path and window ([`detect`]), localizes them
+//! to a host, a rack or a pair of racks with the topology ([`localize`]),
+//! and reports them ([`report`]).
+
+pub mod detect;
+pub mod localize;
+pub mod model;
+pub mod report;

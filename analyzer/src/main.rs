@@ -1,0 +1,104 @@
+//! `flowmesh-analyzer`: RTT and loss anomalies from the collector's
+//! database, localized to a host, a rack or a pair of racks.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use collector::Store;
+use configs::{AnalyzerConfig, ConfigArgs, Since, Topology};
+
+/// flowmesh analyzer: reads the collector's SQLite database (read-only;
+/// safe while the collector writes), flags RTT and loss anomalies and
+/// localizes them with the topology file.
+///
+/// Exit status: 0 nothing found, 2 anomalies or telemetry gaps found, 1
+/// the analysis could not run.
+#[derive(Parser)]
+#[command(name = "flowmesh-analyzer", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report anomalies over a time range (the default: the last hour).
+    Report {
+        /// Windows from this long ago: e.g. 30m, 6h, 7d, or "all".
+        #[arg(long, default_value = "1h", value_parser = Since::parse)]
+        since: Since,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The database; default: `database` from the configuration.
+        #[arg(long, value_name = "FILE")]
+        database: Option<std::path::PathBuf>,
+        /// The topology file; default: `topology` from the configuration.
+        #[arg(long, value_name = "FILE")]
+        topology: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// A table for people, most severe first.
+    Table,
+    /// JSON for automation (schema in docs/analyzer.md).
+    Json,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(found) if found => ExitCode::from(2),
+        other => configs::endpoint::exit_code("flowmesh-analyzer", other.map(|_| ())),
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Runs the command; `Ok(true)` when anomalies were found.
+fn run() -> anyhow::Result<bool> {
+    let cli = Cli::parse();
+    let Some(mut config) = cli.config.load_or_print::<AnalyzerConfig>()? else {
+        return Ok(false);
+    };
+    let Command::Report {
+        since,
+        format,
+        database,
+        topology,
+    } = cli.command.unwrap_or(Command::Report {
+        since: Since(Some(std::time::Duration::from_secs(3_600))),
+        format: Format::Table,
+        database: None,
+        topology: None,
+    });
+    config.database = database.unwrap_or(config.database);
+    config.topology = topology.unwrap_or(config.topology);
+    let topology = Topology::load(&config.topology)?;
+    let store = Store::open_read_only(&config.database)?;
+    let now = now_ns();
+    let from = since.start_ns(now);
+    // Earlier windows feed the RTT baselines. A day of history holds the
+    // default 30 baseline windows for windows up to 48 minutes long.
+    let history = from.saturating_sub(86_400 * 1_000_000_000);
+    let observations = analyzer::model::load(&store, history, now.saturating_add(1))
+        .with_context(|| format!("reading {}", config.database.display()))?;
+    let analysis = analyzer::report::analyze(&observations, from, now, &topology, &config);
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Table => analysis.write_table(&mut out)?,
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &analysis)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+        }
+    }
+    Ok(analysis.found_anything())
+}

@@ -1,0 +1,425 @@
+//! Detection and localization on databases built through the collector's
+//! storage code: a clean run, and one fault of each kind, each named.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use std::path::Path;
+
+use analyzer::model::load;
+use analyzer::report::{Analysis, analyze};
+use collector::Store;
+use configs::{AnalyzerConfig, Topology};
+use wire_format::{AgentCompleteness, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport, completeness_flags};
+
+const SECOND: u64 = 1_000_000_000;
+const W: u64 = 10 * SECOND;
+/// A window start in the recent past (2026-09-21), so "--since all" covers it.
+const T0: u64 = 1_790_000_000 * SECOND;
+
+fn topology() -> Topology {
+    Topology::parse(&topology_racks().concat(), Path::new("topology.toml")).unwrap()
+}
+
+fn nodes() -> Vec<u32> {
+    (1..=3).flat_map(|r| (1..=3).map(move |n| r * 100 + n)).collect()
+}
+
+/// What one path shows in one window.
+#[derive(Clone, Copy)]
+struct Shows {
+    probes: u32,
+    lost: u32,
+    p99_us: u64,
+    responder_p99_us: u64,
+}
+
+const HEALTHY: Shows = Shows {
+    probes: 100,
+    lost: 0,
+    p99_us: 80,
+    responder_p99_us: 10,
+};
+
+/// Builds a database of `windows` windows; `shows(window, src, dst)` says
+/// what each path shows (`None`: no data, as from a silent agent), `silent`
+/// which agents sent nothing in a window.
+fn database(
+    dir: &Path,
+    windows: u64,
+    shows: impl Fn(u64, u32, u32) -> Option<Shows>,
+    silent: impl Fn(u64, u32) -> bool,
+) -> Store {
+    let path = dir.join("flowmesh.db");
+    let mut store = Store::open(&path).unwrap();
+    for w in 0..windows {
+        let start = T0 + w * W;
+        for rack in 1..=3u32 {
+            let mut b = BatchBuilder::new(BatchInfo::window(rack, rack, start, W));
+            for src in nodes().into_iter().filter(|n| n / 100 == rack) {
+                let mut c = AgentCompleteness::new(src);
+                if silent(w, src) {
+                    c.flags = completeness_flags::SILENT;
+                } else {
+                    c.datagrams_expected = 10.into();
+                    c.datagrams_received = 10.into();
+                }
+                b.push_completeness(c);
+                for dst in nodes().into_iter().filter(|&d| d != src) {
+                    let Some(s) = shows(w, src, dst) else { continue };
+                    let mut p = PathSummary::new(src, dst, 0, Some(Transport::Udp));
+                    p.probes_sent = s.probes.into();
+                    p.probes_lost = s.lost.into();
+                    p.rtt_p50_ns = (s.p99_us * 600).into();
+                    p.rtt_p99_ns = (s.p99_us * 1_000).into();
+                    p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
+                    b.push_path(p, &[]).unwrap();
+                }
+            }
+            let bytes = b.encode().unwrap();
+            store.store_batch(&BatchView::parse(&bytes).unwrap(), start).unwrap();
+        }
+    }
+    drop(store);
+    Store::open_read_only(&path).unwrap()
+}
+
+fn analysis(store: &Store, windows: u64, judge_from: u64) -> Analysis {
+    let obs = load(store, 0, u64::MAX).unwrap();
+    analyze(
+        &obs,
+        T0 + judge_from * W,
+        T0 + windows * W,
+        &topology(),
+        &AnalyzerConfig::default(),
+    )
+}
+
+fn verdicts(a: &Analysis) -> Vec<(String, String)> {
+    a.anomalies
+        .iter()
+        .map(|x| (x.kind.to_string(), x.element.clone()))
+        .collect()
+}
+
+fn healthy(_: u64, _: u32, _: u32) -> Option<Shows> {
+    Some(HEALTHY)
+}
+
+fn never(_: u64, _: u32) -> bool {
+    false
+}
+
+#[test]
+fn a_clean_run_has_no_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = database(dir.path(), 30, healthy, never);
+    let a = analysis(&store, 30, 0);
+    assert_eq!(a.windows, 30);
+    assert_eq!(a.judged_paths, 30 * 72);
+    assert!(a.anomalies.is_empty(), "{:#?}", a.anomalies);
+    assert!(a.telemetry_gaps.is_empty());
+    assert!(!a.found_anything());
+}
+
+#[test]
+fn a_lossy_host_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let lossy = 202;
+    let store = database(
+        dir.path(),
+        6,
+        |w, s, d| {
+            Some(if w >= 3 && (s == lossy || d == lossy) {
+                Shows { lost: 20, ..HEALTHY }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 6, 0);
+    assert_eq!(verdicts(&a), [("host".into(), "r2n2".into())], "{:#?}", a.anomalies);
+    let host = &a.anomalies[0];
+    assert_eq!((host.windows, host.first_window_ns), (3, T0 + 3 * W));
+    assert_eq!(host.paths, 16);
+    assert_eq!(host.share, 1.0);
+    assert_eq!((host.bad_paths, host.bad_path_windows), (16, 48));
+    assert_eq!(host.symptoms["loss"], 48);
+    assert!(host.worst.iter().all(|w| w.src == "r2n2" || w.dst == "r2n2"));
+    // The runners-up are far behind: r2n2's rack and its peers.
+    assert!(host.runners_up.iter().all(|r| r.share < 0.5), "{:#?}", host.runners_up);
+}
+
+#[test]
+fn a_lossy_rack_uplink_is_named_not_its_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = database(
+        dir.path(),
+        4,
+        |_, s, d| {
+            let inter = s / 100 != d / 100;
+            Some(if inter && (s / 100 == 1 || d / 100 == 1) {
+                Shows { lost: 10, ..HEALTHY }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 4, 0);
+    assert_eq!(verdicts(&a), [("rack".into(), "rack1".into())], "{:#?}", a.anomalies);
+    let rack = &a.anomalies[0];
+    assert_eq!((rack.paths, rack.share), (36, 1.0));
+    // Both pairs through rack1 score 100 % too but explain half as much.
+    assert!(rack.runners_up.iter().any(|r| r.kind == "rack_pair" && r.share == 1.0));
+}
+
+#[test]
+fn a_slow_rack_pair_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = database(
+        dir.path(),
+        4,
+        |_, s, d| {
+            let pair = [s / 100, d / 100];
+            Some(if pair == [1, 3] || pair == [3, 1] {
+                Shows {
+                    p99_us: 2_000,
+                    ..HEALTHY
+                }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 4, 0);
+    assert_eq!(
+        verdicts(&a),
+        [("rack_pair".into(), "rack1↔rack3".into())],
+        "{:#?}",
+        a.anomalies
+    );
+    assert_eq!(a.anomalies[0].symptoms["rtt"], 4 * 18);
+}
+
+#[test]
+fn a_slow_responder_is_a_host_problem_not_a_network_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = 301;
+    let store = database(
+        dir.path(),
+        3,
+        |_, _, d| {
+            Some(if d == slow {
+                Shows {
+                    responder_p99_us: 5_000,
+                    ..HEALTHY
+                }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 3, 0);
+    assert_eq!(
+        verdicts(&a),
+        [("slow_host".into(), "r3n1".into())],
+        "{:#?}",
+        a.anomalies
+    );
+    assert_eq!(a.anomalies[0].symptoms["responder_delay"], 3 * 8);
+    assert!(!a.anomalies[0].symptoms.contains_key("rtt"));
+}
+
+#[test]
+fn a_silent_host_is_reported_as_a_gap_and_by_its_peers_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = 102;
+    let store = database(
+        dir.path(),
+        5,
+        |w, s, d| {
+            if w >= 2 && s == down {
+                None // its agent is gone with it
+            } else if w >= 2 && d == down {
+                Some(Shows { lost: 100, ..HEALTHY })
+            } else {
+                Some(HEALTHY)
+            }
+        },
+        |w, n| w >= 2 && n == down,
+    );
+    let a = analysis(&store, 5, 0);
+    assert_eq!(verdicts(&a), [("host".into(), "r1n2".into())], "{:#?}", a.anomalies);
+    assert_eq!(a.anomalies[0].windows, 3);
+    assert_eq!(a.telemetry_gaps.len(), 1);
+    let gap = &a.telemetry_gaps[0];
+    assert_eq!((gap.node.as_str(), gap.silent, gap.windows), ("r1n2", true, 3));
+    assert!(a.found_anything());
+}
+
+#[test]
+fn rtt_above_a_paths_own_baseline_is_flagged_below_the_sla() {
+    let dir = tempfile::tempdir().unwrap();
+    // r1n1 → r1n3 normally at 80 µs; from window 20 at 300 µs: far under
+    // the 500 µs SLA, far above its own history.
+    let store = database(
+        dir.path(),
+        22,
+        |w, s, d| {
+            Some(if w >= 20 && s == 101 && d == 103 {
+                Shows { p99_us: 300, ..HEALTHY }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 22, 10);
+    assert_eq!(a.windows, 12);
+    assert_eq!(verdicts(&a), [("unlocalized".into(), "-".into())], "{:#?}", a.anomalies);
+    assert_eq!(a.anomalies[0].symptoms["rtt_baseline"], 2);
+    assert_eq!(a.anomalies[0].worst[0].src, "r1n1");
+}
+
+#[test]
+fn a_window_with_too_few_probes_pages_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = database(
+        dir.path(),
+        2,
+        |_, s, _| {
+            Some(if s == 101 {
+                Shows {
+                    probes: 3,
+                    lost: 2,
+                    ..HEALTHY
+                }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 2, 0);
+    assert!(a.anomalies.is_empty(), "{:#?}", a.anomalies);
+    assert_eq!(a.judged_paths, 2 * (72 - 8));
+}
+
+/// Runs the binary on the database in `dir`.
+fn run_cli(dir: &Path, format: &str) -> std::process::Output {
+    let topology = dir.join("topology.toml");
+    std::fs::write(&topology, topology_racks().concat()).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
+        .args(["report", "--since", "all", "--format", format, "--database"])
+        .arg(dir.join("flowmesh.db"))
+        .arg("--topology")
+        .arg(&topology)
+        .output()
+        .unwrap()
+}
+
+/// Three racks of three nodes: rack r's nodes are rRn1..rRn3 (ids r·100+n).
+fn topology_racks() -> Vec<String> {
+    (1..=3)
+        .map(|r| {
+            let mut text = format!("[[racks]]\nid = {r}\nname = \"rack{r}\"\n\n");
+            for n in 1..=3 {
+                text += &format!(
+                    "[[nodes]]\nid = {}\nname = \"r{r}n{n}\"\nrack = \"rack{r}\"\naddresses = [\"198.18.{r}.{n}\"]\n\n",
+                    r * 100 + n
+                );
+            }
+            text
+        })
+        .collect()
+}
+
+#[test]
+fn the_command_line_reports_and_its_exit_status_says_whether_anything_was_found() {
+    let clean = tempfile::tempdir().unwrap();
+    drop(database(clean.path(), 3, healthy, never));
+    let out = run_cli(clean.path(), "table");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No network anomalies."));
+
+    let faulty = tempfile::tempdir().unwrap();
+    drop(database(
+        faulty.path(),
+        3,
+        |_, s, d| {
+            Some(if s == 303 || d == 303 {
+                Shows { lost: 50, ..HEALTHY }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    ));
+    let out = run_cli(faulty.path(), "table");
+    assert_eq!(out.status.code(), Some(2));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("1. HOST r3n3 — 16 of 16 paths through it bad (100 %) at worst; 3 window(s)"),
+        "{table}"
+    );
+    let out = run_cli(faulty.path(), "json");
+    assert_eq!(out.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["anomalies"][0]["kind"], "host");
+    assert_eq!(json["anomalies"][0]["element"], "r3n3");
+    assert_eq!(json["anomalies"][0]["windows"], 3);
+    assert_eq!(json["anomalies"][0]["worst"][0]["symptoms"][0]["symptom"], "loss");
+
+    // A database that is not there: one line, exit 1.
+    let missing = tempfile::tempdir().unwrap();
+    let out = run_cli(missing.path(), "table");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("flowmesh-analyzer: ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn docs_describe_every_json_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = 102;
+    let store = database(
+        dir.path(),
+        3,
+        |w, s, d| match (w >= 1, s == down, d == down) {
+            (true, true, _) => None,
+            (true, _, true) => Some(Shows { lost: 100, ..HEALTHY }),
+            _ => Some(HEALTHY),
+        },
+        |w, n| w >= 1 && n == down,
+    );
+    let json = serde_json::to_value(analysis(&store, 3, 0)).unwrap();
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/analyzer.md")).unwrap();
+    let anomaly = &json["anomalies"][0];
+    let objects = [
+        ("report", &json),
+        ("anomaly", anomaly),
+        ("evidence", &anomaly["worst"][0]),
+        ("runner-up", &anomaly["runners_up"][0]),
+        ("gap", &json["telemetry_gaps"][0]),
+    ];
+    for (what, object) in objects {
+        let fields = object.as_object().unwrap_or_else(|| panic!("no {what} in {json:#}"));
+        for key in fields.keys() {
+            let described = [
+                format!("`{key}`"),
+                format!("`{key}[]`"),
+                format!(".{key}`"),
+                format!(".{key}[]`"),
+            ]
+            .iter()
+            .any(|form| docs.contains(form.as_str()));
+            assert!(described, "docs/analyzer.md does not describe {what} field `{key}`");
+        }
+    }
+}
