@@ -1,0 +1,22 @@
+//! flowmesh's host agent: an eBPF sock_ops program (node-ebpf) sees every
+//! TCP flow of a cgroup established and closed; the agent turns them into
+//! wire-format flow records and batches them to the rack sampler over UDP.
+//!
+//! [`checks`] verifies privileges and kernel features before anything is
+//! loaded; [`tracer`] loads, attaches and reads the programs; [`sender`]
+//! batches records into datagrams.
+//!
+//! Not yet built (issue 3): periodic reports of long-lived open flows,
+//! per-process connect counters, network-namespace scoping (cgroup scoping
+//! works), the metrics endpoint, and probes (issue 7).
+
+pub mod checks;
+pub mod sender;
+pub mod tracer;
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

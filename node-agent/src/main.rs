@@ -1,0 +1,152 @@
+//! `flowmesh-agent`: traces this host's TCP flows with eBPF and sends them
+//! to the rack sampler; `--debug` prints each flow as it completes.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use configs::{AgentConfig, ConfigArgs};
+use node_agent::checks::{self, CheckError};
+use node_agent::sender::Sender;
+use node_agent::tracer::{self, Tracer};
+use tracing::{info, warn};
+use wire_format::{Flow, Origin};
+
+/// flowmesh agent: traces every TCP flow of this host (or of one cgroup)
+/// in the kernel with eBPF and batches the records to the rack sampler
+/// over UDP. Needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN.
+#[derive(Parser)]
+#[command(name = "flowmesh-agent", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print each flow as it completes, one JSON object per line on stdout
+    /// (with or without a sampler configured).
+    #[arg(long)]
+    debug: bool,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Err(error) => {
+            if let Some(check) = error.downcast_ref::<CheckError>() {
+                eprintln!("flowmesh-agent: {check}");
+                return ExitCode::from(check.exit_code());
+            }
+            configs::endpoint::exit_code("flowmesh-agent", Err(error))
+        }
+        Ok(()) => ExitCode::SUCCESS,
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    configs::endpoint::init_logging();
+    let cli = Cli::parse();
+    let Some(config) = cli.config.load_or_print::<AgentConfig>()? else {
+        return Ok(());
+    };
+    let cgroup = checks::run(config.flows.cgroup.as_deref())?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(trace(config, cgroup, cli.debug))
+}
+
+/// One JSON line for a flow (`--debug`).
+fn debug_line(flow: &Flow) -> serde_json::Value {
+    serde_json::json!({
+        "flow_id": flow.flow_id,
+        "src": flow.src.to_string(),
+        "src_port": flow.src_port,
+        "dst": flow.dst.to_string(),
+        "dst_port": flow.dst_port,
+        "direction": flow.direction.as_str(),
+        "end_reason": flow.end_reason.as_str(),
+        "dscp": flow.dscp,
+        "start_ns": flow.start_ns,
+        "duration_ns": flow.duration_ns,
+        "bytes_acked": flow.bytes_acked,
+        "bytes_received": flow.bytes_received,
+        "segs_out": flow.segs_out,
+        "segs_in": flow.segs_in,
+        "retrans_segs": flow.retrans_segs,
+        "srtt_us": flow.srtt_us,
+        "min_rtt_us": flow.min_rtt_us,
+    })
+}
+
+async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> anyhow::Result<()> {
+    let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
+    let mut tracer = Tracer::attach(&cgroup, config.flows.max_tracked_flows, config.flows.ring_buffer_bytes)?;
+    info!(message = "tracing TCP flows", cgroup = %cgroup.display());
+    let samplers: Vec<_> = [config.uplink.sampler, config.uplink.secondary_sampler]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut sender = match samplers.first() {
+        Some(first) => {
+            let bind = if first.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let socket = tokio::net::UdpSocket::bind(bind)
+                .await
+                .context("binding the uplink socket")?;
+            let epoch = (node_agent::now_ns() / 1_000_000_000) as u32;
+            Some(Sender::new(
+                socket,
+                samplers,
+                Origin {
+                    node_id: config.node_id,
+                    agent_epoch: epoch,
+                },
+                config.uplink.max_datagram_bytes,
+                config.uplink.batch_size,
+            ))
+        }
+        None if debug => None,
+        None => anyhow::bail!("no sampler: set uplink.sampler, or run with --debug"),
+    };
+    if debug {
+        println!("{}", serde_json::json!({ "tracing": cgroup.display().to_string() }));
+    }
+    let mut flush = tokio::time::interval(Duration::from_millis(config.uplink.flush_ms));
+    tokio::pin!(shutdown);
+    let clock = tracer.clock();
+    loop {
+        tokio::select! {
+            events = tracer.next_events() => {
+                for event in events? {
+                    let flow = tracer::flow(&event, clock);
+                    if debug {
+                        println!("{}", debug_line(&flow));
+                    }
+                    if let Some(sender) = sender.as_mut() {
+                        sender.push(flow.to_record()).await;
+                    }
+                }
+            }
+            _ = flush.tick() => {
+                if let Some(sender) = sender.as_mut() {
+                    sender.flush().await;
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    if let Some(sender) = sender.as_mut() {
+        sender.flush().await;
+        info!(message = "sent", stats = ?sender.stats());
+    }
+    let drops = tracer.drops();
+    if drops.iter().any(|&d| d > 0) {
+        warn!(
+            message = "kernel-side drops",
+            ring_full = drops[0],
+            flows_full = drops[1],
+            untracked_end = drops[2]
+        );
+    }
+    drop(tracer);
+    info!(message = "detached; stopped");
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Types shared by flowmesh's eBPF programs (node-ebpf) and the agent that
+//! loads them (node-agent): defined once, `#[repr(C)]` with explicit
+//! padding, so both sides agree byte for byte.
+#![no_std]
+
+/// Name of the ring buffer map carrying [`FlowEvent`]s.
+pub const EVENTS_MAP: &str = "FLOW_EVENTS";
+/// Name of the hash map of established flows (socket cookie → [`FlowStart`]).
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the per-CPU array of drop counters, indexed by [`drops`].
+pub const DROPS_MAP: &str = "DROPS";
+/// Name of the sock_ops program.
+pub const SOCK_OPS_PROGRAM: &str = "flowmesh_sock_ops";
+
+/// Indexes of the drop counters: every event the programs could not deliver
+/// is counted here, none is lost silently.
+pub mod drops {
+    /// The ring buffer was full: a finished flow's event was lost.
+    pub const RING_FULL: u32 = 0;
+    /// The flow table was full: a new flow could not be tracked.
+    pub const FLOWS_FULL: u32 = 1;
+    /// A flow ended that was established before the programs were attached
+    /// (or whose start could not be tracked); it is not reported.
+    pub const UNTRACKED_END: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+/// Direction of a flow's open.
+pub mod direction {
+    /// This host connected (active open).
+    pub const OUTBOUND: u8 = 1;
+    /// This host accepted (passive open).
+    pub const INBOUND: u8 = 2;
+}
+
+/// How a flow ended, as the wire format numbers it.
+pub mod end_reason {
+    /// Closed by FIN exchange.
+    pub const CLOSED: u8 = 1;
+    /// Reset or aborted (closed straight from an open state).
+    pub const RESET: u8 = 2;
+}
+
+/// What the programs remember of an established flow until it ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStart {
+    /// `CLOCK_BOOTTIME` at establishment, ns.
+    pub start_boot_ns: u64,
+    /// [`direction`] of the open.
+    pub direction: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+    /// `bytes_acked` at establishment: the kernel counts the SYN.
+    pub bytes_acked: u32,
+}
+
+/// One finished TCP flow, as the sock_ops program saw it at close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// The kernel's socket cookie: unique while the kernel runs, so a new
+    /// connection reusing addresses and ports is a new flow.
+    pub cookie: u64,
+    /// `CLOCK_BOOTTIME` at establishment, ns.
+    pub start_boot_ns: u64,
+    /// `CLOCK_BOOTTIME` at close, ns.
+    pub end_boot_ns: u64,
+    /// Payload bytes sent and acknowledged.
+    pub bytes_acked: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Local address: 4 bytes for IPv4 (rest zero), 16 for IPv6.
+    pub local_addr: [u8; 16],
+    /// Remote address, likewise.
+    pub remote_addr: [u8; 16],
+    /// Local port, host order.
+    pub local_port: u16,
+    /// Remote port, host order.
+    pub remote_port: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// [`direction`].
+    pub direction: u8,
+    /// [`end_reason`].
+    pub end_reason: u8,
+    /// Segments sent.
+    pub segs_out: u32,
+    /// Segments received.
+    pub segs_in: u32,
+    /// Segments retransmitted.
+    pub total_retrans: u32,
+    /// Smoothed RTT, µs (already divided by the kernel's factor 8).
+    pub srtt_us: u32,
+    /// Minimum RTT seen, µs.
+    pub rtt_min_us: u32,
+    /// IPv4 TOS or IPv6 traffic class (DSCP is the top six bits).
+    pub tos: u32,
+    /// TCP state the socket closed from (`TCP_*` numbering), which tells
+    /// whether FINs were exchanged.
+    pub old_state: u32,
+    /// `bytes_acked` at establishment (the SYN's sequence number).
+    pub start_bytes_acked: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<FlowStart>() == 16);
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+pub mod tcp_state {
+    /// Established.
+    pub const ESTABLISHED: u32 = 1;
+    /// SYN sent.
+    pub const SYN_SENT: u32 = 2;
+    /// SYN received.
+    pub const SYN_RECV: u32 = 3;
+    /// Our FIN sent, not yet acknowledged.
+    pub const FIN_WAIT1: u32 = 4;
+    /// Our FIN acknowledged, waiting for the peer's.
+    pub const FIN_WAIT2: u32 = 5;
+    /// Both FINs done.
+    pub const TIME_WAIT: u32 = 6;
+    /// Closed.
+    pub const CLOSE: u32 = 7;
+    /// The peer's FIN received.
+    pub const CLOSE_WAIT: u32 = 8;
+    /// Our FIN sent after the peer's.
+    pub const LAST_ACK: u32 = 9;
+    /// Both sides sent FIN at once.
+    pub const CLOSING: u32 = 11;
+}
+
+impl FlowEvent {
+    /// Payload bytes sent and acknowledged: the kernel's counter advances
+    /// by one sequence number for the SYN and one for an acknowledged FIN.
+    pub fn payload_acked(&self) -> u64 {
+        use tcp_state::*;
+        let fin_acked = matches!(self.old_state, FIN_WAIT2 | TIME_WAIT | LAST_ACK | CLOSING);
+        self.bytes_acked
+            .saturating_sub(u64::from(self.start_bytes_acked))
+            .saturating_sub(u64::from(fin_acked))
+    }
+
+    /// Payload bytes received: the counter advances by one for the peer's
+    /// FIN.
+    pub fn payload_received(&self) -> u64 {
+        use tcp_state::*;
+        let fin_received = matches!(self.old_state, FIN_WAIT2 | TIME_WAIT | LAST_ACK | CLOSING | CLOSE_WAIT);
+        self.bytes_received.saturating_sub(u64::from(fin_received))
+    }
+}
+
+/// Address family numbers.
+pub const AF_INET: u16 = 2;
+/// Address family numbers.
+pub const AF_INET6: u16 = 10;
+
+impl FlowEvent {
+    /// Reads an event from the bytes the ring buffer delivered (native
+    /// byte order, the layout above); `None` if they are too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<FlowEvent> {
+        if bytes.len() < core::mem::size_of::<FlowEvent>() {
+            return None;
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_ne_bytes(b)
+        };
+        let u32_at = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&bytes[at..at + 4]);
+            u32::from_ne_bytes(b)
+        };
+        let u16_at = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+        let mut local_addr = [0u8; 16];
+        local_addr.copy_from_slice(&bytes[40..56]);
+        let mut remote_addr = [0u8; 16];
+        remote_addr.copy_from_slice(&bytes[56..72]);
+        Some(FlowEvent {
+            cookie: u64_at(0),
+            start_boot_ns: u64_at(8),
+            end_boot_ns: u64_at(16),
+            bytes_acked: u64_at(24),
+            bytes_received: u64_at(32),
+            local_addr,
+            remote_addr,
+            local_port: u16_at(72),
+            remote_port: u16_at(74),
+            family: u16_at(76),
+            direction: bytes[78],
+            end_reason: bytes[79],
+            segs_out: u32_at(80),
+            segs_in: u32_at(84),
+            total_retrans: u32_at(88),
+            srtt_us: u32_at(92),
+            rtt_min_us: u32_at(96),
+            tos: u32_at(100),
+            old_state: u32_at(104),
+            start_bytes_acked: u32_at(108),
+        })
+    }
+}
