@@ -4,6 +4,7 @@
 //! and reports them ([`report`]).
 
 pub mod detect;
+pub mod html;
 pub mod localize;
 pub mod model;
 pub mod report;

@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use std::io::Write as _;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use collector::Store;
@@ -39,6 +41,9 @@ enum Command {
         /// The topology file; default: `topology` from the configuration.
         #[arg(long, value_name = "FILE")]
         topology: Option<std::path::PathBuf>,
+        /// Write the report to this file instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
     },
 }
 
@@ -48,6 +53,9 @@ enum Format {
     Table,
     /// JSON for automation (schema in docs/analyzer.md).
     Json,
+    /// A self-contained HTML page: rack × rack heatmaps, anomalies with
+    /// evidence, time series of flagged paths.
+    Html,
 }
 
 fn main() -> ExitCode {
@@ -74,11 +82,13 @@ fn run() -> anyhow::Result<bool> {
         format,
         database,
         topology,
+        output,
     } = cli.command.unwrap_or(Command::Report {
         since: Since(Some(std::time::Duration::from_secs(3_600))),
         format: Format::Table,
         database: None,
         topology: None,
+        output: None,
     });
     config.database = database.unwrap_or(config.database);
     config.topology = topology.unwrap_or(config.topology);
@@ -92,13 +102,23 @@ fn run() -> anyhow::Result<bool> {
     let observations = analyzer::model::load(&store, history, now.saturating_add(1))
         .with_context(|| format!("reading {}", config.database.display()))?;
     let analysis = analyzer::report::analyze(&observations, from, now, &topology, &config);
-    let mut out = std::io::stdout().lock();
+    let mut out: Box<dyn std::io::Write> = match &output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
     match format {
         Format::Table => analysis.write_table(&mut out)?,
         Format::Json => {
             serde_json::to_writer_pretty(&mut out, &analysis)?;
-            std::io::Write::write_all(&mut out, b"\n")?;
+            out.write_all(b"\n")?;
         }
+        Format::Html => out.write_all(analyzer::html::render(&analysis, &observations, &topology).as_bytes())?,
+    }
+    out.flush()?;
+    if let Some(path) = output {
+        eprintln!("wrote {}", path.display());
     }
     Ok(analysis.found_anything())
 }

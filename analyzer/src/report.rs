@@ -52,6 +52,20 @@ pub struct RunnerUp {
     pub share: f64,
 }
 
+impl std::fmt::Display for RunnerUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}/{} ({:.0} %)",
+            self.kind,
+            self.element,
+            self.bad_paths,
+            self.paths,
+            self.share * 100.0
+        )
+    }
+}
+
 /// One anomaly: an element blamed over consecutive windows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Anomaly {
@@ -380,20 +394,7 @@ impl Analysis {
                 )?;
             }
             if !a.runners_up.is_empty() {
-                let runners: Vec<String> = a
-                    .runners_up
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{} {} {}/{} ({:.0} %)",
-                            r.kind,
-                            r.element,
-                            r.bad_paths,
-                            r.paths,
-                            r.share * 100.0
-                        )
-                    })
-                    .collect();
+                let runners: Vec<String> = a.runners_up.iter().map(RunnerUp::to_string).collect();
                 writeln!(out, "     runners-up: {}", runners.join("; "))?;
             }
         }

@@ -307,6 +307,22 @@ fn a_window_with_too_few_probes_pages_no_one() {
     assert_eq!(a.judged_paths, 2 * (72 - 8));
 }
 
+/// Three windows in which r3n3 loses half of its probes both ways.
+fn lossy_r3n3(dir: &Path) -> Store {
+    database(
+        dir,
+        3,
+        |_, s, d| {
+            Some(if s == 303 || d == 303 {
+                Shows { lost: 50, ..HEALTHY }
+            } else {
+                HEALTHY
+            })
+        },
+        never,
+    )
+}
+
 /// Runs the binary on the database in `dir`.
 fn run_cli(dir: &Path, format: &str) -> std::process::Output {
     let topology = dir.join("topology.toml");
@@ -345,18 +361,7 @@ fn the_command_line_reports_and_its_exit_status_says_whether_anything_was_found(
     assert!(String::from_utf8_lossy(&out.stdout).contains("No network anomalies."));
 
     let faulty = tempfile::tempdir().unwrap();
-    drop(database(
-        faulty.path(),
-        3,
-        |_, s, d| {
-            Some(if s == 303 || d == 303 {
-                Shows { lost: 50, ..HEALTHY }
-            } else {
-                HEALTHY
-            })
-        },
-        never,
-    ));
+    drop(lossy_r3n3(faulty.path()));
     let out = run_cli(faulty.path(), "table");
     assert_eq!(out.status.code(), Some(2));
     let table = String::from_utf8_lossy(&out.stdout);
@@ -422,4 +427,52 @@ fn docs_describe_every_json_field() {
             assert!(described, "docs/analyzer.md does not describe {what} field `{key}`");
         }
     }
+}
+
+#[test]
+fn the_html_report_renders_its_heatmaps_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(lossy_r3n3(dir.path()));
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, topology_racks().concat()).unwrap();
+    let html = dir.path().join("report.html");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
+        .args(["report", "--since", "all", "--format", "html", "--database"])
+        .arg(dir.path().join("flowmesh.db"))
+        .arg("--topology")
+        .arg(&topology)
+        .arg("--output")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The DOM as Chromium built it, after parsing the page (bounded).
+    if let Ok(keep) = std::env::var("FLOWMESH_KEEP_HTML") {
+        std::fs::copy(&html, keep).unwrap();
+    }
+    let dom = std::process::Command::new("timeout")
+        .args([
+            "60",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(
+        dom.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert_eq!(dom.matches("class=\"heatmap\"").count(), 2, "{dom}");
+    assert_eq!(dom.matches("class=\"cell\"").count(), 2 * 9, "{dom}");
+    assert!(dom.contains("data-kind=\"host\" data-element=\"r3n3\""), "{dom}");
+    // rack3 → rack3: r3n1/r3n2 ↔ r3n3 lose half their probes: 4 of 6 paths.
+    assert!(dom.contains("<title>rack3 → rack3: 33.33%</title>"), "{dom}");
+    assert!(dom.contains("class=\"series\""), "{dom}");
 }
