@@ -4,13 +4,16 @@
 //!
 //! [`checks`] verifies privileges and kernel features before anything is
 //! loaded; [`tracer`] loads, attaches and reads the programs; [`sender`]
-//! batches records into datagrams.
+//! batches records into datagrams; [`probe`] measures the network to the
+//! node's peers with UDP probes.
 //!
-//! Not yet built (issue 3): periodic reports of long-lived open flows,
-//! per-process connect counters, network-namespace scoping (cgroup scoping
-//! works), the metrics endpoint, and probes (issue 7).
+//! Not yet built: periodic reports of long-lived open flows, per-process
+//! connect counters, network-namespace scoping (cgroup scoping works), the
+//! metrics endpoint (issue 3); kernel receive timestamps, topology reload
+//! and RDMA UD probes (issue 7).
 
 pub mod checks;
+pub mod probe;
 pub mod sender;
 pub mod tracer;
 

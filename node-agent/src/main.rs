@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use configs::{AgentConfig, ConfigArgs};
+use configs::{AgentConfig, ConfigArgs, Topology};
 use node_agent::checks::{self, CheckError};
+use node_agent::probe::{self, ProbeStats, ProberSettings};
 use node_agent::sender::Sender;
 use node_agent::tracer::{self, Tracer};
+use std::sync::Arc;
 use tracing::{info, warn};
-use wire_format::{Flow, Origin};
+
+use wire_format::{Flow, Origin, ProbeRecord};
 
 /// flowmesh agent: traces every TCP flow of this host (or of one cgroup)
 /// in the kernel with eBPF and batches the records to the rack sampler
@@ -77,6 +80,20 @@ fn debug_line(flow: &Flow) -> serde_json::Value {
     })
 }
 
+/// One JSON line for a probe's outcome (`--debug`).
+fn probe_line(record: &ProbeRecord) -> serde_json::Value {
+    serde_json::json!({
+        "probe": {
+            "dst_node": record.dst_node.get(),
+            "dst": record.dst().to_string(),
+            "seq": record.seq.get(),
+            "outcome": record.outcome().as_str(),
+            "network_rtt_ns": record.network_rtt_ns(),
+            "responder_delay_ns": record.responder_delay_ns(),
+        }
+    })
+}
+
 async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> anyhow::Result<()> {
     let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
     let mut tracer = Tracer::attach(&cgroup, config.flows.max_tracked_flows, config.flows.ring_buffer_bytes)?;
@@ -106,6 +123,52 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
         None if debug => None,
         None => anyhow::bail!("no sampler: set uplink.sampler, or run with --debug"),
     };
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeRecord>(4_096);
+    let probe_stats = Arc::new(std::sync::Mutex::new(ProbeStats::default()));
+    let mut probe_tasks = Vec::new();
+    if config.probes.enabled {
+        let topology = Arc::new(Topology::load(&config.topology)?);
+        let local = topology
+            .node(config.node_id)
+            .and_then(|n| n.addresses.first().copied())
+            .with_context(|| {
+                format!(
+                    "node_id {} has no address in {}",
+                    config.node_id,
+                    config.topology.display()
+                )
+            })?;
+        let responder = tokio::net::UdpSocket::bind((local, config.probes.port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the probe responder on {local}:{} (key `probes.port`)",
+                    config.probes.port
+                )
+            })?;
+        let prober = tokio::net::UdpSocket::bind((local, 0))
+            .await
+            .context("binding the prober")?;
+        probe_tasks.push(tokio::spawn(probe::respond(
+            Arc::new(responder),
+            config.node_id,
+            probe_stats.clone(),
+        )));
+        probe_tasks.push(tokio::spawn(probe::probe(
+            prober,
+            topology,
+            ProberSettings {
+                me: config.node_id,
+                local,
+                probing: config.probes.clone(),
+            },
+            probe_tx,
+            probe_stats.clone(),
+        )));
+        info!(message = "probing peers", %local, port = config.probes.port);
+    } else {
+        drop(probe_tx);
+    }
     if debug {
         println!("{}", serde_json::json!({ "tracing": cgroup.display().to_string() }));
     }
@@ -121,8 +184,16 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
                         println!("{}", debug_line(&flow));
                     }
                     if let Some(sender) = sender.as_mut() {
-                        sender.push(flow.to_record()).await;
+                        sender.push_flow(flow.to_record()).await;
                     }
+                }
+            }
+            Some(record) = probe_rx.recv() => {
+                if debug {
+                    println!("{}", probe_line(&record));
+                }
+                if let Some(sender) = sender.as_mut() {
+                    sender.push_probe(record).await;
                 }
             }
             _ = flush.tick() => {
@@ -133,9 +204,16 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
             _ = &mut shutdown => break,
         }
     }
+    for task in probe_tasks {
+        task.abort();
+    }
     if let Some(sender) = sender.as_mut() {
         sender.flush().await;
         info!(message = "sent", stats = ?sender.stats());
+    }
+    if config.probes.enabled {
+        let stats = *probe_stats.lock().unwrap_or_else(|p| p.into_inner());
+        info!(message = "probes", ?stats);
     }
     let drops = tracer.drops();
     if drops.iter().any(|&d| d > 0) {

@@ -1,11 +1,12 @@
-//! Batches flow records into wire-format datagrams and sends them over UDP
-//! to the rack's sampler (and the secondary, with the same sequence number,
-//! so either sampler can account for every datagram).
+//! Batches flow and probe records into wire-format datagrams (one kind per
+//! datagram) and sends them over UDP to the rack's sampler (and the
+//! secondary, with the same sequence number, so either sampler can account
+//! for every datagram).
 
 use std::net::SocketAddr;
 
 use tokio::net::UdpSocket;
-use wire_format::{DatagramBuilder, FlowRecord, Origin, capacity};
+use wire_format::{DatagramBuilder, FlowRecord, Origin, ProbeRecord, Record, capacity};
 
 /// What the sender has done, for the agent's metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,9 +27,10 @@ pub struct Sender {
     samplers: Vec<SocketAddr>,
     origin: Origin,
     sequence: u32,
-    per_datagram: usize,
+    batch_size: usize,
     max_datagram: usize,
-    pending: Vec<FlowRecord>,
+    flows: Vec<FlowRecord>,
+    probes: Vec<ProbeRecord>,
     stats: SenderStats,
 }
 
@@ -42,38 +44,65 @@ impl Sender {
         max_datagram: usize,
         batch_size: usize,
     ) -> Sender {
-        let fit = capacity::<FlowRecord>(max_datagram).max(1);
-        let per_datagram = if batch_size == 0 { fit } else { batch_size.min(fit) };
         Sender {
             socket,
             samplers,
             origin,
             sequence: 0,
-            per_datagram,
+            batch_size,
             max_datagram,
-            pending: Vec::new(),
+            flows: Vec::new(),
+            probes: Vec::new(),
             stats: SenderStats::default(),
         }
     }
 
-    /// Queues a record, sending a datagram when one is full.
-    pub async fn push(&mut self, record: FlowRecord) {
-        self.pending.push(record);
-        if self.pending.len() >= self.per_datagram {
-            self.flush().await;
+    /// Records of type `R` per datagram.
+    fn per_datagram<R: Record>(&self) -> usize {
+        let fit = capacity::<R>(self.max_datagram).max(1);
+        if self.batch_size == 0 {
+            fit
+        } else {
+            self.batch_size.min(fit)
         }
     }
 
-    /// Sends what is queued (at most one datagram's worth at a time).
+    /// Queues a flow record, sending a datagram when one is full.
+    pub async fn push_flow(&mut self, record: FlowRecord) {
+        self.flows.push(record);
+        if self.flows.len() >= self.per_datagram::<FlowRecord>() {
+            let mut flows = std::mem::take(&mut self.flows);
+            self.send_all(&mut flows).await;
+        }
+    }
+
+    /// Queues a probe record, sending a datagram when one is full.
+    pub async fn push_probe(&mut self, record: ProbeRecord) {
+        self.probes.push(record);
+        if self.probes.len() >= self.per_datagram::<ProbeRecord>() {
+            let mut probes = std::mem::take(&mut self.probes);
+            self.send_all(&mut probes).await;
+        }
+    }
+
+    /// Sends everything queued.
     pub async fn flush(&mut self) {
-        while !self.pending.is_empty() {
-            let take = self.pending.len().min(self.per_datagram);
+        let mut flows = std::mem::take(&mut self.flows);
+        self.send_all(&mut flows).await;
+        let mut probes = std::mem::take(&mut self.probes);
+        self.send_all(&mut probes).await;
+    }
+
+    async fn send_all<R: Record>(&mut self, pending: &mut Vec<R>) {
+        let per = self.per_datagram::<R>();
+        while !pending.is_empty() {
+            let take = pending.len().min(per);
             let mut buf = vec![0u8; self.max_datagram];
-            let Some(mut builder) = DatagramBuilder::<FlowRecord>::new(&mut buf, self.origin) else {
+            let Some(mut builder) = DatagramBuilder::<R>::new(&mut buf, self.origin) else {
                 return;
             };
-            for record in self.pending.drain(..take) {
-                // per_datagram never exceeds the capacity, so this fits.
+            for record in pending.drain(..take) {
+                // `per` never exceeds the capacity, so this fits.
                 let _ = builder.push(&record);
             }
             let bytes = builder.finish(self.sequence, crate::now_ns());

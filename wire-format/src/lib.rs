@@ -3,6 +3,8 @@
 //! - Agent → sampler: UDP [datagrams](datagram) of fixed-size [`FlowRecord`]s
 //!   or [`ProbeRecord`]s behind a 24-byte [`DatagramHeader`] whose first two
 //!   bytes are the record count.
+//! - Agent ↔ agent: UDP [`ProbePacket`]s, requests and replies carrying the
+//!   four timestamps of a Pingmesh-style probe.
 //! - Sampler → collector: [batches](batch) of per-path window summaries,
 //!   per-agent completeness and sampled raw records, answered by a
 //!   [`BatchAck`].
@@ -24,6 +26,7 @@ pub mod datagram;
 mod error;
 mod flow;
 mod histogram;
+mod ping;
 mod probe;
 mod record;
 mod values;
@@ -44,6 +47,7 @@ pub use histogram::{
     HistogramError, MAX_HISTOGRAM_SAMPLES, RTT_HISTOGRAM_MAX_NS, RTT_HISTOGRAM_SIGFIGS, decode_histogram,
     encode_histogram, new_rtt_histogram,
 };
+pub use ping::{PROBE_MAGIC, PROBE_REPLY, PROBE_REQUEST, PROBE_VERSION, ProbePacket};
 pub use probe::{MAX_QPN, Probe, ProbeAddr, ProbeRecord, ProbeTimestamps};
 pub use record::Record;
 pub use values::{AckStatus, AddressFamily, Direction, EndReason, ProbeOutcome, RecordKind, Transport, WireEnum};

@@ -87,6 +87,12 @@ fn layouts() -> Vec<(&'static str, usize, Layout)> {
             size_of::<BatchAck>(),
             layout!(BatchAck; magic, version, status, error_code, batch_id),
         ),
+        (
+            "ProbePacket",
+            size_of::<ProbePacket>(),
+            layout!(ProbePacket; magic, version, kind, reserved, requester_node, responder_node, seq,
+                requester_send_ns, responder_receive_ns, responder_send_ns),
+        ),
     ]
 }
 

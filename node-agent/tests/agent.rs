@@ -3,6 +3,8 @@
 //! come out as flow records with exact payload bytes, ports, addresses,
 //! direction, end reason, duration and RTT; a burst of short connections
 //! yields one flow each; nothing stays attached after the agent exits.
+//! Two agents probe each other over loopback addresses and send probe
+//! records to a test sampler socket; a stopped responder shows as timeouts.
 //!
 //! Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) and a cgroup v2
 //! hierarchy, as CI has.
@@ -57,13 +59,15 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(cgroup: &TestCgroup, dir: &std::path::Path) -> Agent {
-        let config = dir.join("agent.toml");
+    /// Starts an agent whose config is `config` plus the test cgroup.
+    fn start(cgroup: &TestCgroup, dir: &std::path::Path, name: &str, config: &str) -> Agent {
+        let path = dir.join(format!("{name}.toml"));
         std::fs::write(
-            &config,
-            format!("node_id = 101\n[flows]\ncgroup = \"{}\"\n", cgroup.0.display()),
+            &path,
+            config.replace("[flows]", &format!("[flows]\ncgroup = \"{}\"", cgroup.0.display())),
         )
         .unwrap();
+        let config = path;
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowmesh-agent"))
             .args(["--debug", "--config"])
             .arg(&config)
@@ -175,20 +179,58 @@ fn check_flow(flow: &Value, server: SocketAddr) {
     );
 }
 
-fn agent_programs_loaded() -> usize {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("flowmesh_sock"))
-        .count()
+/// Ids of the BPF programs and links process `pid` holds open, from
+/// /proc/PID/fdinfo (("prog_id" | "link_id", id)).
+fn bpf_objects_of(pid: u32) -> Vec<(&'static str, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            for key in ["prog_id", "link_id"] {
+                if let Some(id) = line.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
+                    out.push((key, id.trim().parse().unwrap()));
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Whether the kernel still has the program or link.
+fn bpf_object_exists(kind: &str, id: u32) -> bool {
+    let what = if kind == "prog_id" { "prog" } else { "link" };
+    Command::new("bpftool")
+        .args([what, "show", "id", &id.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 #[test]
 fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
     let dir = tempfile::tempdir().unwrap();
     let cgroup = TestCgroup::create();
-    let mut agent = Agent::start(&cgroup, dir.path());
-    assert!(agent_programs_loaded() >= 1, "the sock_ops program is not loaded");
+    let mut agent = Agent::start(
+        &cgroup,
+        dir.path(),
+        "agent",
+        "node_id = 101\n[flows]\n[probes]\nenabled = false\n",
+    );
+    let held = bpf_objects_of(agent.child.id());
+    assert!(
+        held.iter().any(|(k, _)| *k == "prog_id"),
+        "the agent holds no program: {held:?}"
+    );
+    assert!(
+        held.iter().any(|(k, _)| *k == "link_id"),
+        "the agent holds no link: {held:?}"
+    );
+    assert!(held.iter().all(|(k, id)| bpf_object_exists(k, *id)));
 
     for addr in ["127.0.0.1:0", "[::1]:0"] {
         let (server_addr, server) = server(addr, 100_000, 5_000, 1);
@@ -223,11 +265,12 @@ fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "agent exited with {status}");
-    assert_eq!(
-        agent_programs_loaded(),
-        0,
-        "a program stayed loaded after the agent exited"
-    );
+    for (kind, id) in held {
+        assert!(
+            !bpf_object_exists(kind, id),
+            "{kind} {id} stayed after the agent exited"
+        );
+    }
 }
 
 #[test]
@@ -250,4 +293,94 @@ fn without_capabilities_it_says_which_and_how_to_grant_them() {
     assert_eq!(out.status.code(), Some(10), "{stderr}");
     assert!(stderr.contains("CAP_BPF") && stderr.contains("setcap"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// Reads probe records from datagrams arriving at `sampler` for `within`.
+fn probe_records(sampler: &std::net::UdpSocket, within: Duration) -> Vec<wire_format::Probe> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        sampler.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let Ok(len) = sampler.recv(&mut buf) else { continue };
+        let datagram = wire_format::parse(&buf[..len]).unwrap();
+        assert_eq!(datagram.header.node_id.get(), 101);
+        if let wire_format::Records::Probe(records) = datagram.records {
+            out.extend(records.iter().map(|r| wire_format::Probe::from_record(r).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn agents_probe_each_other_and_a_stopped_responder_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        "[[racks]]\nid = 1\nname = \"rack1\"\n[[racks]]\nid = 2\nname = \"rack2\"\n\
+         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"127.0.0.1\"]\n\
+         [[nodes]]\nid = 102\nname = \"b\"\nrack = \"rack1\"\naddresses = [\"127.0.0.2\"]\n\
+         [[nodes]]\nid = 201\nname = \"c\"\nrack = \"rack2\"\naddresses = [\"127.0.0.3\"]\n",
+    )
+    .unwrap();
+    let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = |node: u32| {
+        format!(
+            "node_id = {node}\ntopology = \"{}\"\n[uplink]\nsampler = \"{}\"\nflush_ms = 50\n[flows]\n\
+             [probes]\nport = {port}\ninterval_ms = 100\ntimeout_ms = 300\n",
+            topology.display(),
+            sampler.local_addr().unwrap()
+        )
+    };
+    let (cg_a, cg_b) = (TestCgroup::create(), TestCgroup::create());
+    let a = Agent::start(&cg_a, dir.path(), "a", &config(101));
+    let mut b = Agent::start(
+        &cg_b,
+        dir.path(),
+        "b",
+        &config(102).replace(&sampler.local_addr().unwrap().to_string(), "127.0.0.1:9"),
+    );
+
+    let records = probe_records(&sampler, Duration::from_secs(3));
+    let to_b: Vec<_> = records.iter().filter(|p| p.dst_node == 102).collect();
+    let to_c: Vec<_> = records.iter().filter(|p| p.dst_node == 201).collect();
+    assert!(to_b.len() >= 10, "too few probes to b: {records:?}");
+    let answered: Vec<_> = to_b
+        .iter()
+        .filter(|p| p.outcome == wire_format::ProbeOutcome::Ok)
+        .collect();
+    assert!(answered.len() * 10 >= to_b.len() * 9, "b did not answer: {to_b:?}");
+    for p in &answered {
+        let record = p.to_record();
+        let rtt = record.network_rtt_ns().unwrap();
+        assert!(rtt > 0 && rtt < 50_000_000, "implausible loopback RTT {rtt} ns");
+        assert!(record.responder_delay_ns().unwrap() < 50_000_000);
+        assert_eq!(p.dst, wire_format::ProbeAddr::Ip("127.0.0.2".parse().unwrap()));
+        assert_eq!(p.src, wire_format::ProbeAddr::Ip("127.0.0.1".parse().unwrap()));
+    }
+    // Nobody answers for c (no agent there): every probe to it times out.
+    assert!(!to_c.is_empty());
+    assert!(
+        to_c.iter().all(|p| p.outcome == wire_format::ProbeOutcome::Timeout),
+        "{to_c:?}"
+    );
+
+    // Stop b: a's probes to b time out from then on.
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let _ = probe_records(&sampler, Duration::from_millis(500));
+    let after = probe_records(&sampler, Duration::from_secs(2));
+    let to_b: Vec<_> = after.iter().filter(|p| p.dst_node == 102).collect();
+    assert!(!to_b.is_empty());
+    assert!(
+        to_b.iter().all(|p| p.outcome == wire_format::ProbeOutcome::Timeout),
+        "{to_b:?}"
+    );
+    drop(a);
 }
