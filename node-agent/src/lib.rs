@@ -9,12 +9,13 @@
 //!
 //! Not yet built: periodic reports of long-lived open flows, per-process
 //! connect counters, network-namespace scoping (cgroup scoping works), the
-//! metrics endpoint (issue 3); kernel receive timestamps, topology reload
+//! overhead benchmark (issue 3); kernel receive timestamps, topology reload
 //! and RDMA UD probes (issue 7).
 
 pub mod checks;
 pub mod probe;
 pub mod sender;
+pub mod telemetry;
 pub mod tracer;
 
 /// Nanoseconds since the Unix epoch, now.

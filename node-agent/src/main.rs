@@ -10,6 +10,7 @@ use configs::{AgentConfig, ConfigArgs, Topology};
 use node_agent::checks::{self, CheckError};
 use node_agent::probe::{self, ProbeStats, ProberSettings};
 use node_agent::sender::Sender;
+use node_agent::telemetry::{self, AgentStats};
 use node_agent::tracer::{self, Tracer};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -169,6 +170,17 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
     } else {
         drop(probe_tx);
     }
+    let stats = Arc::new(std::sync::Mutex::new(AgentStats::default()));
+    let metrics = telemetry::endpoint(stats.clone(), probe_stats.clone());
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("listening on {} (key `metrics.listen`)", config.metrics.listen))?;
+    info!(message = "metrics endpoint listening", local = %metrics_listener.local_addr()?);
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = tokio::spawn(metrics.clone().serve(metrics_listener, async {
+        let _ = metrics_stopped.await;
+    }));
+    metrics.set_ready(true);
     if debug {
         println!("{}", serde_json::json!({ "tracing": cgroup.display().to_string() }));
     }
@@ -178,7 +190,9 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
     loop {
         tokio::select! {
             events = tracer.next_events() => {
-                for event in events? {
+                let events = events?;
+                stats.lock().unwrap_or_else(|p| p.into_inner()).flows += events.len() as u64;
+                for event in events {
                     let flow = tracer::flow(&event, clock);
                     if debug {
                         println!("{}", debug_line(&flow));
@@ -200,6 +214,9 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
                 if let Some(sender) = sender.as_mut() {
                     sender.flush().await;
                 }
+                let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                s.kernel_drops = tracer.drops();
+                s.sender = sender.as_ref().map(Sender::stats).unwrap_or_default();
             }
             _ = &mut shutdown => break,
         }
@@ -224,6 +241,9 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
             untracked_end = drops[2]
         );
     }
+    metrics.set_ready(false);
+    let _ = stop_metrics.send(());
+    let _ = metrics_task.await;
     drop(tracer);
     info!(message = "detached; stopped");
     Ok(())

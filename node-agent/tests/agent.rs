@@ -219,7 +219,7 @@ fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
         &cgroup,
         dir.path(),
         "agent",
-        "node_id = 101\n[flows]\n[probes]\nenabled = false\n",
+        "node_id = 101\n[flows]\n[probes]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     );
     let held = bpf_objects_of(agent.child.id());
     assert!(
@@ -330,10 +330,19 @@ fn agents_probe_each_other_and_a_stopped_responder_times_out() {
     )
     .unwrap();
     let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let metrics_a = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let config = |node: u32| {
+        let metrics = if node == 101 {
+            metrics_a.to_string()
+        } else {
+            "127.0.0.1:0".to_string()
+        };
         format!(
             "node_id = {node}\ntopology = \"{}\"\n[uplink]\nsampler = \"{}\"\nflush_ms = 50\n[flows]\n\
-             [probes]\nport = {port}\ninterval_ms = 100\ntimeout_ms = 300\n",
+             [probes]\nport = {port}\ninterval_ms = 100\ntimeout_ms = 300\n[metrics]\nlisten = \"{metrics}\"\n",
             topology.display(),
             sampler.local_addr().unwrap()
         )
