@@ -45,6 +45,25 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<std::path::PathBuf>,
     },
+    /// Re-analyze as windows arrive and print each anomaly when it starts
+    /// and when it clears, until SIGINT or SIGTERM.
+    Watch {
+        /// How far back each pass looks (context for baselines and merging).
+        #[arg(long, default_value = "30m", value_parser = Since::parse)]
+        since: Since,
+        /// Seconds between passes.
+        #[arg(long, default_value_t = 5)]
+        interval_secs: u64,
+        /// Stop after this many passes (default: run until stopped).
+        #[arg(long)]
+        passes: Option<u64>,
+        /// The database; default: `database` from the configuration.
+        #[arg(long, value_name = "FILE")]
+        database: Option<std::path::PathBuf>,
+        /// The topology file; default: `topology` from the configuration.
+        #[arg(long, value_name = "FILE")]
+        topology: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,37 +90,95 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Reads and analyzes the windows from `since` ago to now.
+fn analyze_since(
+    store: &Store,
+    topology: &Topology,
+    config: &AnalyzerConfig,
+    since: Since,
+) -> anyhow::Result<(analyzer::report::Analysis, analyzer::model::Observations)> {
+    let now = now_ns();
+    let from = since.start_ns(now);
+    // Earlier windows feed the RTT baselines. A day of history holds the
+    // default 30 baseline windows for windows up to 48 minutes long.
+    let history = from.saturating_sub(86_400 * 1_000_000_000);
+    let observations = analyzer::model::load(store, history, now.saturating_add(1))
+        .with_context(|| format!("reading {}", config.database.display()))?;
+    let analysis = analyzer::report::analyze(&observations, from, now, topology, config);
+    Ok((analysis, observations))
+}
+
+/// `watch`: a pass every `interval_secs`, printing what started and what
+/// cleared since the previous pass.
+fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Option<u64>) -> anyhow::Result<()> {
+    let topology = Topology::load(&config.topology)?;
+    let store = Store::open_read_only(&config.database)?;
+    let mut previous = std::collections::BTreeMap::new();
+    let mut pass = 0u64;
+    loop {
+        let (analysis, _) = analyze_since(&store, &topology, config, since)?;
+        let active = analysis.active();
+        let stamp = analyzer::report::utc(now_ns());
+        let mut out = std::io::stdout().lock();
+        for (key, what) in &active {
+            if !previous.contains_key(key) {
+                writeln!(out, "{stamp} NEW     {} {}: {what}", key.0, key.1)?;
+            }
+        }
+        for key in previous.keys() {
+            if !active.contains_key(key) {
+                writeln!(out, "{stamp} CLEARED {} {}", key.0, key.1)?;
+            }
+        }
+        out.flush()?;
+        previous = active;
+        pass += 1;
+        if passes.is_some_and(|n| pass >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(interval_secs.max(1)));
+    }
+}
+
 /// Runs the command; `Ok(true)` when anomalies were found.
 fn run() -> anyhow::Result<bool> {
     let cli = Cli::parse();
     let Some(mut config) = cli.config.load_or_print::<AnalyzerConfig>()? else {
         return Ok(false);
     };
-    let Command::Report {
-        since,
-        format,
-        database,
-        topology,
-        output,
-    } = cli.command.unwrap_or(Command::Report {
+    let command = cli.command.unwrap_or(Command::Report {
         since: Since(Some(std::time::Duration::from_secs(3_600))),
         format: Format::Table,
         database: None,
         topology: None,
         output: None,
     });
+    let (since, format, database, topology, output) = match command {
+        Command::Report {
+            since,
+            format,
+            database,
+            topology,
+            output,
+        } => (since, format, database, topology, output),
+        Command::Watch {
+            since,
+            interval_secs,
+            passes,
+            database,
+            topology,
+        } => {
+            config.database = database.unwrap_or(config.database);
+            config.topology = topology.unwrap_or(config.topology);
+            watch(&config, since, interval_secs, passes)?;
+            return Ok(false);
+        }
+    };
     config.database = database.unwrap_or(config.database);
     config.topology = topology.unwrap_or(config.topology);
     let topology = Topology::load(&config.topology)?;
     let store = Store::open_read_only(&config.database)?;
-    let now = now_ns();
-    let from = since.start_ns(now);
-    // Earlier windows feed the RTT baselines. A day of history holds the
-    // default 30 baseline windows for windows up to 48 minutes long.
-    let history = from.saturating_sub(86_400 * 1_000_000_000);
-    let observations = analyzer::model::load(&store, history, now.saturating_add(1))
-        .with_context(|| format!("reading {}", config.database.display()))?;
-    let analysis = analyzer::report::analyze(&observations, from, now, &topology, &config);
+    let (analysis, observations) = analyze_since(&store, &topology, &config, since)?;
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,

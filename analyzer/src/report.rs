@@ -125,6 +125,8 @@ pub struct Analysis {
     pub to_ns: u64,
     /// Windows with judged paths.
     pub windows: usize,
+    /// Start of the newest window with judged paths, ns; 0 when none.
+    pub last_window_ns: u64,
     /// Path windows judged.
     pub judged_paths: usize,
     /// Anomalies, most severe first.
@@ -240,6 +242,7 @@ pub fn analyze(obs: &Observations, from_ns: u64, to_ns: u64, topology: &Topology
         from_ns,
         to_ns,
         windows: detected.windows.len(),
+        last_window_ns: detected.windows.keys().next_back().copied().unwrap_or(0),
         judged_paths,
         anomalies,
         telemetry_gaps: gaps(topology, &detected.gaps),
@@ -417,6 +420,44 @@ impl Analysis {
             }
         }
         Ok(())
+    }
+}
+
+impl Analysis {
+    /// What is wrong in the newest window analyzed: (kind, element) → a one
+    /// line description. `watch` compares these between passes.
+    pub fn active(&self) -> BTreeMap<(String, String), String> {
+        let latest = self.last_window_ns;
+        let mut out = BTreeMap::new();
+        if self.windows == 0 {
+            return out;
+        }
+        for a in self.anomalies.iter().filter(|a| a.last_window_ns == latest) {
+            let symptoms: Vec<String> = a.symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+            out.insert(
+                (a.kind.to_string(), a.element.clone()),
+                format!(
+                    "{} of {} paths bad ({:.0} %) since {}; {}",
+                    a.bad_paths,
+                    a.paths,
+                    a.share * 100.0,
+                    utc(a.first_window_ns),
+                    symptoms.join(", ")
+                ),
+            );
+        }
+        for g in self.telemetry_gaps.iter().filter(|g| g.last_window_ns == latest) {
+            let what = if g.silent {
+                "silent".to_string()
+            } else {
+                format!("{:.0} % of datagrams", g.min_completeness * 100.0)
+            };
+            out.insert(
+                ("telemetry_gap".to_string(), g.node.clone()),
+                format!("{what} since {}", utc(g.first_window_ns)),
+            );
+        }
+        out
     }
 }
 

@@ -50,7 +50,19 @@ fn database(
 ) -> Store {
     let path = dir.join("flowmesh.db");
     let mut store = Store::open(&path).unwrap();
-    for w in 0..windows {
+    fill(&mut store, 0..windows, shows, silent);
+    drop(store);
+    Store::open_read_only(&path).unwrap()
+}
+
+/// Stores windows `windows` (by index from T0) as the samplers would.
+fn fill(
+    store: &mut Store,
+    windows: std::ops::Range<u64>,
+    shows: impl Fn(u64, u32, u32) -> Option<Shows>,
+    silent: impl Fn(u64, u32) -> bool,
+) {
+    for w in windows {
         let start = T0 + w * W;
         for rack in 1..=3u32 {
             let mut b = BatchBuilder::new(BatchInfo::window(rack, rack, start, W));
@@ -78,8 +90,6 @@ fn database(
             store.store_batch(&BatchView::parse(&bytes).unwrap(), start).unwrap();
         }
     }
-    drop(store);
-    Store::open_read_only(&path).unwrap()
 }
 
 fn analysis(store: &Store, windows: u64, judge_from: u64) -> Analysis {
@@ -475,4 +485,40 @@ fn the_html_report_renders_its_heatmaps_in_headless_chromium() {
     // rack3 → rack3: r3n1/r3n2 ↔ r3n3 lose half their probes: 4 of 6 paths.
     assert!(dom.contains("<title>rack3 → rack3: 33.33%</title>"), "{dom}");
     assert!(dom.contains("class=\"series\""), "{dom}");
+}
+
+#[test]
+fn watch_prints_an_anomaly_when_it_starts_and_when_it_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(lossy_r3n3(dir.path()));
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, topology_racks().concat()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
+        .args([
+            "watch",
+            "--since",
+            "all",
+            "--interval-secs",
+            "3",
+            "--passes",
+            "2",
+            "--database",
+        ])
+        .arg(dir.path().join("flowmesh.db"))
+        .arg("--topology")
+        .arg(&topology)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("NEW     host r3n3: 16 of 16 paths bad"), "{first}");
+    // Two healthy windows arrive while it waits: the next pass clears it.
+    let mut store = Store::open(&dir.path().join("flowmesh.db")).unwrap();
+    fill(&mut store, 3..5, healthy, never);
+    drop(store);
+    let second = lines.next().unwrap().unwrap();
+    assert!(second.contains("CLEARED host r3n3"), "{second}");
+    assert!(child.wait().unwrap().success());
 }
