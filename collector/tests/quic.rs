@@ -353,6 +353,7 @@ async fn prometheus_scrape_reports_what_happened() {
     assert_eq!(send(&conn, &bytes).await.unwrap().status(), AckStatus::Duplicate);
 
     let (status, body) = http_get(metrics, "/metrics").await.unwrap();
+    configs::endpoint::promtool_check(&body).unwrap();
     assert_eq!(status, 200);
     let value = |line_start: &str| -> f64 {
         body.lines()

@@ -391,5 +391,31 @@ fn agents_probe_each_other_and_a_stopped_responder_times_out() {
         to_b.iter().all(|p| p.outcome == wire_format::ProbeOutcome::Timeout),
         "{to_b:?}"
     );
+
+    // The agent's Prometheus endpoint counts what happened, in a form
+    // promtool accepts.
+    let page = scrape(metrics_a);
+    let value = |series: &str| -> f64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{page}"))
+    };
+    assert!(value("flowmesh_agent_probes_total{outcome=\"answered\"}") >= 10.0);
+    assert!(value("flowmesh_agent_probes_total{outcome=\"timed_out\"}") >= 1.0);
+    assert!(value("flowmesh_agent_datagrams_sent_total") >= 1.0);
+    assert_eq!(value("flowmesh_agent_kernel_drops_total{reason=\"ring_full\"}"), 0.0);
+    configs::endpoint::promtool_check(&page).unwrap();
     drop(a);
+}
+
+/// The agent's /metrics, as an HTTP response.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
 }

@@ -435,6 +435,7 @@ async fn malformed_datagrams_are_counted_by_reason_while_good_traffic_flows() {
         "every reason is exposed, zero included"
     );
     assert!(page.contains("# HELP flowmesh_sampler_datagrams_dropped_total"));
+    configs::endpoint::promtool_check(&page).unwrap();
     let health = http_get(s.metrics, "/healthz").await.unwrap();
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let ready = http_get(s.metrics, "/readyz").await.unwrap();
