@@ -134,17 +134,27 @@ fn server(addr: &str, expect: usize, answer: usize, connections: usize) -> (Sock
 
 /// Runs a Python client inside the cgroup: `connections` connections to
 /// `to`, each sending `send` bytes and reading until the server closes.
-fn client_in(cgroup: &TestCgroup, to: SocketAddr, send: usize, connections: usize) {
+/// Runs a Python client inside the cgroup: `connections` connections to
+/// `to`, each marked with `tos` (IPv4 TOS or IPv6 traffic class), sending
+/// `send` bytes and reading until the server closes.
+fn client_in(cgroup: &TestCgroup, to: SocketAddr, send: usize, connections: usize, tos: u8) {
     let script = format!(
         "import socket\n\
+         v6 = {v6}\n\
          for _ in range({connections}):\n\
-         \x20   s = socket.create_connection(('{}', {}))\n\
+         \x20   s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)\n\
+         \x20   if v6:\n\
+         \x20       s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, {tos})\n\
+         \x20   else:\n\
+         \x20       s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, {tos})\n\
+         \x20   s.connect(('{}', {}))\n\
          \x20   s.sendall(b'x' * {send})\n\
          \x20   while s.recv(65536):\n\
          \x20       pass\n\
          \x20   s.close()\n",
         to.ip(),
-        to.port()
+        to.port(),
+        v6 = if to.is_ipv6() { "True" } else { "False" },
     );
     let status = Command::new("sh")
         .arg("-c")
@@ -158,7 +168,8 @@ fn client_in(cgroup: &TestCgroup, to: SocketAddr, send: usize, connections: usiz
     assert!(status.success(), "client failed: {status}");
 }
 
-fn check_flow(flow: &Value, server: SocketAddr) {
+fn check_flow(flow: &Value, server: SocketAddr, dscp: u8) {
+    assert_eq!(flow["dscp"], dscp, "{flow}");
     assert_eq!(flow["dst"], server.ip().to_string(), "{flow}");
     assert_eq!(flow["src"], server.ip().to_string(), "{flow}");
     assert_eq!(flow["dst_port"], server.port(), "{flow}");
@@ -234,22 +245,23 @@ fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
 
     for addr in ["127.0.0.1:0", "[::1]:0"] {
         let (server_addr, server) = server(addr, 100_000, 5_000, 1);
-        client_in(&cgroup, server_addr, 100_000, 1);
+        // DSCP 46 (expedited forwarding) = TOS 0xb8.
+        client_in(&cgroup, server_addr, 100_000, 1, 0xb8);
         server.join().unwrap();
         let flow = agent.next(Duration::from_secs(10));
-        check_flow(&flow, server_addr);
+        check_flow(&flow, server_addr, 46);
     }
 
     // Many short connections in a tight loop: the kernel may reuse ports,
     // the socket cookie still tells them apart.
     let (server_addr, server) = server("127.0.0.1:0", 100_000, 5_000, 25);
-    client_in(&cgroup, server_addr, 100_000, 25);
+    client_in(&cgroup, server_addr, 100_000, 25, 0);
     server.join().unwrap();
     let flows = agent.flows(25);
     let ids: std::collections::BTreeSet<u64> = flows.iter().map(|f| f["flow_id"].as_u64().unwrap()).collect();
     assert_eq!(ids.len(), 25, "flows merged: {flows:?}");
     for flow in &flows {
-        check_flow(flow, server_addr);
+        check_flow(flow, server_addr, 0);
     }
     // The server side is outside the cgroup: not traced.
     assert!(agent.lines.recv_timeout(Duration::from_millis(500)).is_err());
