@@ -192,7 +192,6 @@ pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> S
         out.push_str("<p class=\"none\">No network anomalies.</p>");
     }
     for (n, a) in analysis.anomalies.iter().enumerate() {
-        let symptoms: Vec<String> = a.symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
         let _ = write!(
             out,
             "<section class=\"anomaly\" data-kind=\"{}\" data-element=\"{}\"><h3>{}. {} {}</h3>\
@@ -208,7 +207,7 @@ pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> S
             a.windows,
             utc(a.first_window_ns),
             utc(a.last_window_ns),
-            esc(&symptoms.join(", "))
+            esc(&a.symptom_summary())
         );
         out.push_str("<table><tr><th>window</th><th>path</th><th>probes</th><th>loss</th><th>p99 RTT µs</th><th>responder p99 µs</th><th>retrans</th></tr>");
         for w in &a.worst {
@@ -219,10 +218,10 @@ pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> S
                 esc(&w.src),
                 esc(&w.dst),
                 w.probes_sent,
-                w.loss_rate.map_or("–".into(), |r| format!("{:.1} %", r * 100.0)),
+                w.loss_text(),
                 w.rtt_p99_us,
                 w.responder_delay_p99_us,
-                w.retrans_rate.map_or("–".into(), |r| format!("{:.2} %", r * 100.0)),
+                w.retrans_text(),
             );
         }
         out.push_str("</table>");

@@ -52,6 +52,26 @@ pub struct RunnerUp {
     pub share: f64,
 }
 
+impl PathEvidence {
+    /// The loss rate as text, `-` when no probe was sent.
+    pub fn loss_text(&self) -> String {
+        self.loss_rate.map_or("-".into(), |r| format!("{:.1} %", r * 100.0))
+    }
+
+    /// The retransmission rate as text, `-` when no segment was sent.
+    pub fn retrans_text(&self) -> String {
+        self.retrans_rate.map_or("-".into(), |r| format!("{:.2} %", r * 100.0))
+    }
+}
+
+impl Anomaly {
+    /// Its symptom counts as text: `loss ×48, rtt ×3`.
+    pub fn symptom_summary(&self) -> String {
+        let parts: Vec<String> = self.symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+        parts.join(", ")
+    }
+}
+
 impl std::fmt::Display for RunnerUp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -368,7 +388,6 @@ impl Analysis {
             writeln!(out, "\nAnomalies, most severe first:")?;
         }
         for (n, a) in self.anomalies.iter().enumerate() {
-            let symptoms: Vec<String> = a.symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
             writeln!(
                 out,
                 "\n{}. {} {} — {} of {} paths through it bad ({:.0} %) at worst; {} window(s) {} → {}; {}",
@@ -381,7 +400,7 @@ impl Analysis {
                 a.windows,
                 utc(a.first_window_ns),
                 utc(a.last_window_ns),
-                symptoms.join(", ")
+                a.symptom_summary()
             )?;
             for w in &a.worst {
                 writeln!(
@@ -390,10 +409,10 @@ impl Analysis {
                     w.src,
                     w.dst,
                     w.probes_sent,
-                    w.loss_rate.map_or("-".into(), |r| format!("{:.1} %", r * 100.0)),
+                    w.loss_text(),
                     w.rtt_p99_us,
                     w.responder_delay_p99_us,
-                    w.retrans_rate.map_or("-".into(), |r| format!("{:.2} %", r * 100.0)),
+                    w.retrans_text(),
                 )?;
             }
             if !a.runners_up.is_empty() {
@@ -433,7 +452,6 @@ impl Analysis {
             return out;
         }
         for a in self.anomalies.iter().filter(|a| a.last_window_ns == latest) {
-            let symptoms: Vec<String> = a.symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
             out.insert(
                 (a.kind.to_string(), a.element.clone()),
                 format!(
@@ -442,7 +460,7 @@ impl Analysis {
                     a.paths,
                     a.share * 100.0,
                     utc(a.first_window_ns),
-                    symptoms.join(", ")
+                    a.symptom_summary()
                 ),
             );
         }

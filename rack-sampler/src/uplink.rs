@@ -138,11 +138,10 @@ async fn connect(endpoint: &quinn::Endpoint, target: &Target) -> Result<quinn::C
             addr: target.addr,
             source,
         })?;
-    let connection = connecting.await.map_err(|source| classify(target, source))?;
     // With TLS 1.3 the server checks the client certificate after the client
-    // considers the handshake done; a refusal arrives as the first event.
-    // Probe with a stream round trip before declaring the link up.
-    Ok(connection)
+    // considers the handshake done, so a refusal shows up later, as the
+    // connection closing; `drain` waits for that before declaring the link up.
+    connecting.await.map_err(|source| classify(target, source))
 }
 
 fn classify(target: &Target, source: quinn::ConnectionError) -> UplinkError {
