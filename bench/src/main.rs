@@ -21,7 +21,10 @@ use collector::server::{self, Stats, Writer};
 use collector::{Store, Stored};
 use configs::tls::{self, DevPki};
 use rusqlite::params;
-use wire_format::{AckStatus, BatchAck, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport};
+use wire_format::{
+    AckStatus, BatchAck, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport, encode_histogram,
+    new_rtt_histogram,
+};
 
 /// flowmesh benchmarks.
 #[derive(Parser)]
@@ -41,6 +44,9 @@ enum Bench {
         /// Path summaries per batch (one row each).
         #[arg(long, default_value_t = 1_000)]
         paths: u32,
+        /// Probes behind each path's RTT histogram (0: no histograms).
+        #[arg(long, default_value_t = 10)]
+        probes_per_path: u32,
         /// Batches committed per transaction (the collector's default).
         #[arg(long, default_value_t = 16)]
         per_transaction: usize,
@@ -68,9 +74,10 @@ fn main() -> anyhow::Result<()> {
         Bench::CollectorIngest {
             batches,
             paths,
+            probes_per_path,
             per_transaction,
             streams,
-        } => collector_ingest(batches, paths, per_transaction, streams),
+        } => collector_ingest(batches, paths, probes_per_path, per_transaction, streams),
         Bench::SamplerIngest(options) => sampler_ingest::run(&options),
         Bench::UdpSink { listen, seconds } => sampler_ingest::udp_sink(listen, seconds),
     }
@@ -78,20 +85,40 @@ fn main() -> anyhow::Result<()> {
 
 const SECOND: u64 = 1_000_000_000;
 
-/// Batches of `paths` path summaries each, in recent windows.
-fn make_batches(count: u32, paths: u32) -> anyhow::Result<Vec<Vec<u8>>> {
+/// Batches of `paths` path summaries each, in recent windows. Every path
+/// carries the RTT histogram of `probes` probes, as the sampler's do (the
+/// defaults, 1 probe/s per target and 10 s windows, make 10): tens of
+/// microseconds with deterministic jitter, so histograms differ by path.
+fn make_batches(count: u32, paths: u32, probes: u32) -> anyhow::Result<Vec<Vec<u8>>> {
     let base = (server::now_ns() / (10 * SECOND) - u64::from(count) - 10) * 10 * SECOND;
+    let mut lcg = 0x2545_f491_4f6c_dd1d_u64;
+    let mut jitter = move |span: u64| {
+        lcg = lcg
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (lcg >> 33) % span
+    };
+    let mut encoded = Vec::new();
     (0..count)
         .map(|i| {
             let start = base + u64::from(i) * 10 * SECOND;
             let mut b = BatchBuilder::new(BatchInfo::window(1, 1, start, 10 * SECOND));
             for p in 0..paths {
                 let mut s = PathSummary::new(p / 64 + 1, p % 64 + 1, (p % 8) as u8, Some(Transport::Udp));
-                s.probes_sent = 100.into();
-                s.probes_lost = (p % 3).into();
-                s.rtt_p50_ns = (20_000 + u64::from(p)).into();
-                s.rtt_p99_ns = (90_000 + u64::from(p)).into();
-                b.push_path(s, &[])?;
+                let mut histogram = new_rtt_histogram();
+                let floor = 15_000 + u64::from(p % 97) * 300;
+                for _ in 0..probes {
+                    histogram.record(floor + jitter(floor / 3))?;
+                }
+                s.probes_sent = probes.into();
+                s.probes_lost = (p % 3).min(probes).into();
+                s.rtt_min_ns = histogram.min().into();
+                s.rtt_p50_ns = histogram.value_at_quantile(0.5).into();
+                s.rtt_p99_ns = histogram.value_at_quantile(0.99).into();
+                s.rtt_max_ns = histogram.max().into();
+                encoded.clear();
+                encode_histogram(&histogram, &mut encoded)?;
+                b.push_path(s, &encoded)?;
             }
             Ok(b.encode()?)
         })
@@ -129,7 +156,7 @@ fn bare_rusqlite(db: &Path, batches: &[Vec<u8>], per_transaction: usize) -> anyh
                      flows_with_retrans, flows_reset, bytes_sent, bytes_received, segs_out, retrans_segs,
                      rtt_histogram)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-                     ?21, ?22, ?23, ?24, ?25, ?26, NULL)",
+                     ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
             )?;
             for v in chunk {
                 let h = v.header;
@@ -165,6 +192,7 @@ fn bare_rusqlite(db: &Path, batches: &[Vec<u8>], per_transaction: usize) -> anyh
                         p.bytes_received.get() as i64,
                         p.segs_out.get() as i64,
                         p.retrans_segs.get() as i64,
+                        Some(v.histogram(p)).filter(|h| !h.is_empty()),
                     ])?;
                 }
             }
@@ -247,14 +275,14 @@ fn quic_end_to_end(
     })
 }
 
-fn collector_ingest(count: u32, paths: u32, per_transaction: usize, streams: usize) -> anyhow::Result<()> {
+fn collector_ingest(count: u32, paths: u32, probes: u32, per_transaction: usize, streams: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let batches = make_batches(count, paths)?;
+    let batches = make_batches(count, paths, probes)?;
     let rows = rows(&batches) as f64;
     let bytes: usize = batches.iter().map(Vec::len).sum();
     println!(
-        "collector ingest: {count} batches × {paths} paths = {rows} rows ({:.1} MB), {per_transaction} batches per \
-         transaction, synchronous = FULL, {streams} QUIC streams in flight",
+        "collector ingest: {count} batches × {paths} paths = {rows} rows ({:.1} MB; RTT histograms of {probes} \
+         probes), {per_transaction} batches per transaction, synchronous = FULL, {streams} QUIC streams in flight",
         bytes as f64 / 1e6
     );
     let ceiling = bare_rusqlite(&dir.path().join("bare.db"), &batches, per_transaction).context("bare rusqlite")?;

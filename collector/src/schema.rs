@@ -5,7 +5,7 @@
 //! docs/schema.md documents the result.
 
 /// Migration `i` takes a database from version `i` to version `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -234,3 +234,10 @@ LEFT JOIN nodes n ON n.node_id = a.node_id
 WHERE a.silent != 0 OR a.datagrams_received < a.datagrams_expected
 ORDER BY a.window_start_ns DESC, completeness;
 "#;
+
+/// Version 2: drops `path_windows_by_rack`. No query used it — every rack
+/// question is bounded in time and `path_windows_by_path` serves the time
+/// range — and maintaining it cost about 12% of ingest throughput (measured
+/// with `flowmesh-bench collector-ingest`: ceiling 280–300 k → 320–345 k
+/// rows/s).
+const V2: &str = "DROP INDEX path_windows_by_rack;";

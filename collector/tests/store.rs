@@ -253,6 +253,17 @@ fn documented_views_answer() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(gaps, vec![(101, 2, false), (102, 0, true)]);
+
+    // What an operator types: the sqlite3 CLI, read-only, while the
+    // collector's connection is still open.
+    let out = std::process::Command::new("sqlite3")
+        .args(["-readonly", "-csv"])
+        .arg(&path)
+        .arg("SELECT src_name, dst_name, loss_rate FROM worst_paths_last_hour")
+        .output()
+        .expect("sqlite3 CLI (scripts/setup installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "r1n1,r2n3,0.05");
 }
 
 #[test]
