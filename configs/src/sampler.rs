@@ -49,7 +49,10 @@ pub struct Ingest {
 #[serde(default, deny_unknown_fields)]
 pub struct Aggregation {
     /// Length of an aggregation window, seconds. Windows are aligned to
-    /// multiples of it since the Unix epoch.
+    /// multiples of it since the Unix epoch. The default, 30 s (rpingmesh's
+    /// window), holds 30 probes per path at the agent's default 1 probe/s —
+    /// above the analyzer's default `min_probes` of 20, so every in-rack path
+    /// is judged at default settings.
     pub window_secs: u64,
     /// How long after a window ends late datagrams are still counted in it, ms.
     pub grace_ms: u64,
@@ -122,7 +125,7 @@ impl Default for Ingest {
 impl Default for Aggregation {
     fn default() -> Self {
         Aggregation {
-            window_secs: 10,
+            window_secs: 30,
             grace_ms: 2_000,
             max_paths: 100_000,
             sample_one_in: 100,
