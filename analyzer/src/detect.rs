@@ -1,5 +1,5 @@
 //! Detection: which path windows are anomalous, and which agents' telemetry
-//! has gaps. Plain functions over [`Observations`].
+//! has gaps.
 //!
 //! A path window is judged only when it has evidence enough: at least
 //! `min_probes` probes for probe symptoms, at least [`MIN_SEGMENTS`] TCP
@@ -19,9 +19,8 @@
 //!   the network symptoms because the sampler already subtracts it from the
 //!   network RTT.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-
 use configs::Detection;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::model::{Observations, PathWindow};
@@ -92,14 +91,14 @@ impl Symptom {
 
 /// A judged path window and what is wrong with it (nothing, if healthy).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Judged {
+pub struct Judged<'a> {
     /// The path window.
-    pub path: PathWindow,
+    pub path: &'a PathWindow,
     /// Its symptoms; empty when healthy.
     pub symptoms: Vec<Symptom>,
 }
 
-impl Judged {
+impl Judged<'_> {
     /// Whether it shows a network symptom.
     pub fn network_bad(&self) -> bool {
         self.symptoms.iter().any(Symptom::is_network)
@@ -125,37 +124,113 @@ pub struct Gap {
     pub completeness: f64,
 }
 
-/// Detection's result for the analyzed range.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Detected {
-    /// Every judged path window in the range, by window.
-    pub windows: BTreeMap<u64, Vec<Judged>>,
-    /// Telemetry gaps in the range.
-    pub gaps: Vec<Gap>,
+/// Judges path windows one window at a time, in window order, carrying each
+/// path's RTT baseline history from window to window. Memory holds the
+/// history, not the judged windows: a report over millions of path windows
+/// localizes each window and lets it go.
+pub struct Detector<'c> {
+    cfg: &'c Detection,
+    history: Baselines,
+    scratch: Vec<f64>,
 }
 
-/// Judges every path window starting at or after `from_ns`; earlier ones in
-/// `obs` serve as baseline history.
-pub fn detect(obs: &Observations, from_ns: u64, cfg: &Detection) -> Detected {
-    let mut history: HashMap<(u32, u32), VecDeque<u64>> = HashMap::new();
-    let mut detected = Detected::default();
-    for path in &obs.paths {
+/// Every path's recent p99s, at most `cap` each, in one flat arena: slots
+/// are handed out in the order paths first appear, which is the order each
+/// window lists them, so judging a window walks the arena front to back
+/// instead of chasing one small allocation per path (cache misses were
+/// most of detection's time over millions of path windows).
+struct Baselines {
+    cap: usize,
+    slot: FxHashMap<(u32, u32), usize>,
+    values: Vec<u64>,
+    /// Per slot: values held, and the position of the oldest once full.
+    fill: Vec<(usize, usize)>,
+}
+
+impl Baselines {
+    fn new(cap: usize) -> Baselines {
+        Baselines {
+            cap,
+            slot: FxHashMap::default(),
+            values: Vec::new(),
+            fill: Vec::new(),
+        }
+    }
+
+    fn slot(&mut self, path: (u32, u32)) -> usize {
+        let next = self.fill.len();
+        let slot = *self.slot.entry(path).or_insert(next);
+        if slot == next {
+            self.fill.push((0, 0));
+            self.values.resize(self.values.len() + self.cap, 0);
+        }
+        slot
+    }
+
+    /// The slot's values, oldest first only until it wraps (order does not
+    /// matter to medians).
+    fn values(&self, slot: usize) -> &[u64] {
+        let start = slot * self.cap;
+        &self.values[start..start + self.fill[slot].0]
+    }
+
+    /// Adds a value, dropping the oldest when full.
+    fn push(&mut self, slot: usize, value: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        let start = slot * self.cap;
+        let (len, oldest) = &mut self.fill[slot];
+        if *len < self.cap {
+            self.values[start + *len] = value;
+            *len += 1;
+        } else {
+            self.values[start + *oldest] = value;
+            *oldest = (*oldest + 1) % self.cap;
+        }
+    }
+}
+
+impl<'c> Detector<'c> {
+    /// A detector with no history.
+    pub fn new(cfg: &'c Detection) -> Detector<'c> {
+        Detector {
+            cfg,
+            history: Baselines::new(cfg.baseline_windows as usize),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Judges `paths`, all of one window and later than every window judged
+    /// before; those without evidence enough are left out.
+    pub fn judge_window<'a>(&mut self, paths: &'a [PathWindow]) -> Vec<Judged<'a>> {
+        paths
+            .iter()
+            .filter_map(|path| self.judge(path).map(|symptoms| Judged { path, symptoms }))
+            .collect()
+    }
+
+    /// The symptoms of one path window (empty: healthy), or `None` when it
+    /// has evidence enough for no judgement.
+    fn judge(&mut self, path: &PathWindow) -> Option<Vec<Symptom>> {
+        let cfg = self.cfg;
         let probes_judged = path.probes_sent >= u64::from(cfg.min_probes);
         let segments_judged = path.segs_out >= MIN_SEGMENTS;
         if !probes_judged && !segments_judged {
-            continue;
+            return None;
         }
         let mut symptoms = Vec::new();
-        let history = history.entry((path.src, path.dst)).or_default();
         if probes_judged {
             if let Some(rate) = path.loss_rate().filter(|&r| r > cfg.loss_rate) {
                 symptoms.push(Symptom::Loss { rate });
             }
             if path.probes_answered() >= u64::from(cfg.min_probes) {
+                let slot = self.history.slot((path.src, path.dst));
                 let p99 = path.rtt_p99_ns;
                 if p99 > cfg.p99_rtt_us * 1_000 {
                     symptoms.push(Symptom::Rtt { p99_us: us(p99) });
-                } else if let Some((median, threshold)) = baseline(history, cfg.mad_k)
+                } else if let Some((median, threshold)) =
+                    baseline(self.history.values(slot), cfg.mad_k, p99, &mut self.scratch)
                     && p99 as f64 > threshold
                 {
                     symptoms.push(Symptom::RttBaseline {
@@ -175,39 +250,36 @@ pub fn detect(obs: &Observations, from_ns: u64, cfg: &Detection) -> Detected {
                     .iter()
                     .any(|s| matches!(s, Symptom::Rtt { .. } | Symptom::RttBaseline { .. }))
                 {
-                    history.push_back(p99);
-                    if history.len() > cfg.baseline_windows as usize {
-                        history.pop_front();
-                    }
+                    self.history.push(slot, p99);
                 }
             }
         }
         if segments_judged && let Some(rate) = path.retrans_rate().filter(|&r| r > cfg.retrans_rate) {
             symptoms.push(Symptom::Retransmissions { rate });
         }
-        if path.window_ns >= from_ns {
-            detected.windows.entry(path.window_ns).or_default().push(Judged {
-                path: path.clone(),
-                symptoms,
-            });
-        }
+        Some(symptoms)
     }
-    for agent in obs.agents.iter().filter(|a| a.window_ns >= from_ns) {
-        let completeness = if agent.expected == 0 {
-            1.0
-        } else {
-            agent.received as f64 / agent.expected as f64
-        };
-        if agent.silent || completeness < cfg.min_completeness {
-            detected.gaps.push(Gap {
+}
+
+/// The telemetry gaps of windows starting at or after `from_ns`.
+pub fn gaps(obs: &Observations, from_ns: u64, cfg: &Detection) -> Vec<Gap> {
+    obs.agents
+        .iter()
+        .filter(|a| a.window_ns >= from_ns)
+        .filter_map(|agent| {
+            let completeness = if agent.expected == 0 {
+                1.0
+            } else {
+                agent.received as f64 / agent.expected as f64
+            };
+            (agent.silent || completeness < cfg.min_completeness).then_some(Gap {
                 window_ns: agent.window_ns,
                 node: agent.node,
                 silent: agent.silent,
                 completeness,
-            });
-        }
-    }
-    detected
+            })
+        })
+        .collect()
 }
 
 fn us(ns: u64) -> f64 {
@@ -215,18 +287,31 @@ fn us(ns: u64) -> f64 {
 }
 
 /// The baseline median and the threshold above it, in ns, if the history
-/// is long enough.
-fn baseline(history: &VecDeque<u64>, k: f64) -> Option<(f64, f64)> {
+/// is long enough — or `None` too when `p99` is plainly within it.
+///
+/// The threshold is at least (1 + k × [`MAD_FLOOR_SHARE`]) × median, and
+/// the median at least the history's smallest value, so a `p99` at or below
+/// that bound on the smallest value cannot cross it: the medians are then
+/// skipped, which is nearly every window of a healthy path.
+fn baseline(history: &[u64], k: f64, p99: u64, scratch: &mut Vec<f64>) -> Option<(f64, f64)> {
     if history.len() < MIN_BASELINE_WINDOWS {
         return None;
     }
-    let median = median(history.iter().map(|&v| v as f64).collect());
-    let mad = median_abs_deviation(history, median);
+    let floor = history.iter().min().copied().unwrap_or(0) as f64;
+    if k >= 0.0 && p99 as f64 <= floor * (1.0 + k * MAD_FLOOR_SHARE) {
+        return None;
+    }
+    scratch.clear();
+    scratch.extend(history.iter().map(|&v| v as f64));
+    let median = median(scratch);
+    scratch.clear();
+    scratch.extend(history.iter().map(|&v| (v as f64 - median).abs()));
+    let mad = self::median(scratch);
     let spread = mad.max(median * MAD_FLOOR_SHARE);
     Some((median, median + k * spread))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -239,25 +324,68 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn median_abs_deviation(history: &VecDeque<u64>, median_value: f64) -> f64 {
-    median(history.iter().map(|&v| (v as f64 - median_value).abs()).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn median_and_mad() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        let h: VecDeque<u64> = [100, 102, 98, 101, 99, 150].into_iter().collect();
-        let m = median(h.iter().map(|&v| v as f64).collect());
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        let h = [100, 102, 98, 101, 99, 150];
+        let mut scratch = Vec::new();
+        // Median 100.5, MAD 1.5; the spread floors at 5 % of the median:
+        // 100.5 + 5 × 5.025.
+        let (m, threshold) = baseline(&h, 5.0, 200, &mut scratch).unwrap();
         assert_eq!(m, 100.5);
-        assert_eq!(median_abs_deviation(&h, m), 1.5);
-        // Spread floors at 5 % of the median: 100.5 + 5 × 5.025.
-        let (_, threshold) = baseline(&h, 5.0).unwrap();
         assert!((threshold - 125.625).abs() < 1e-9);
-        assert!(baseline(&h.iter().take(4).copied().collect(), 5.0).is_none());
+        // At most 1.25 × the smallest (98): cannot cross, medians skipped.
+        assert!(baseline(&h, 5.0, 122, &mut scratch).is_none());
+        assert!(baseline(&h, 5.0, 123, &mut scratch).is_some());
+        assert!(baseline(&h[..4], 5.0, 200, &mut scratch).is_none());
+    }
+
+    #[test]
+    fn baselines_keep_the_latest_values_of_each_path() {
+        let mut b = Baselines::new(3);
+        let (x, y) = (b.slot((1, 2)), b.slot((2, 1)));
+        assert_eq!((x, y, b.slot((1, 2))), (0, 1, 0));
+        for v in 1..=5 {
+            b.push(x, v);
+        }
+        b.push(y, 9);
+        let mut kept = b.values(x).to_vec();
+        kept.sort_unstable();
+        assert_eq!(kept, [3, 4, 5]);
+        assert_eq!(b.values(y), [9]);
+        let mut none = Baselines::new(0);
+        let z = none.slot((1, 1));
+        none.push(z, 1);
+        assert!(none.values(z).is_empty());
+    }
+
+    /// The shortcut never hides a crossing: against the full computation on
+    /// varied histories.
+    #[test]
+    fn the_shortcut_agrees_with_the_full_baseline() {
+        let mut lcg = 7u64;
+        let mut next = move || {
+            lcg = lcg.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            lcg >> 40
+        };
+        let mut scratch = Vec::new();
+        for _ in 0..2_000 {
+            let len = 5 + (next() % 30) as usize;
+            let base = 10_000 + next() % 50_000;
+            let h: Vec<u64> = (0..len).map(|_| base + next() % (base / 2)).collect();
+            let p99 = base / 2 + next() % (base * 2);
+            let k = (next() % 80) as f64 / 10.0;
+            let mut values: Vec<f64> = h.iter().map(|&v| v as f64).collect();
+            let m = median(&mut values);
+            let mut dev: Vec<f64> = h.iter().map(|&v| (v as f64 - m).abs()).collect();
+            let threshold = m + k * median(&mut dev).max(m * MAD_FLOOR_SHARE);
+            let crossed = baseline(&h, k, p99, &mut scratch).is_some_and(|(_, t)| p99 as f64 > t);
+            assert_eq!(crossed, p99 as f64 > threshold, "{h:?} {p99} {k}");
+        }
     }
 }

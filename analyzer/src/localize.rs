@@ -23,9 +23,8 @@
 //! only two racks; the verdict is then the pair, with both racks as equally
 //! scored runners-up.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use configs::{Localization, Topology};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::detect::Judged;
@@ -109,21 +108,18 @@ pub struct Verdict {
     pub paths: Vec<usize>,
 }
 
-/// The elements a path runs through.
-fn elements(topology: &Topology, src: u32, dst: u32) -> Vec<Element> {
-    let mut out = Vec::with_capacity(5);
-    let rack_of = |n: u32| topology.node(n).map(|n| n.rack);
-    for node in [src, dst] {
-        if topology.node(node).is_some() {
-            out.push(Element::Host { node });
-        }
-    }
-    if let (Some(a), Some(b)) = (rack_of(src), rack_of(dst))
+/// The elements a path runs through (at most five: two hosts, two racks and
+/// their pair), given each known node's rack.
+fn elements(rack_of: &FxHashMap<u32, u32>, src: u32, dst: u32) -> [Option<Element>; 5] {
+    let (a, b) = (rack_of.get(&src).copied(), rack_of.get(&dst).copied());
+    let host = |node: u32, rack: Option<u32>| rack.map(|_| Element::Host { node });
+    let mut out = [host(src, a), host(dst, b), None, None, None];
+    if let (Some(a), Some(b)) = (a, b)
         && a != b
     {
-        out.push(Element::Rack { rack: a });
-        out.push(Element::Rack { rack: b });
-        out.push(Element::RackPair {
+        out[2] = Some(Element::Rack { rack: a });
+        out[3] = Some(Element::Rack { rack: b });
+        out[4] = Some(Element::RackPair {
             a: a.min(b),
             b: a.max(b),
         });
@@ -132,28 +128,28 @@ fn elements(topology: &Topology, src: u32, dst: u32) -> Vec<Element> {
 }
 
 /// Localizes one window's bad paths, judged by `is_bad`.
-pub fn localize(
+pub fn localize<'a>(
     topology: &Topology,
-    judged: &[Judged],
-    is_bad: impl Fn(&Judged) -> bool,
+    judged: &[Judged<'a>],
+    is_bad: impl Fn(&Judged<'a>) -> bool,
     cfg: &Localization,
 ) -> Vec<Verdict> {
-    let through: Vec<Vec<Element>> = judged
+    let rack_of: FxHashMap<u32, u32> = topology.nodes().iter().map(|n| (n.id, n.rack)).collect();
+    let through: Vec<[Option<Element>; 5]> = judged
         .iter()
-        .map(|j| elements(topology, j.path.src, j.path.dst))
+        .map(|j| elements(&rack_of, j.path.src, j.path.dst))
         .collect();
-    let mut totals: BTreeMap<Element, usize> = BTreeMap::new();
-    for elements in &through {
-        for e in elements {
-            *totals.entry(*e).or_default() += 1;
-        }
+    let mut totals: FxHashMap<Element, usize> = FxHashMap::default();
+    for e in through.iter().flatten().flatten() {
+        *totals.entry(*e).or_default() += 1;
     }
-    let mut unexplained: BTreeSet<usize> = (0..judged.len()).filter(|&i| is_bad(&judged[i])).collect();
+    // Ascending, so verdicts list their paths in the window's order.
+    let mut unexplained: Vec<usize> = (0..judged.len()).filter(|&i| is_bad(&judged[i])).collect();
     let mut verdicts = Vec::new();
     while !unexplained.is_empty() {
-        let mut bad: BTreeMap<Element, usize> = BTreeMap::new();
+        let mut bad: FxHashMap<Element, usize> = FxHashMap::default();
         for &i in &unexplained {
-            for e in &through[i] {
+            for e in through[i].iter().flatten() {
                 *bad.entry(*e).or_default() += 1;
             }
         }
@@ -190,14 +186,10 @@ pub fn localize(
             .take(3)
             .copied()
             .collect();
-        let paths: Vec<usize> = unexplained
+        let (paths, rest): (Vec<usize>, Vec<usize>) = unexplained
             .iter()
-            .copied()
-            .filter(|&i| through[i].contains(&chosen.element))
-            .collect();
-        for i in &paths {
-            unexplained.remove(i);
-        }
+            .partition(|&&i| through[i].contains(&Some(chosen.element)));
+        unexplained = rest;
         verdicts.push(Verdict {
             element: Some(chosen.element),
             score: Some(chosen),
@@ -210,7 +202,7 @@ pub fn localize(
             element: None,
             score: None,
             runners_up: Vec::new(),
-            paths: unexplained.into_iter().collect(),
+            paths: unexplained,
         });
     }
     verdicts
@@ -219,7 +211,7 @@ pub fn localize(
 /// Hosts that held probes too long as responders: responder delay is a
 /// property of the destination, so a host is scored over the paths *to* it.
 pub fn slow_responders(judged: &[Judged], cfg: &Localization) -> Vec<Verdict> {
-    let mut to: BTreeMap<u32, (Vec<usize>, usize)> = BTreeMap::new();
+    let mut to: FxHashMap<u32, (Vec<usize>, usize)> = FxHashMap::default();
     for (i, j) in judged.iter().enumerate() {
         let entry = to.entry(j.path.dst).or_default();
         entry.1 += 1;
@@ -227,6 +219,8 @@ pub fn slow_responders(judged: &[Judged], cfg: &Localization) -> Vec<Verdict> {
             entry.0.push(i);
         }
     }
+    let mut to: Vec<_> = to.into_iter().collect();
+    to.sort_unstable_by_key(|(node, _)| *node);
     to.into_iter()
         .filter(|(node, (bad, paths))| *node != 0 && !bad.is_empty() && *paths >= cfg.min_paths as usize)
         .filter_map(|(node, (bad, paths))| {

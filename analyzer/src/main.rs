@@ -102,10 +102,67 @@ fn analyze_since(
     // Earlier windows feed the RTT baselines. A day of history holds the
     // default 30 baseline windows for windows up to 48 minutes long.
     let history = from.saturating_sub(86_400 * 1_000_000_000);
-    let observations = analyzer::model::load(store, history, now.saturating_add(1))
-        .with_context(|| format!("reading {}", config.database.display()))?;
+    let progress = Progress::new();
+    let observations = analyzer::model::load_with_progress(store, history, now.saturating_add(1), &|read, expected| {
+        progress.show(read, expected)
+    })
+    .with_context(|| format!("reading {}", config.database.display()))?;
+    progress.done();
     let analysis = analyzer::report::analyze(&observations, from, now, topology, config);
     Ok((analysis, observations))
+}
+
+/// Progress of a long read on stderr, for people: only when stderr is a
+/// terminal (cron jobs and pipes get none), only after the read has taken a
+/// second, at most four times a second, overwritten in place.
+struct Progress {
+    started: std::time::Instant,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal as _;
+        Progress {
+            started: std::time::Instant::now(),
+            last: std::sync::Mutex::new(None),
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, read: u64, expected: u64) {
+        let now = std::time::Instant::now();
+        if !self.terminal || now.duration_since(self.started) < std::time::Duration::from_secs(1) {
+            return;
+        }
+        let Ok(mut last) = self.last.lock() else { return };
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(250)) {
+            return;
+        }
+        *last = Some(now);
+        let share = if expected == 0 {
+            100.0
+        } else {
+            (read as f64 / expected as f64 * 100.0).min(100.0)
+        };
+        eprint!(
+            "\rreading path windows: {:.1} M of {:.1} M ({share:.0} %), {:.0} s",
+            read as f64 / 1e6,
+            expected as f64 / 1e6,
+            now.duration_since(self.started).as_secs_f64()
+        );
+    }
+
+    fn done(&self) {
+        if self.last.lock().is_ok_and(|last| last.is_some()) {
+            eprintln!(
+                "\ranalyzing ({:.1} s to read){:20}",
+                self.started.elapsed().as_secs_f64(),
+                ""
+            );
+        }
+    }
 }
 
 /// `watch`: a pass every `interval_secs`, printing what started and what

@@ -2,8 +2,6 @@
 //! agent windows over a time range, merged across batch parts, DSCP classes
 //! and probe transports into one row per (window, source, destination).
 
-use std::collections::BTreeMap;
-
 use collector::{Store, StoreError};
 use hdrhistogram::Histogram;
 use wire_format::{decode_histogram, new_rtt_histogram};
@@ -83,27 +81,228 @@ pub struct Observations {
     pub agents: Vec<AgentWindow>,
 }
 
-#[derive(Default)]
+/// The rows of one (window, src, dst) key while they are merged.
 struct Merge {
-    row: Option<PathWindow>,
-    rtt: Option<Histogram<u64>>,
-    rtt_rows_without_histogram: u64,
+    row: PathWindow,
+    /// Rows with probes seen so far.
+    probe_rows: u32,
+    /// The first probe row's encoded histogram, decoded only if a second
+    /// probe row arrives: most keys have one row, whose stored quantiles
+    /// the sampler computed from every sample, and decoding millions of
+    /// histograms would dominate the report's time.
+    first_histogram: Option<Vec<u8>>,
+    /// Whether `scratch` holds the merged histogram of the rows so far.
+    merging: bool,
+    /// A probe row came without a usable histogram: keep the conservative
+    /// merge of quantiles.
+    missing_histogram: bool,
+}
+
+impl Merge {
+    fn new(row: PathWindow, histogram: Option<&[u8]>) -> Merge {
+        let mut merge = Merge {
+            row,
+            probe_rows: 0,
+            first_histogram: None,
+            merging: false,
+            missing_histogram: false,
+        };
+        if merge.row.probes_sent > 0 {
+            merge.probe_rows = 1;
+            match histogram.filter(|h| !h.is_empty()) {
+                Some(h) => merge.first_histogram = Some(h.to_vec()),
+                None => merge.missing_histogram = true,
+            }
+        }
+        merge
+    }
+
+    fn add(&mut self, row: &PathWindow, histogram: Option<&[u8]>, scratch: &mut Histogram<u64>) {
+        if row.probes_sent > 0 {
+            self.probe_rows += 1;
+            if !self.missing_histogram {
+                if !self.merging {
+                    scratch.reset();
+                    self.merging = true;
+                    let first = self.first_histogram.take();
+                    self.missing_histogram |= !add_encoded(scratch, first.as_deref());
+                }
+                self.missing_histogram |= !add_encoded(scratch, histogram);
+            }
+        }
+        let acc = &mut self.row;
+        acc.probes_sent += row.probes_sent;
+        acc.probes_lost += row.probes_lost;
+        acc.probes_failed += row.probes_failed;
+        // Without histograms the best merge of quantiles is the larger: a
+        // window is as bad as its worst part.
+        acc.rtt_p50_ns = acc.rtt_p50_ns.max(row.rtt_p50_ns);
+        acc.rtt_p99_ns = acc.rtt_p99_ns.max(row.rtt_p99_ns);
+        acc.responder_delay_p99_ns = acc.responder_delay_p99_ns.max(row.responder_delay_p99_ns);
+        acc.segs_out += row.segs_out;
+        acc.retrans_segs += row.retrans_segs;
+        acc.flows += row.flows;
+    }
+
+    fn finish(mut self, scratch: &Histogram<u64>) -> PathWindow {
+        if self.merging && !self.missing_histogram && !scratch.is_empty() {
+            self.row.rtt_p50_ns = scratch.value_at_quantile(0.5);
+            self.row.rtt_p99_ns = scratch.value_at_quantile(0.99);
+        }
+        self.row
+    }
+}
+
+/// Adds an encoded histogram to `total`; false if there was none or it did
+/// not decode.
+fn add_encoded(total: &mut Histogram<u64>, encoded: Option<&[u8]>) -> bool {
+    match encoded.filter(|h| !h.is_empty()).map(decode_histogram) {
+        // Both are within the RTT bounds, so adding cannot fail.
+        Some(Ok(h)) => total.add(&h).is_ok(),
+        _ => false,
+    }
 }
 
 /// Reads windows starting in `[from_ns, to_ns)`.
 pub fn load(store: &Store, from_ns: u64, to_ns: u64) -> Result<Observations, StoreError> {
+    load_with_progress(store, from_ns, to_ns, &|_, _| {})
+}
+
+/// Rows one reader reads between progress reports.
+const PROGRESS_EVERY: u64 = 1 << 16;
+
+/// Fewest expected rows worth a second reader.
+const PARALLEL_FROM_ROWS: u64 = 200_000;
+
+/// [`load`], calling `progress(rows_read, rows_expected)` now and then (from
+/// several threads) while it reads path windows.
+///
+/// Path windows are read by one reader per core (at most four), each over
+/// its own share of the windows on its own read-only connection: decoding
+/// rows is most of a long report's time, and SQLite readers do not block
+/// each other or the collector. Within a share, rows come in (window, src,
+/// dst) order, which the path index gives without sorting, so rows of one
+/// key are merged as they stream by and memory holds only merged results.
+pub fn load_with_progress(
+    store: &Store,
+    from_ns: u64,
+    to_ns: u64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Observations, StoreError> {
+    load_with(store, from_ns, to_ns, progress, PARALLEL_FROM_ROWS)
+}
+
+fn load_with(
+    store: &Store,
+    from_ns: u64,
+    to_ns: u64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    parallel_from_rows: u64,
+) -> Result<Observations, StoreError> {
     let db = store.connection();
     // SQLite integers are signed.
-    let (from_ns, to_ns) = (from_ns.min(i64::MAX as u64), to_ns.min(i64::MAX as u64));
-    let mut merged: BTreeMap<(u64, u32, u32), Merge> = BTreeMap::new();
+    let (from_ns, to_ns) = (from_ns.min(i64::MAX as u64) as i64, to_ns.min(i64::MAX as u64) as i64);
+    let windows: Vec<(i64, u64)> = db
+        .prepare(
+            "SELECT window_start_ns, SUM(path_count) FROM batches
+             WHERE window_start_ns >= ?1 AND window_start_ns < ?2
+             GROUP BY window_start_ns ORDER BY window_start_ns",
+        )?
+        .query_map([from_ns, to_ns], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
+        .collect::<Result<_, _>>()?;
+    let expected: u64 = windows.iter().map(|w| w.1).sum();
+    let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let file = db.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let ranges = match &file {
+        Some(_) if expected >= parallel_from_rows => split(&windows, expected, readers, from_ns, to_ns),
+        _ => vec![(from_ns, to_ns)],
+    };
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let share = |conn: &rusqlite::Connection, (lo, hi): (i64, i64)| {
+        read_paths(conn, lo, hi, &|n| {
+            let so_far = read.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            progress(so_far, expected);
+        })
+    };
+    let parts: Vec<Result<Vec<PathWindow>, StoreError>> = std::thread::scope(|scope| {
+        let others: Vec<_> = ranges[1..]
+            .iter()
+            .map(|&range| {
+                let file = file.clone();
+                let share = &share;
+                scope.spawn(move || {
+                    let path = file.unwrap_or_default();
+                    let reader = Store::open_read_only(&path)?;
+                    share(reader.connection(), range)
+                })
+            })
+            .collect();
+        let mut parts = vec![share(db, ranges[0])];
+        parts.extend(others.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery)))
+        }));
+        parts
+    });
+    let mut paths = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    for part in parts {
+        paths.extend(part?);
+    }
+
+    let mut stmt = db.prepare(
+        "SELECT window_start_ns, node_id, SUM(datagrams_expected), SUM(datagrams_received), MIN(silent), MAX(restarted)
+         FROM agent_windows WHERE window_start_ns >= ?1 AND window_start_ns < ?2
+         GROUP BY window_start_ns, node_id ORDER BY window_start_ns, node_id",
+    )?;
+    let agents = stmt
+        .query_map([from_ns, to_ns], |r| {
+            Ok(AgentWindow {
+                window_ns: r.get::<_, i64>(0)?.max(0) as u64,
+                node: r.get::<_, i64>(1)? as u32,
+                expected: r.get::<_, i64>(2)?.max(0) as u64,
+                received: r.get::<_, i64>(3)?.max(0) as u64,
+                silent: r.get::<_, i64>(4)? != 0,
+                restarted: r.get::<_, i64>(5)? != 0,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Observations { paths, agents })
+}
+
+/// Splits `[from_ns, to_ns)` at window starts into at most `readers` ranges
+/// of about equal rows.
+fn split(windows: &[(i64, u64)], expected: u64, readers: usize, from_ns: i64, to_ns: i64) -> Vec<(i64, i64)> {
+    let per_reader = expected.div_ceil(readers.max(1) as u64).max(1);
+    let mut ranges = Vec::with_capacity(readers);
+    let (mut lo, mut rows) = (from_ns, 0u64);
+    for &(window, n) in windows {
+        if rows >= per_reader && ranges.len() + 1 < readers {
+            ranges.push((lo, window));
+            (lo, rows) = (window, 0);
+        }
+        rows += n;
+    }
+    ranges.push((lo, to_ns));
+    ranges
+}
+
+/// Reads and merges the path windows starting in `[lo, hi)`, telling
+/// `read(n)` every so many rows.
+fn read_paths(db: &rusqlite::Connection, lo: i64, hi: i64, read: &dyn Fn(u64)) -> Result<Vec<PathWindow>, StoreError> {
+    let mut paths = Vec::new();
+    let mut scratch = new_rtt_histogram();
+    let mut current: Option<Merge> = None;
     let mut stmt = db.prepare(
         "SELECT window_start_ns, window_len_ns, src_node, dst_node, probes_sent, probes_lost, probes_failed,
                 rtt_p50_ns, rtt_p99_ns, responder_delay_p99_ns, segs_out, retrans_segs, flows, rtt_histogram
-         FROM path_windows WHERE window_start_ns >= ?1 AND window_start_ns < ?2",
+         FROM path_windows WHERE window_start_ns >= ?1 AND window_start_ns < ?2
+         ORDER BY window_start_ns, src_node, dst_node",
     )?;
-    let mut rows = stmt.query([from_ns as i64, to_ns as i64])?;
+    let mut rows = stmt.query([lo, hi])?;
+    let mut unreported = 0;
     while let Some(r) = rows.next()? {
-        let get = |i: usize| -> rusqlite::Result<u64> { r.get::<_, i64>(i).map(|v| v.max(0) as u64) };
+        let get =
+            |i: usize| -> rusqlite::Result<u64> { r.get_ref(i)?.as_i64().map(|v| v.max(0) as u64).map_err(Into::into) };
         let row = PathWindow {
             window_ns: get(0)?,
             window_len_ns: get(1)?,
@@ -119,63 +318,106 @@ pub fn load(store: &Store, from_ns: u64, to_ns: u64) -> Result<Observations, Sto
             retrans_segs: get(11)?,
             flows: get(12)?,
         };
-        let histogram: Option<Vec<u8>> = r.get(13)?;
-        let m = merged.entry((row.window_ns, row.src, row.dst)).or_default();
-        if row.probes_sent > 0 {
-            match histogram.as_deref().map(decode_histogram) {
-                Some(Ok(h)) => {
-                    let total = m.rtt.get_or_insert_with(new_rtt_histogram);
-                    // Both are within the RTT bounds, so adding cannot fail.
-                    let _ = total.add(&h);
+        // Anything but a blob counts as no histogram: the conservative merge.
+        let histogram = r.get_ref(13)?.as_blob_or_null().ok().flatten();
+        match &mut current {
+            Some(m) if (m.row.window_ns, m.row.src, m.row.dst) == (row.window_ns, row.src, row.dst) => {
+                m.add(&row, histogram, &mut scratch);
+            }
+            _ => {
+                if let Some(done) = current.replace(Merge::new(row, histogram)) {
+                    paths.push(done.finish(&scratch));
                 }
-                _ => m.rtt_rows_without_histogram += 1,
             }
         }
-        match &mut m.row {
-            None => m.row = Some(row),
-            Some(acc) => {
-                acc.probes_sent += row.probes_sent;
-                acc.probes_lost += row.probes_lost;
-                acc.probes_failed += row.probes_failed;
-                // Without histograms the best merge of quantiles is the
-                // larger: a window is as bad as its worst part.
-                acc.rtt_p50_ns = acc.rtt_p50_ns.max(row.rtt_p50_ns);
-                acc.rtt_p99_ns = acc.rtt_p99_ns.max(row.rtt_p99_ns);
-                acc.responder_delay_p99_ns = acc.responder_delay_p99_ns.max(row.responder_delay_p99_ns);
-                acc.segs_out += row.segs_out;
-                acc.retrans_segs += row.retrans_segs;
-                acc.flows += row.flows;
-            }
+        unreported += 1;
+        if unreported == PROGRESS_EVERY {
+            read(unreported);
+            unreported = 0;
         }
     }
-    let paths = merged
-        .into_values()
-        .filter_map(|m| {
-            let mut row = m.row?;
-            if let Some(h) = m.rtt.filter(|h| !h.is_empty() && m.rtt_rows_without_histogram == 0) {
-                row.rtt_p50_ns = h.value_at_quantile(0.5);
-                row.rtt_p99_ns = h.value_at_quantile(0.99);
-            }
-            Some(row)
-        })
-        .collect();
+    if let Some(done) = current {
+        paths.push(done.finish(&scratch));
+    }
+    read(unreported);
+    Ok(paths)
+}
 
-    let mut stmt = db.prepare(
-        "SELECT window_start_ns, node_id, SUM(datagrams_expected), SUM(datagrams_received), MIN(silent), MAX(restarted)
-         FROM agent_windows WHERE window_start_ns >= ?1 AND window_start_ns < ?2
-         GROUP BY window_start_ns, node_id ORDER BY window_start_ns, node_id",
-    )?;
-    let agents = stmt
-        .query_map([from_ns as i64, to_ns as i64], |r| {
-            Ok(AgentWindow {
-                window_ns: r.get::<_, i64>(0)?.max(0) as u64,
-                node: r.get::<_, i64>(1)? as u32,
-                expected: r.get::<_, i64>(2)?.max(0) as u64,
-                received: r.get::<_, i64>(3)?.max(0) as u64,
-                silent: r.get::<_, i64>(4)? != 0,
-                restarted: r.get::<_, i64>(5)? != 0,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Observations { paths, agents })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire_format::{BatchBuilder, BatchInfo, BatchView, PathSummary, Transport, encode_histogram};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn split_balances_rows_at_window_starts() {
+        let windows = [(10, 5), (20, 5), (30, 5), (40, 5)];
+        assert_eq!(split(&windows, 20, 2, 0, 99), vec![(0, 30), (30, 99)]);
+        assert_eq!(split(&windows, 20, 1, 0, 99), vec![(0, 99)]);
+        assert_eq!(split(&windows, 20, 8, 0, 99).len(), 4);
+        assert_eq!(split(&[], 0, 4, 0, 99), vec![(0, 99)]);
+    }
+
+    /// Several readers read exactly what one reader reads, in the same order,
+    /// with rows of one key merged — histogram-exact when each row has one.
+    #[test]
+    fn parallel_readers_match_one_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowmesh.db");
+        let mut store = Store::open(&path).unwrap();
+        let base = 1_700_000_000 * SECOND;
+        for w in 0..12u64 {
+            let start = base + w * 30 * SECOND;
+            for sampler in 1..=2u32 {
+                let mut b = BatchBuilder::new(BatchInfo::window(sampler, sampler, start, 30 * SECOND));
+                for dst in 1..=5u32 {
+                    // Two DSCP classes per path: two rows to merge.
+                    for dscp in [0u8, 46] {
+                        let mut h = new_rtt_histogram();
+                        let rtt = 10_000 * u64::from(dst) + u64::from(dscp) * 1_000 + w;
+                        for _ in 0..10 {
+                            h.record(rtt).unwrap();
+                        }
+                        let mut bytes = Vec::new();
+                        encode_histogram(&h, &mut bytes).unwrap();
+                        let mut s = PathSummary::new(sampler * 100, dst, dscp, Some(Transport::Udp));
+                        s.probes_sent = 10.into();
+                        s.probes_lost = u32::from(dscp == 46).into();
+                        s.rtt_p50_ns = rtt.into();
+                        s.rtt_p99_ns = rtt.into();
+                        b.push_path(s, &bytes).unwrap();
+                    }
+                }
+                let bytes = b.encode().unwrap();
+                store.store_batch(&BatchView::parse(&bytes).unwrap(), start).unwrap();
+            }
+        }
+        drop(store);
+        let store = Store::open_read_only(&path).unwrap();
+        let one = load_with(&store, 0, u64::MAX, &|_, _| {}, u64::MAX).unwrap();
+        let read = std::sync::atomic::AtomicU64::new(0);
+        let many = load_with(
+            &store,
+            0,
+            u64::MAX,
+            &|n, _| {
+                read.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(one, many);
+        assert_eq!(read.into_inner(), 12 * 2 * 5 * 2, "progress counts every row read");
+        assert_eq!(one.paths.len(), 12 * 2 * 5);
+        let first = &one.paths[0];
+        assert_eq!(
+            (first.src, first.dst, first.probes_sent, first.probes_lost),
+            (100, 1, 20, 1)
+        );
+        // Merged histograms: half the probes at 10 µs, half at 56 µs; the
+        // p99 is the higher class, within the histogram's 2 digits.
+        assert!((55_000..=57_000).contains(&first.rtt_p99_ns), "{first:?}");
+        assert!((9_900..=10_100).contains(&first.rtt_p50_ns), "{first:?}");
+    }
 }

@@ -166,12 +166,32 @@ impl Analysis {
 /// Analyzes windows starting in `[from_ns, to_ns)`; `obs` may hold earlier
 /// windows as RTT baseline history.
 pub fn analyze(obs: &Observations, from_ns: u64, to_ns: u64, topology: &Topology, cfg: &AnalyzerConfig) -> Analysis {
-    let detected = detect::detect(obs, from_ns, &cfg.detect);
+    let sorted;
+    let paths = if obs.paths.is_sorted_by_key(|p| p.window_ns) {
+        &obs.paths[..]
+    } else {
+        sorted = {
+            let mut p = obs.paths.clone();
+            p.sort_by_key(|p| p.window_ns);
+            p
+        };
+        &sorted[..]
+    };
+    let mut detector = detect::Detector::new(&cfg.detect);
     let mut anomalies: Vec<Anomaly> = Vec::new();
     // Open anomaly per key, for merging consecutive windows.
     let mut open: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
-    let mut judged_paths = 0;
-    for (&window, judged) in &detected.windows {
+    let (mut judged_paths, mut windows, mut last_window_ns) = (0, 0, 0);
+    for window_paths in paths.chunk_by(|a, b| a.window_ns == b.window_ns) {
+        let window = window_paths[0].window_ns;
+        // Earlier windows only build the baselines.
+        let judged = detector.judge_window(window_paths);
+        if window < from_ns || judged.is_empty() {
+            continue;
+        }
+        let judged = &judged[..];
+        windows += 1;
+        last_window_ns = window;
         judged_paths += judged.len();
         let len = judged.first().map_or(0, |j| j.path.window_len_ns);
         let network = localize::localize(topology, judged, Judged::network_bad, &cfg.localize);
@@ -261,11 +281,11 @@ pub fn analyze(obs: &Observations, from_ns: u64, to_ns: u64, topology: &Topology
         schema_version: SCHEMA_VERSION,
         from_ns,
         to_ns,
-        windows: detected.windows.len(),
-        last_window_ns: detected.windows.keys().next_back().copied().unwrap_or(0),
+        windows,
+        last_window_ns,
         judged_paths,
         anomalies,
-        telemetry_gaps: gaps(topology, &detected.gaps),
+        telemetry_gaps: gaps(topology, &detect::gaps(obs, from_ns, &cfg.detect)),
     }
 }
 
@@ -283,7 +303,7 @@ fn evidence(topology: &Topology, judged: &[Judged], verdict: &Verdict) -> Vec<Pa
         .iter()
         .map(|&i| {
             let j = &judged[i];
-            let p = &j.path;
+            let p = j.path;
             PathEvidence {
                 window_ns: p.window_ns,
                 src: node_name(topology, p.src),

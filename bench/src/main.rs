@@ -6,9 +6,14 @@
 //! the same rows with prepared statements in the same transaction sizes (the
 //! ceiling), and the collector's store API without QUIC (where the rest goes).
 //!
+//! `flowmesh-bench analyzer-report` measures `flowmesh-analyzer report`
+//! over a 1 000-node hour of path windows against a bare scan of the same
+//! rows ([`analyzer_report`]).
+//!
 //! `flowmesh-bench sampler-ingest` measures the sampler's UDP ingest against
 //! a bare receive loop ([`sampler_ingest`]).
 
+mod analyzer_report;
 mod sampler_ingest;
 
 use std::path::Path;
@@ -45,7 +50,7 @@ enum Bench {
         #[arg(long, default_value_t = 1_000)]
         paths: u32,
         /// Probes behind each path's RTT histogram (0: no histograms).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 30)]
         probes_per_path: u32,
         /// Batches committed per transaction (the collector's default).
         #[arg(long, default_value_t = 16)]
@@ -54,6 +59,9 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         streams: usize,
     },
+    /// Analyzer report: time and peak RSS of `flowmesh-analyzer report` over
+    /// 10 M path-window rows beside a bare SQLite scan of them.
+    AnalyzerReport(analyzer_report::Options),
     /// Sampler ingest: records/s through flowmesh-sampler beside a bare
     /// receive loop, and the loss at a paced rate.
     SamplerIngest(sampler_ingest::Options),
@@ -78,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             per_transaction,
             streams,
         } => collector_ingest(batches, paths, probes_per_path, per_transaction, streams),
+        Bench::AnalyzerReport(options) => analyzer_report::run(&options),
         Bench::SamplerIngest(options) => sampler_ingest::run(&options),
         Bench::UdpSink { listen, seconds } => sampler_ingest::udp_sink(listen, seconds),
     }
@@ -87,7 +96,7 @@ const SECOND: u64 = 1_000_000_000;
 
 /// Batches of `paths` path summaries each, in recent windows. Every path
 /// carries the RTT histogram of `probes` probes, as the sampler's do (the
-/// defaults, 1 probe/s per target and 10 s windows, make 10): tens of
+/// defaults, 1 probe/s per target and 30 s windows, make 30): tens of
 /// microseconds with deterministic jitter, so histograms differ by path.
 fn make_batches(count: u32, paths: u32, probes: u32) -> anyhow::Result<Vec<Vec<u8>>> {
     let base = (server::now_ns() / (10 * SECOND) - u64::from(count) - 10) * 10 * SECOND;

@@ -30,3 +30,25 @@ fn collector_ingest_runs_all_three_paths() {
     }
     assert_eq!(stdout.matches("× ceiling").count(), 2, "{stdout}");
 }
+
+#[test]
+fn analyzer_report_names_the_lossy_host() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-bench"))
+        .args([
+            "analyzer-report",
+            "--racks",
+            "7",
+            "--nodes-per-rack",
+            "13",
+            "--paths-per-node",
+            "20",
+        ])
+        .args(["--windows", "12", "--runs", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("path_windows rows: 21840"), "{stdout}");
+    assert!(stdout.contains("top anomaly host r7n13"), "{stdout}");
+    assert!(stdout.contains("× floor"), "{stdout}");
+}
