@@ -23,7 +23,7 @@ use configs::Detection;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::model::{Observations, PathWindow};
+use crate::model::{AgentWindow, PathWindow};
 
 /// Fewest TCP segments a path window needs before its retransmission rate
 /// is judged.
@@ -262,8 +262,8 @@ impl<'c> Detector<'c> {
 }
 
 /// The telemetry gaps of windows starting at or after `from_ns`.
-pub fn gaps(obs: &Observations, from_ns: u64, cfg: &Detection) -> Vec<Gap> {
-    obs.agents
+pub fn gaps(agents: &[AgentWindow], from_ns: u64, cfg: &Detection) -> Vec<Gap> {
+    agents
         .iter()
         .filter(|a| a.window_ns >= from_ns)
         .filter_map(|agent| {

@@ -127,6 +127,67 @@ fn elements(rack_of: &FxHashMap<u32, u32>, src: u32, dst: u32) -> [Option<Elemen
     out
 }
 
+/// Judged paths through every element of the topology, counted with dense
+/// arrays: every judged path of a window passes here, most of them healthy,
+/// and hashing each one's five elements was most of localization's time.
+struct Totals {
+    /// Node id → (dense node, dense rack).
+    node: FxHashMap<u32, (usize, usize)>,
+    /// Rack id → dense rack.
+    rack: FxHashMap<u32, usize>,
+    hosts: Vec<usize>,
+    racks: Vec<usize>,
+    /// Dense rack pairs, lower first: `a * racks + b`.
+    pairs: Vec<usize>,
+}
+
+impl Totals {
+    fn new(topology: &Topology) -> Totals {
+        let rack: FxHashMap<u32, usize> = topology.racks().iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        let node: FxHashMap<u32, (usize, usize)> = topology
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| rack.get(&n.rack).map(|&r| (n.id, (i, r))))
+            .collect();
+        let n = rack.len();
+        Totals {
+            hosts: vec![0; topology.nodes().len()],
+            racks: vec![0; n],
+            pairs: vec![0; n * n],
+            node,
+            rack,
+        }
+    }
+
+    /// Counts a path in every element it runs through (as [`elements`]).
+    fn count(&mut self, src: u32, dst: u32) {
+        let (a, b) = (self.node.get(&src).copied(), self.node.get(&dst).copied());
+        for (host, _) in a.iter().chain(&b) {
+            self.hosts[*host] += 1;
+        }
+        if let (Some((_, x)), Some((_, y))) = (a, b)
+            && x != y
+        {
+            self.racks[x] += 1;
+            self.racks[y] += 1;
+            self.pairs[x.min(y) * self.racks.len() + x.max(y)] += 1;
+        }
+    }
+
+    /// Paths counted through `element`.
+    fn of(&self, element: Element) -> usize {
+        match element {
+            Element::Host { node } => self.node.get(&node).map_or(0, |&(n, _)| self.hosts[n]),
+            Element::Rack { rack } => self.rack.get(&rack).map_or(0, |&r| self.racks[r]),
+            Element::RackPair { a, b } => match (self.rack.get(&a), self.rack.get(&b)) {
+                (Some(&x), Some(&y)) => self.pairs[x.min(y) * self.racks.len() + x.max(y)],
+                _ => 0,
+            },
+        }
+    }
+}
+
 /// Localizes one window's bad paths, judged by `is_bad`.
 pub fn localize<'a>(
     topology: &Topology,
@@ -134,29 +195,31 @@ pub fn localize<'a>(
     is_bad: impl Fn(&Judged<'a>) -> bool,
     cfg: &Localization,
 ) -> Vec<Verdict> {
-    let rack_of: FxHashMap<u32, u32> = topology.nodes().iter().map(|n| (n.id, n.rack)).collect();
-    let through: Vec<[Option<Element>; 5]> = judged
-        .iter()
-        .map(|j| elements(&rack_of, j.path.src, j.path.dst))
-        .collect();
-    let mut totals: FxHashMap<Element, usize> = FxHashMap::default();
-    for e in through.iter().flatten().flatten() {
-        *totals.entry(*e).or_default() += 1;
+    let mut totals = Totals::new(topology);
+    for j in judged {
+        totals.count(j.path.src, j.path.dst);
     }
-    // Ascending, so verdicts list their paths in the window's order.
-    let mut unexplained: Vec<usize> = (0..judged.len()).filter(|&i| is_bad(&judged[i])).collect();
+    let rack_of: FxHashMap<u32, u32> = topology.nodes().iter().map(|n| (n.id, n.rack)).collect();
+    // Bad paths with the elements they run through; ascending, so verdicts
+    // list their paths in the window's order.
+    let mut unexplained: Vec<(usize, [Option<Element>; 5])> = judged
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| is_bad(j))
+        .map(|(i, j)| (i, elements(&rack_of, j.path.src, j.path.dst)))
+        .collect();
     let mut verdicts = Vec::new();
     while !unexplained.is_empty() {
         let mut bad: FxHashMap<Element, usize> = FxHashMap::default();
-        for &i in &unexplained {
-            for e in through[i].iter().flatten() {
+        for (_, through) in &unexplained {
+            for e in through.iter().flatten() {
                 *bad.entry(*e).or_default() += 1;
             }
         }
         let mut scores: Vec<Score> = bad
             .iter()
             .map(|(&element, &bad)| {
-                let paths = totals[&element];
+                let paths = totals.of(element);
                 Score {
                     element,
                     bad,
@@ -186,15 +249,15 @@ pub fn localize<'a>(
             .take(3)
             .copied()
             .collect();
-        let (paths, rest): (Vec<usize>, Vec<usize>) = unexplained
-            .iter()
-            .partition(|&&i| through[i].contains(&Some(chosen.element)));
+        let (explained, rest): (Vec<_>, Vec<_>) = unexplained
+            .into_iter()
+            .partition(|(_, through)| through.contains(&Some(chosen.element)));
         unexplained = rest;
         verdicts.push(Verdict {
             element: Some(chosen.element),
             score: Some(chosen),
             runners_up,
-            paths,
+            paths: explained.into_iter().map(|(i, _)| i).collect(),
         });
     }
     if !unexplained.is_empty() {
@@ -202,7 +265,7 @@ pub fn localize<'a>(
             element: None,
             score: None,
             runners_up: Vec::new(),
-            paths: unexplained,
+            paths: unexplained.into_iter().map(|(i, _)| i).collect(),
         });
     }
     verdicts

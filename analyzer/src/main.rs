@@ -90,26 +90,42 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Reads and analyzes the windows from `since` ago to now.
+/// Reads and analyzes the windows from `since` ago to now, window by window.
+/// The path windows themselves are kept only when `keep_paths` (the HTML
+/// report draws them); otherwise memory holds a few windows at a time.
 fn analyze_since(
     store: &Store,
     topology: &Topology,
     config: &AnalyzerConfig,
     since: Since,
+    keep_paths: bool,
 ) -> anyhow::Result<(analyzer::report::Analysis, analyzer::model::Observations)> {
     let now = now_ns();
     let from = since.start_ns(now);
-    // Earlier windows feed the RTT baselines. A day of history holds the
-    // default 30 baseline windows for windows up to 48 minutes long.
-    let history = from.saturating_sub(86_400 * 1_000_000_000);
+    let reading = || format!("reading {}", config.database.display());
+    // Earlier windows feed the RTT baselines: as many as a baseline holds.
+    let history = analyzer::model::history_start(store, from, config.detect.baseline_windows).with_context(reading)?;
+    let to = now.saturating_add(1);
+    let mut analyzer = analyzer::report::Analyzer::new(from, now, topology, config);
+    let mut paths = Vec::new();
     let progress = Progress::new();
-    let observations = analyzer::model::load_with_progress(store, history, now.saturating_add(1), &|read, expected| {
-        progress.show(read, expected)
-    })
-    .with_context(|| format!("reading {}", config.database.display()))?;
+    analyzer::model::for_each_window(
+        store,
+        history,
+        to,
+        &|read, expected| progress.show(read, expected),
+        &mut |window| {
+            analyzer.window(window);
+            if keep_paths {
+                paths.extend_from_slice(window);
+            }
+        },
+    )
+    .with_context(reading)?;
     progress.done();
-    let analysis = analyzer::report::analyze(&observations, from, now, topology, config);
-    Ok((analysis, observations))
+    let agents = analyzer::model::load_agents(store, history, to).with_context(reading)?;
+    let analysis = analyzer.finish(&agents);
+    Ok((analysis, analyzer::model::Observations { paths, agents }))
 }
 
 /// Progress of a long read on stderr, for people: only when stderr is a
@@ -147,7 +163,7 @@ impl Progress {
             (read as f64 / expected as f64 * 100.0).min(100.0)
         };
         eprint!(
-            "\rreading path windows: {:.1} M of {:.1} M ({share:.0} %), {:.0} s",
+            "\rreading and analyzing path windows: {:.1} M of {:.1} M ({share:.0} %), {:.0} s",
             read as f64 / 1e6,
             expected as f64 / 1e6,
             now.duration_since(self.started).as_secs_f64()
@@ -173,7 +189,7 @@ fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Opti
     let mut previous = std::collections::BTreeMap::new();
     let mut pass = 0u64;
     loop {
-        let (analysis, _) = analyze_since(&store, &topology, config, since)?;
+        let (analysis, _) = analyze_since(&store, &topology, config, since, false)?;
         let active = analysis.active();
         let stamp = analyzer::report::utc(now_ns());
         let mut out = std::io::stdout().lock();
@@ -235,7 +251,7 @@ fn run() -> anyhow::Result<bool> {
     config.topology = topology.unwrap_or(config.topology);
     let topology = Topology::load(&config.topology)?;
     let store = Store::open_read_only(&config.database)?;
-    let (analysis, observations) = analyze_since(&store, &topology, &config, since)?;
+    let (analysis, observations) = analyze_since(&store, &topology, &config, since, matches!(format, Format::Html))?;
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,

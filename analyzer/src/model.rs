@@ -4,6 +4,7 @@
 
 use collector::{Store, StoreError};
 use hdrhistogram::Histogram;
+use rusqlite::OptionalExtension as _;
 use wire_format::{decode_histogram, new_rtt_histogram};
 
 /// One directed path in one window, all DSCP classes and transports merged.
@@ -165,91 +166,154 @@ fn add_encoded(total: &mut Histogram<u64>, encoded: Option<&[u8]>) -> bool {
 
 /// Reads windows starting in `[from_ns, to_ns)`.
 pub fn load(store: &Store, from_ns: u64, to_ns: u64) -> Result<Observations, StoreError> {
-    load_with_progress(store, from_ns, to_ns, &|_, _| {})
+    let mut paths = Vec::new();
+    for_each_window(store, from_ns, to_ns, &|_, _| {}, &mut |window| {
+        paths.extend_from_slice(window)
+    })?;
+    Ok(Observations {
+        paths,
+        agents: load_agents(store, from_ns, to_ns)?,
+    })
 }
 
 /// Rows one reader reads between progress reports.
-const PROGRESS_EVERY: u64 = 1 << 16;
+const PROGRESS_EVERY: u64 = 1 << 14;
 
 /// Fewest expected rows worth a second reader.
 const PARALLEL_FROM_ROWS: u64 = 200_000;
 
-/// [`load`], calling `progress(rows_read, rows_expected)` now and then (from
-/// several threads) while it reads path windows.
-///
-/// Path windows are read by one reader per core (at most four), each over
-/// its own share of the windows on its own read-only connection: decoding
-/// rows is most of a long report's time, and SQLite readers do not block
-/// each other or the collector. Within a share, rows come in (window, src,
-/// dst) order, which the path index gives without sorting, so rows of one
-/// key are merged as they stream by and memory holds only merged results.
-pub fn load_with_progress(
-    store: &Store,
-    from_ns: u64,
-    to_ns: u64,
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<Observations, StoreError> {
-    load_with(store, from_ns, to_ns, progress, PARALLEL_FROM_ROWS)
+/// Windows each reader may read ahead of the consumer.
+const READ_AHEAD: usize = 2;
+
+/// A window to read: its start, its length and the rows expected in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Window {
+    start: i64,
+    len: u64,
+    rows: u64,
 }
 
-fn load_with(
+/// Calls `each` with every window's merged path windows, window by window
+/// in time order, for windows starting in `[from_ns, to_ns)`; calls
+/// `progress(rows_read, rows_expected)` now and then, from any thread.
+///
+/// Windows are read by one reader per core (at most four), each on its own
+/// read-only connection, taking windows in turn and reading at most
+/// [`READ_AHEAD`] ahead of `each`: decoding rows is most of a long report's
+/// time, SQLite readers block neither each other nor the collector, and
+/// memory holds a few windows, not the range. Within a window rows come in
+/// (src, dst) order, which the path index gives without sorting, so rows of
+/// one path are merged as they stream by.
+pub fn for_each_window(
     store: &Store,
     from_ns: u64,
     to_ns: u64,
     progress: &(dyn Fn(u64, u64) + Sync),
+    each: &mut dyn FnMut(&[PathWindow]),
+) -> Result<(), StoreError> {
+    for_each_window_with(store, from_ns, to_ns, progress, each, PARALLEL_FROM_ROWS)
+}
+
+fn for_each_window_with(
+    store: &Store,
+    from_ns: u64,
+    to_ns: u64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    each: &mut dyn FnMut(&[PathWindow]),
     parallel_from_rows: u64,
-) -> Result<Observations, StoreError> {
+) -> Result<(), StoreError> {
     let db = store.connection();
+    let windows = windows(db, from_ns, to_ns)?;
+    let expected: u64 = windows.iter().map(|w| w.rows).sum();
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let count = |n: u64| {
+        let so_far = read.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        progress(so_far, expected);
+    };
+    let file = db.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let Some(file) = file.filter(|_| readers > 1 && expected >= parallel_from_rows) else {
+        for w in &windows {
+            each(&read_window(db, w, &count)?);
+        }
+        return Ok(());
+    };
+    std::thread::scope(|scope| {
+        let lanes: Vec<_> = (0..readers)
+            .map(|lane| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<PathWindow>, StoreError>>(READ_AHEAD);
+                let (file, windows, count) = (&file, &windows, &count);
+                scope.spawn(move || {
+                    let reader = match Store::open_read_only(file) {
+                        Ok(reader) => reader,
+                        Err(e) => return drop(tx.send(Err(e))),
+                    };
+                    for w in windows.iter().skip(lane).step_by(readers) {
+                        let result = read_window(reader.connection(), w, count);
+                        let failed = result.is_err();
+                        // The consumer gone (it failed) or this reader failed: stop.
+                        if tx.send(result).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        for i in 0..windows.len() {
+            let paths = lanes[i % readers]
+                .recv()
+                .unwrap_or(Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery)))?;
+            each(&paths);
+        }
+        Ok(())
+    })
+}
+
+/// The windows starting in `[from_ns, to_ns)` that batches arrived for.
+fn windows(db: &rusqlite::Connection, from_ns: u64, to_ns: u64) -> Result<Vec<Window>, StoreError> {
     // SQLite integers are signed.
     let (from_ns, to_ns) = (from_ns.min(i64::MAX as u64) as i64, to_ns.min(i64::MAX as u64) as i64);
-    let windows: Vec<(i64, u64)> = db
+    let windows = db
         .prepare(
-            "SELECT window_start_ns, SUM(path_count) FROM batches
+            "SELECT window_start_ns, MAX(window_len_ns), SUM(path_count) FROM batches
              WHERE window_start_ns >= ?1 AND window_start_ns < ?2
              GROUP BY window_start_ns ORDER BY window_start_ns",
         )?
-        .query_map([from_ns, to_ns], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
-        .collect::<Result<_, _>>()?;
-    let expected: u64 = windows.iter().map(|w| w.1).sum();
-    let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-    let file = db.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
-    let ranges = match &file {
-        Some(_) if expected >= parallel_from_rows => split(&windows, expected, readers, from_ns, to_ns),
-        _ => vec![(from_ns, to_ns)],
-    };
-    let read = std::sync::atomic::AtomicU64::new(0);
-    let share = |conn: &rusqlite::Connection, (lo, hi): (i64, i64)| {
-        read_paths(conn, lo, hi, &|n| {
-            let so_far = read.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-            progress(so_far, expected);
-        })
-    };
-    let parts: Vec<Result<Vec<PathWindow>, StoreError>> = std::thread::scope(|scope| {
-        let others: Vec<_> = ranges[1..]
-            .iter()
-            .map(|&range| {
-                let file = file.clone();
-                let share = &share;
-                scope.spawn(move || {
-                    let path = file.unwrap_or_default();
-                    let reader = Store::open_read_only(&path)?;
-                    share(reader.connection(), range)
-                })
+        .query_map([from_ns, to_ns], |r| {
+            Ok(Window {
+                start: r.get(0)?,
+                len: r.get::<_, i64>(1)?.max(0) as u64,
+                rows: r.get::<_, i64>(2)?.max(0) as u64,
             })
-            .collect();
-        let mut parts = vec![share(db, ranges[0])];
-        parts.extend(others.into_iter().map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(StoreError::Sqlite(rusqlite::Error::InvalidQuery)))
-        }));
-        parts
-    });
-    let mut paths = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
-    for part in parts {
-        paths.extend(part?);
-    }
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(windows)
+}
 
-    let mut stmt = db.prepare(
+/// Where RTT baselines for windows from `from_ns` on must start reading:
+/// `windows` windows earlier (or the oldest window there is).
+pub fn history_start(store: &Store, from_ns: u64, windows: u32) -> Result<u64, StoreError> {
+    if windows == 0 {
+        return Ok(from_ns);
+    }
+    let start: Option<i64> = store
+        .connection()
+        .prepare(
+            "SELECT DISTINCT window_start_ns FROM batches WHERE window_start_ns < ?1
+             ORDER BY window_start_ns DESC LIMIT 1 OFFSET ?2",
+        )?
+        .query_row([from_ns.min(i64::MAX as u64) as i64, i64::from(windows) - 1], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(start.map_or(0, |s| s.max(0) as u64))
+}
+
+/// Agent windows starting in `[from_ns, to_ns)`, one per (window, node).
+pub fn load_agents(store: &Store, from_ns: u64, to_ns: u64) -> Result<Vec<AgentWindow>, StoreError> {
+    let (from_ns, to_ns) = (from_ns.min(i64::MAX as u64) as i64, to_ns.min(i64::MAX as u64) as i64);
+    let mut stmt = store.connection().prepare(
         "SELECT window_start_ns, node_id, SUM(datagrams_expected), SUM(datagrams_received), MIN(silent), MAX(restarted)
          FROM agent_windows WHERE window_start_ns >= ?1 AND window_start_ns < ?2
          GROUP BY window_start_ns, node_id ORDER BY window_start_ns, node_id",
@@ -266,64 +330,45 @@ fn load_with(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Observations { paths, agents })
+    Ok(agents)
 }
 
-/// Splits `[from_ns, to_ns)` at window starts into at most `readers` ranges
-/// of about equal rows.
-fn split(windows: &[(i64, u64)], expected: u64, readers: usize, from_ns: i64, to_ns: i64) -> Vec<(i64, i64)> {
-    let per_reader = expected.div_ceil(readers.max(1) as u64).max(1);
-    let mut ranges = Vec::with_capacity(readers);
-    let (mut lo, mut rows) = (from_ns, 0u64);
-    for &(window, n) in windows {
-        if rows >= per_reader && ranges.len() + 1 < readers {
-            ranges.push((lo, window));
-            (lo, rows) = (window, 0);
-        }
-        rows += n;
-    }
-    ranges.push((lo, to_ns));
-    ranges
-}
-
-/// Reads and merges the path windows starting in `[lo, hi)`, telling
-/// `read(n)` every so many rows.
-fn read_paths(db: &rusqlite::Connection, lo: i64, hi: i64, read: &dyn Fn(u64)) -> Result<Vec<PathWindow>, StoreError> {
-    let mut paths = Vec::new();
+/// Reads and merges one window's path windows, telling `read(n)` every so
+/// many rows.
+fn read_window(db: &rusqlite::Connection, window: &Window, read: &dyn Fn(u64)) -> Result<Vec<PathWindow>, StoreError> {
+    let mut paths = Vec::with_capacity(usize::try_from(window.rows).unwrap_or(0));
     let mut scratch = new_rtt_histogram();
     let mut current: Option<Merge> = None;
-    let mut stmt = db.prepare(
-        "SELECT window_start_ns, window_len_ns, src_node, dst_node, probes_sent, probes_lost, probes_failed,
-                rtt_p50_ns, rtt_p99_ns, responder_delay_p99_ns, segs_out, retrans_segs, flows, rtt_histogram
-         FROM path_windows WHERE window_start_ns >= ?1 AND window_start_ns < ?2
-         ORDER BY window_start_ns, src_node, dst_node",
+    let mut stmt = db.prepare_cached(
+        "SELECT src_node, dst_node, probes_sent, probes_lost, probes_failed, rtt_p50_ns, rtt_p99_ns,
+                responder_delay_p99_ns, segs_out, retrans_segs, flows, rtt_histogram
+         FROM path_windows WHERE window_start_ns = ?1
+         ORDER BY src_node, dst_node",
     )?;
-    let mut rows = stmt.query([lo, hi])?;
+    let mut rows = stmt.query([window.start])?;
     let mut unreported = 0;
     while let Some(r) = rows.next()? {
         let get =
             |i: usize| -> rusqlite::Result<u64> { r.get_ref(i)?.as_i64().map(|v| v.max(0) as u64).map_err(Into::into) };
         let row = PathWindow {
-            window_ns: get(0)?,
-            window_len_ns: get(1)?,
-            src: get(2)? as u32,
-            dst: get(3)? as u32,
-            probes_sent: get(4)?,
-            probes_lost: get(5)?,
-            probes_failed: get(6)?,
-            rtt_p50_ns: get(7)?,
-            rtt_p99_ns: get(8)?,
-            responder_delay_p99_ns: get(9)?,
-            segs_out: get(10)?,
-            retrans_segs: get(11)?,
-            flows: get(12)?,
+            window_ns: window.start.max(0) as u64,
+            window_len_ns: window.len,
+            src: get(0)? as u32,
+            dst: get(1)? as u32,
+            probes_sent: get(2)?,
+            probes_lost: get(3)?,
+            probes_failed: get(4)?,
+            rtt_p50_ns: get(5)?,
+            rtt_p99_ns: get(6)?,
+            responder_delay_p99_ns: get(7)?,
+            segs_out: get(8)?,
+            retrans_segs: get(9)?,
+            flows: get(10)?,
         };
         // Anything but a blob counts as no histogram: the conservative merge.
-        let histogram = r.get_ref(13)?.as_blob_or_null().ok().flatten();
+        let histogram = r.get_ref(11)?.as_blob_or_null().ok().flatten();
         match &mut current {
-            Some(m) if (m.row.window_ns, m.row.src, m.row.dst) == (row.window_ns, row.src, row.dst) => {
-                m.add(&row, histogram, &mut scratch);
-            }
+            Some(m) if (m.row.src, m.row.dst) == (row.src, row.dst) => m.add(&row, histogram, &mut scratch),
             _ => {
                 if let Some(done) = current.replace(Merge::new(row, histogram)) {
                     paths.push(done.finish(&scratch));
@@ -349,15 +394,6 @@ mod tests {
     use wire_format::{BatchBuilder, BatchInfo, BatchView, PathSummary, Transport, encode_histogram};
 
     const SECOND: u64 = 1_000_000_000;
-
-    #[test]
-    fn split_balances_rows_at_window_starts() {
-        let windows = [(10, 5), (20, 5), (30, 5), (40, 5)];
-        assert_eq!(split(&windows, 20, 2, 0, 99), vec![(0, 30), (30, 99)]);
-        assert_eq!(split(&windows, 20, 1, 0, 99), vec![(0, 99)]);
-        assert_eq!(split(&windows, 20, 8, 0, 99).len(), 4);
-        assert_eq!(split(&[], 0, 4, 0, 99), vec![(0, 99)]);
-    }
 
     /// Several readers read exactly what one reader reads, in the same order,
     /// with rows of one key merged — histogram-exact when each row has one.
@@ -395,22 +431,43 @@ mod tests {
         }
         drop(store);
         let store = Store::open_read_only(&path).unwrap();
-        let one = load_with(&store, 0, u64::MAX, &|_, _| {}, u64::MAX).unwrap();
-        let read = std::sync::atomic::AtomicU64::new(0);
-        let many = load_with(
-            &store,
-            0,
-            u64::MAX,
-            &|n, _| {
+        // History for the last window's baselines: ten windows back.
+        assert_eq!(
+            history_start(&store, base + 11 * 30 * SECOND, 10).unwrap(),
+            base + SECOND * 30
+        );
+        assert_eq!(history_start(&store, base + 11 * 30 * SECOND, 50).unwrap(), 0);
+        assert_eq!(history_start(&store, base, 0).unwrap(), base);
+        let read_all = |parallel_from_rows| {
+            let (mut paths, mut windows) = (Vec::new(), Vec::new());
+            let read = std::sync::atomic::AtomicU64::new(0);
+            let progress = |n, _| {
                 read.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
-            },
-            0,
-        )
-        .unwrap();
+            };
+            for_each_window_with(
+                &store,
+                0,
+                u64::MAX,
+                &progress,
+                &mut |w: &[PathWindow]| {
+                    windows.push(w[0].window_ns);
+                    paths.extend_from_slice(w);
+                },
+                parallel_from_rows,
+            )
+            .unwrap();
+            (paths, windows, read.into_inner())
+        };
+        let (one, one_windows, one_read) = read_all(u64::MAX);
+        let (many, many_windows, many_read) = read_all(0);
         assert_eq!(one, many);
-        assert_eq!(read.into_inner(), 12 * 2 * 5 * 2, "progress counts every row read");
-        assert_eq!(one.paths.len(), 12 * 2 * 5);
-        let first = &one.paths[0];
+        assert_eq!(one_windows, many_windows);
+        assert_eq!(one_windows.len(), 12);
+        assert!(one_windows.is_sorted());
+        assert_eq!((one_read, many_read), (240, 240), "progress counts every row read");
+        assert_eq!(one.len(), 12 * 2 * 5);
+        assert_eq!(one[0].window_len_ns, 30 * SECOND);
+        let first = &one[0];
         assert_eq!(
             (first.src, first.dst, first.probes_sent, first.probes_lost),
             (100, 1, 20, 1)

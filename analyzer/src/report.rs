@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::detect::{self, Judged};
 use crate::localize::{self, Verdict};
-use crate::model::Observations;
+use crate::model::{AgentWindow, Observations, PathWindow};
 
 /// Version of the JSON report's schema; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -177,22 +177,68 @@ pub fn analyze(obs: &Observations, from_ns: u64, to_ns: u64, topology: &Topology
         };
         &sorted[..]
     };
-    let mut detector = detect::Detector::new(&cfg.detect);
-    let mut anomalies: Vec<Anomaly> = Vec::new();
-    // Open anomaly per key, for merging consecutive windows.
-    let mut open: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
-    let (mut judged_paths, mut windows, mut last_window_ns) = (0, 0, 0);
-    for window_paths in paths.chunk_by(|a, b| a.window_ns == b.window_ns) {
-        let window = window_paths[0].window_ns;
-        // Earlier windows only build the baselines.
-        let judged = detector.judge_window(window_paths);
-        if window < from_ns || judged.is_empty() {
-            continue;
+    let mut analyzer = Analyzer::new(from_ns, to_ns, topology, cfg);
+    for window in paths.chunk_by(|a, b| a.window_ns == b.window_ns) {
+        analyzer.window(window);
+    }
+    analyzer.finish(&obs.agents)
+}
+
+/// An analysis fed one window at a time, in time order, so a long range
+/// need never be in memory at once.
+pub struct Analyzer<'a> {
+    from_ns: u64,
+    to_ns: u64,
+    topology: &'a Topology,
+    cfg: &'a AnalyzerConfig,
+    detector: detect::Detector<'a>,
+    anomalies: Vec<Anomaly>,
+    /// Open anomaly per key, for merging consecutive windows.
+    open: BTreeMap<(&'static str, String), usize>,
+    judged_paths: usize,
+    windows: usize,
+    last_window_ns: u64,
+}
+
+impl<'a> Analyzer<'a> {
+    /// An analysis of windows starting in `[from_ns, to_ns)`; windows before
+    /// `from_ns` fed to it serve as RTT baseline history.
+    pub fn new(from_ns: u64, to_ns: u64, topology: &'a Topology, cfg: &'a AnalyzerConfig) -> Analyzer<'a> {
+        Analyzer {
+            from_ns,
+            to_ns,
+            topology,
+            cfg,
+            detector: detect::Detector::new(&cfg.detect),
+            anomalies: Vec::new(),
+            open: BTreeMap::new(),
+            judged_paths: 0,
+            windows: 0,
+            last_window_ns: 0,
         }
-        let judged = &judged[..];
-        windows += 1;
-        last_window_ns = window;
-        judged_paths += judged.len();
+    }
+
+    /// Adds one window's path windows (all of one window, later than any
+    /// added before).
+    pub fn window(&mut self, window_paths: &[PathWindow]) {
+        let Some(first) = window_paths.first() else {
+            return;
+        };
+        let window = first.window_ns;
+        let judged = self.detector.judge_window(window_paths);
+        // Earlier windows only build the baselines.
+        if window < self.from_ns || judged.is_empty() {
+            return;
+        }
+        self.windows += 1;
+        self.last_window_ns = window;
+        self.judged_paths += judged.len();
+        self.localize(window, &judged);
+    }
+
+    fn localize(&mut self, window: u64, judged: &[Judged<'_>]) {
+        let (topology, cfg) = (self.topology, self.cfg);
+        let (anomalies, open) = (&mut self.anomalies, &mut self.open);
         let len = judged.first().map_or(0, |j| j.path.window_len_ns);
         let network = localize::localize(topology, judged, Judged::network_bad, &cfg.localize);
         let slow = localize::slow_responders(judged, &cfg.localize);
@@ -270,22 +316,26 @@ pub fn analyze(obs: &Observations, from_ns: u64, to_ns: u64, topology: &Topology
             }
         }
     }
-    // Most severe first: the most bad path windows explained, then the
-    // clearest share.
-    anomalies.sort_by(|x, y| {
-        y.bad_path_windows
-            .cmp(&x.bad_path_windows)
-            .then(y.share.total_cmp(&x.share))
-    });
-    Analysis {
-        schema_version: SCHEMA_VERSION,
-        from_ns,
-        to_ns,
-        windows,
-        last_window_ns,
-        judged_paths,
-        anomalies,
-        telemetry_gaps: gaps(topology, &detect::gaps(obs, from_ns, &cfg.detect)),
+
+    /// The analysis, with the telemetry gaps of `agents`.
+    pub fn finish(mut self, agents: &[AgentWindow]) -> Analysis {
+        // Most severe first: the most bad path windows explained, then the
+        // clearest share.
+        self.anomalies.sort_by(|x, y| {
+            y.bad_path_windows
+                .cmp(&x.bad_path_windows)
+                .then(y.share.total_cmp(&x.share))
+        });
+        Analysis {
+            schema_version: SCHEMA_VERSION,
+            from_ns: self.from_ns,
+            to_ns: self.to_ns,
+            windows: self.windows,
+            last_window_ns: self.last_window_ns,
+            judged_paths: self.judged_paths,
+            anomalies: self.anomalies,
+            telemetry_gaps: gaps(self.topology, &detect::gaps(agents, self.from_ns, &self.cfg.detect)),
+        }
     }
 }
 
