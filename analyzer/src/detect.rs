@@ -8,6 +8,12 @@
 //! - **loss**: (lost + failed) / sent above `loss_rate`;
 //! - **retransmissions**: retransmitted / sent segments above
 //!   `retrans_rate`;
+//! - **loss and retransmissions against the path's baseline**: a rate
+//!   above the median of the path's previous `baseline_windows` healthy
+//!   windows plus `mad_k` deviations, the deviation at least one probe (or
+//!   segment) out of those sent — below the SLA, but far from what this
+//!   path does: with 20 probes it takes the SLA's loss, with 10 000 a
+//!   handful of lost probes on a path that never loses any;
 //! - **RTT**: p99 network RTT above `p99_rtt_us`, or above the path's own
 //!   baseline — the median of its previous `baseline_windows` judged windows
 //!   plus `mad_k` median absolute deviations (at least
@@ -44,10 +50,28 @@ pub enum Symptom {
         /// Lost share of probes.
         rate: f64,
     },
+    /// Probe loss below the SLA but above the path's own baseline.
+    LossBaseline {
+        /// Lost share of probes.
+        rate: f64,
+        /// Baseline median share.
+        median: f64,
+        /// Threshold it crossed.
+        threshold: f64,
+    },
     /// TCP retransmissions above the SLA.
     Retransmissions {
         /// Retransmitted share of segments.
         rate: f64,
+    },
+    /// TCP retransmissions below the SLA but above the path's own baseline.
+    RetransmissionsBaseline {
+        /// Retransmitted share of segments.
+        rate: f64,
+        /// Baseline median share.
+        median: f64,
+        /// Threshold it crossed.
+        threshold: f64,
     },
     /// p99 network RTT above the absolute SLA.
     Rtt {
@@ -81,7 +105,9 @@ impl Symptom {
     pub fn label(&self) -> &'static str {
         match self {
             Symptom::Loss { .. } => "loss",
+            Symptom::LossBaseline { .. } => "loss_baseline",
             Symptom::Retransmissions { .. } => "retransmissions",
+            Symptom::RetransmissionsBaseline { .. } => "retransmissions_baseline",
             Symptom::Rtt { .. } => "rtt",
             Symptom::RttBaseline { .. } => "rtt_baseline",
             Symptom::ResponderDelay { .. } => "responder_delay",
@@ -130,9 +156,23 @@ pub struct Gap {
 /// localizes each window and lets it go.
 pub struct Detector<'c> {
     cfg: &'c Detection,
+    /// Each path's slot in the baseline arenas, in order of first sight.
+    slots: FxHashMap<(u32, u32), usize>,
+    /// The previous window's paths and slots, in its order: windows list
+    /// the same paths in the same order, so the slot is nearly always the
+    /// one at the same position, and the hash lookup is skipped.
+    last: Vec<((u32, u32), usize)>,
+    /// Recent p99 RTTs, ns.
     history: Baselines,
+    /// Recent probe loss rates, parts per billion.
+    loss: Baselines,
+    /// Recent retransmission rates, parts per billion.
+    retrans: Baselines,
     scratch: Vec<f64>,
 }
+
+/// Rates are kept in the baseline arenas as parts per billion.
+const PPB: f64 = 1e9;
 
 /// Every path's recent p99s, at most `cap` each, in one flat arena: slots
 /// are handed out in the order paths first appear, which is the order each
@@ -141,7 +181,6 @@ pub struct Detector<'c> {
 /// most of detection's time over millions of path windows).
 struct Baselines {
     cap: usize,
-    slot: FxHashMap<(u32, u32), usize>,
     values: Vec<u64>,
     /// Per slot: values held, and the position of the oldest once full.
     fill: Vec<(usize, usize)>,
@@ -151,20 +190,17 @@ impl Baselines {
     fn new(cap: usize) -> Baselines {
         Baselines {
             cap,
-            slot: FxHashMap::default(),
             values: Vec::new(),
             fill: Vec::new(),
         }
     }
 
-    fn slot(&mut self, path: (u32, u32)) -> usize {
-        let next = self.fill.len();
-        let slot = *self.slot.entry(path).or_insert(next);
-        if slot == next {
-            self.fill.push((0, 0));
-            self.values.resize(self.values.len() + self.cap, 0);
+    /// Makes room for slots up to `slot` (slots are handed out in order).
+    fn grow(&mut self, slot: usize) {
+        if slot >= self.fill.len() {
+            self.fill.resize(slot + 1, (0, 0));
+            self.values.resize(self.fill.len() * self.cap, 0);
         }
-        slot
     }
 
     /// The slot's values, oldest first only until it wraps (order does not
@@ -196,7 +232,11 @@ impl<'c> Detector<'c> {
     pub fn new(cfg: &'c Detection) -> Detector<'c> {
         Detector {
             cfg,
+            slots: FxHashMap::default(),
+            last: Vec::new(),
             history: Baselines::new(cfg.baseline_windows as usize),
+            loss: Baselines::new(cfg.baseline_windows as usize),
+            retrans: Baselines::new(cfg.baseline_windows as usize),
             scratch: Vec::new(),
         }
     }
@@ -204,15 +244,38 @@ impl<'c> Detector<'c> {
     /// Judges `paths`, all of one window and later than every window judged
     /// before; those without evidence enough are left out.
     pub fn judge_window<'a>(&mut self, paths: &'a [PathWindow]) -> Vec<Judged<'a>> {
-        paths
+        let last = std::mem::take(&mut self.last);
+        let mut seen = Vec::with_capacity(paths.len());
+        let judged = paths
             .iter()
-            .filter_map(|path| self.judge(path).map(|symptoms| Judged { path, symptoms }))
-            .collect()
+            .enumerate()
+            .filter_map(|(i, path)| {
+                let key = (path.src, path.dst);
+                let slot = match last.get(i) {
+                    Some(&(k, slot)) if k == key => slot,
+                    _ => self.slot(key),
+                };
+                seen.push((key, slot));
+                self.judge(path, slot).map(|symptoms| Judged { path, symptoms })
+            })
+            .collect();
+        self.last = seen;
+        judged
+    }
+
+    /// The path's slot in the baseline arenas, made on first sight.
+    fn slot(&mut self, key: (u32, u32)) -> usize {
+        let next = self.slots.len();
+        let slot = *self.slots.entry(key).or_insert(next);
+        for arena in [&mut self.history, &mut self.loss, &mut self.retrans] {
+            arena.grow(slot);
+        }
+        slot
     }
 
     /// The symptoms of one path window (empty: healthy), or `None` when it
     /// has evidence enough for no judgement.
-    fn judge(&mut self, path: &PathWindow) -> Option<Vec<Symptom>> {
+    fn judge(&mut self, path: &PathWindow, slot: usize) -> Option<Vec<Symptom>> {
         let cfg = self.cfg;
         let probes_judged = path.probes_sent >= u64::from(cfg.min_probes);
         let segments_judged = path.segs_out >= MIN_SEGMENTS;
@@ -220,44 +283,92 @@ impl<'c> Detector<'c> {
             return None;
         }
         let mut symptoms = Vec::new();
-        if probes_judged {
-            if let Some(rate) = path.loss_rate().filter(|&r| r > cfg.loss_rate) {
+        if probes_judged && let Some(rate) = path.loss_rate() {
+            let spread = 1.0 / path.probes_sent as f64;
+            if rate > cfg.loss_rate {
                 symptoms.push(Symptom::Loss { rate });
-            }
-            if path.probes_answered() >= u64::from(cfg.min_probes) {
-                let slot = self.history.slot((path.src, path.dst));
-                let p99 = path.rtt_p99_ns;
-                if p99 > cfg.p99_rtt_us * 1_000 {
-                    symptoms.push(Symptom::Rtt { p99_us: us(p99) });
-                } else if let Some((median, threshold)) =
-                    baseline(self.history.values(slot), cfg.mad_k, p99, &mut self.scratch)
-                    && p99 as f64 > threshold
-                {
-                    symptoms.push(Symptom::RttBaseline {
-                        p99_us: us(p99),
-                        median_us: median / 1_000.0,
-                        threshold_us: threshold / 1_000.0,
-                    });
-                }
-                if path.responder_delay_p99_ns > cfg.p99_rtt_us * 1_000 {
-                    symptoms.push(Symptom::ResponderDelay {
-                        p99_us: us(path.responder_delay_p99_ns),
-                    });
-                }
-                // Anomalous windows stay out of the baseline, so a long
-                // incident does not become the new normal.
-                if !symptoms
-                    .iter()
-                    .any(|s| matches!(s, Symptom::Rtt { .. } | Symptom::RttBaseline { .. }))
-                {
-                    self.history.push(slot, p99);
-                }
+            } else if let Some((median, threshold)) = self.rate_baseline(Rate::Loss, slot, rate, cfg.mad_k, spread) {
+                symptoms.push(Symptom::LossBaseline {
+                    rate,
+                    median,
+                    threshold,
+                });
+            } else {
+                self.loss.push(slot, (rate * PPB) as u64);
             }
         }
-        if segments_judged && let Some(rate) = path.retrans_rate().filter(|&r| r > cfg.retrans_rate) {
-            symptoms.push(Symptom::Retransmissions { rate });
+        if probes_judged && path.probes_answered() >= u64::from(cfg.min_probes) {
+            let p99 = path.rtt_p99_ns;
+            if p99 > cfg.p99_rtt_us * 1_000 {
+                symptoms.push(Symptom::Rtt { p99_us: us(p99) });
+            } else if let Some((median, threshold)) = baseline(
+                self.history.values(slot),
+                cfg.mad_k,
+                p99,
+                Spread {
+                    share: MAD_FLOOR_SHARE,
+                    min: 0.0,
+                },
+                &mut self.scratch,
+            ) && p99 as f64 > threshold
+            {
+                symptoms.push(Symptom::RttBaseline {
+                    p99_us: us(p99),
+                    median_us: median / 1_000.0,
+                    threshold_us: threshold / 1_000.0,
+                });
+            }
+            if path.responder_delay_p99_ns > cfg.p99_rtt_us * 1_000 {
+                symptoms.push(Symptom::ResponderDelay {
+                    p99_us: us(path.responder_delay_p99_ns),
+                });
+            }
+            // Anomalous windows stay out of the baseline, so a long
+            // incident does not become the new normal.
+            if !symptoms
+                .iter()
+                .any(|s| matches!(s, Symptom::Rtt { .. } | Symptom::RttBaseline { .. }))
+            {
+                self.history.push(slot, p99);
+            }
+        }
+        if segments_judged && let Some(rate) = path.retrans_rate() {
+            let spread = 1.0 / path.segs_out as f64;
+            if rate > cfg.retrans_rate {
+                symptoms.push(Symptom::Retransmissions { rate });
+            } else if let Some((median, threshold)) = self.rate_baseline(Rate::Retrans, slot, rate, cfg.mad_k, spread) {
+                symptoms.push(Symptom::RetransmissionsBaseline {
+                    rate,
+                    median,
+                    threshold,
+                });
+            } else {
+                self.retrans.push(slot, (rate * PPB) as u64);
+            }
         }
         Some(symptoms)
+    }
+
+    /// Whether `rate` crossed its path's baseline: `Some((median,
+    /// threshold))` as shares if it did. The spread is at least
+    /// `min_spread` (one probe or segment out of those sent), so counting
+    /// noise never flags.
+    fn rate_baseline(&mut self, which: Rate, slot: usize, rate: f64, k: f64, min_spread: f64) -> Option<(f64, f64)> {
+        let arena = match which {
+            Rate::Loss => &self.loss,
+            Rate::Retrans => &self.retrans,
+        };
+        let (median, threshold) = baseline(
+            arena.values(slot),
+            k,
+            (rate * PPB) as u64,
+            Spread {
+                share: 0.0,
+                min: min_spread * PPB,
+            },
+            &mut self.scratch,
+        )?;
+        ((rate * PPB) > threshold).then_some((median / PPB, threshold / PPB))
     }
 }
 
@@ -286,19 +397,37 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1_000.0
 }
 
-/// The baseline median and the threshold above it, in ns, if the history
-/// is long enough — or `None` too when `p99` is plainly within it.
+/// Which rate a baseline is for.
+#[derive(Clone, Copy)]
+enum Rate {
+    Loss,
+    Retrans,
+}
+
+/// The least deviation a baseline assumes: a share of its median and an
+/// absolute amount, whichever is larger.
+#[derive(Clone, Copy)]
+struct Spread {
+    share: f64,
+    min: f64,
+}
+
+/// The baseline median and the threshold above it, in the history's unit,
+/// if the history is long enough — or `None` too when `value` is plainly
+/// within it.
 ///
-/// The threshold is at least (1 + k × [`MAD_FLOOR_SHARE`]) × median, and
-/// the median at least the history's smallest value, so a `p99` at or below
-/// that bound on the smallest value cannot cross it: the medians are then
-/// skipped, which is nearly every window of a healthy path.
-fn baseline(history: &[u64], k: f64, p99: u64, scratch: &mut Vec<f64>) -> Option<(f64, f64)> {
+/// The threshold is median + k × max(MAD, share × median, min). The median
+/// is at least the history's smallest value, so the threshold is at least
+/// both smallest × (1 + k × share) and smallest + k × min; a value at or
+/// below either cannot cross it, and the two medians are skipped — nearly
+/// every window of a healthy path.
+fn baseline(history: &[u64], k: f64, value: u64, spread: Spread, scratch: &mut Vec<f64>) -> Option<(f64, f64)> {
     if history.len() < MIN_BASELINE_WINDOWS {
         return None;
     }
-    let floor = history.iter().min().copied().unwrap_or(0) as f64;
-    if k >= 0.0 && p99 as f64 <= floor * (1.0 + k * MAD_FLOOR_SHARE) {
+    let smallest = history.iter().min().copied().unwrap_or(0) as f64;
+    let bound = (smallest * (1.0 + k * spread.share)).max(smallest + k * spread.min);
+    if k >= 0.0 && value as f64 <= bound {
         return None;
     }
     scratch.clear();
@@ -307,7 +436,7 @@ fn baseline(history: &[u64], k: f64, p99: u64, scratch: &mut Vec<f64>) -> Option
     scratch.clear();
     scratch.extend(history.iter().map(|&v| (v as f64 - median).abs()));
     let mad = self::median(scratch);
-    let spread = mad.max(median * MAD_FLOOR_SHARE);
+    let spread = mad.max(median * spread.share).max(spread.min);
     Some((median, median + k * spread))
 }
 
@@ -336,20 +465,29 @@ mod tests {
         let mut scratch = Vec::new();
         // Median 100.5, MAD 1.5; the spread floors at 5 % of the median:
         // 100.5 + 5 × 5.025.
-        let (m, threshold) = baseline(&h, 5.0, 200, &mut scratch).unwrap();
+        let rtt = Spread {
+            share: MAD_FLOOR_SHARE,
+            min: 0.0,
+        };
+        let (m, threshold) = baseline(&h, 5.0, 200, rtt, &mut scratch).unwrap();
         assert_eq!(m, 100.5);
         assert!((threshold - 125.625).abs() < 1e-9);
         // At most 1.25 × the smallest (98): cannot cross, medians skipped.
-        assert!(baseline(&h, 5.0, 122, &mut scratch).is_none());
-        assert!(baseline(&h, 5.0, 123, &mut scratch).is_some());
-        assert!(baseline(&h[..4], 5.0, 200, &mut scratch).is_none());
+        assert!(baseline(&h, 5.0, 122, rtt, &mut scratch).is_none());
+        assert!(baseline(&h, 5.0, 123, rtt, &mut scratch).is_some());
+        assert!(baseline(&h[..4], 5.0, 200, rtt, &mut scratch).is_none());
+        // An absolute floor: a path that never loses anything.
+        let zero = [0; 8];
+        let loss = Spread { share: 0.0, min: 10.0 };
+        assert!(baseline(&zero, 5.0, 50, loss, &mut scratch).is_none());
+        assert_eq!(baseline(&zero, 5.0, 51, loss, &mut scratch), Some((0.0, 50.0)));
     }
 
     #[test]
     fn baselines_keep_the_latest_values_of_each_path() {
         let mut b = Baselines::new(3);
-        let (x, y) = (b.slot((1, 2)), b.slot((2, 1)));
-        assert_eq!((x, y, b.slot((1, 2))), (0, 1, 0));
+        let (x, y) = (0, 1);
+        b.grow(y);
         for v in 1..=5 {
             b.push(x, v);
         }
@@ -359,7 +497,8 @@ mod tests {
         assert_eq!(kept, [3, 4, 5]);
         assert_eq!(b.values(y), [9]);
         let mut none = Baselines::new(0);
-        let z = none.slot((1, 1));
+        let z = 0;
+        none.grow(z);
         none.push(z, 1);
         assert!(none.values(z).is_empty());
     }
@@ -380,11 +519,15 @@ mod tests {
             let h: Vec<u64> = (0..len).map(|_| base + next() % (base / 2)).collect();
             let p99 = base / 2 + next() % (base * 2);
             let k = (next() % 80) as f64 / 10.0;
+            let spread = Spread {
+                share: [0.0, MAD_FLOOR_SHARE][(next() % 2) as usize],
+                min: (next() % 3 * 1_000) as f64,
+            };
             let mut values: Vec<f64> = h.iter().map(|&v| v as f64).collect();
             let m = median(&mut values);
             let mut dev: Vec<f64> = h.iter().map(|&v| (v as f64 - m).abs()).collect();
-            let threshold = m + k * median(&mut dev).max(m * MAD_FLOOR_SHARE);
-            let crossed = baseline(&h, k, p99, &mut scratch).is_some_and(|(_, t)| p99 as f64 > t);
+            let threshold = m + k * median(&mut dev).max(m * spread.share).max(spread.min);
+            let crossed = baseline(&h, k, p99, spread, &mut scratch).is_some_and(|(_, t)| p99 as f64 > t);
             assert_eq!(crossed, p99 as f64 > threshold, "{h:?} {p99} {k}");
         }
     }

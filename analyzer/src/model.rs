@@ -24,8 +24,6 @@ pub struct PathWindow {
     pub probes_lost: u64,
     /// Probes that ended in an error.
     pub probes_failed: u64,
-    /// Median network RTT, ns (from the merged histograms when present).
-    pub rtt_p50_ns: u64,
     /// 99th percentile network RTT, ns.
     pub rtt_p99_ns: u64,
     /// 99th percentile responder delay, ns (the largest of the merged rows:
@@ -35,8 +33,6 @@ pub struct PathWindow {
     pub segs_out: u64,
     /// Of those, retransmitted.
     pub retrans_segs: u64,
-    /// TCP flows counted.
-    pub flows: u64,
 }
 
 impl PathWindow {
@@ -137,17 +133,14 @@ impl Merge {
         acc.probes_failed += row.probes_failed;
         // Without histograms the best merge of quantiles is the larger: a
         // window is as bad as its worst part.
-        acc.rtt_p50_ns = acc.rtt_p50_ns.max(row.rtt_p50_ns);
         acc.rtt_p99_ns = acc.rtt_p99_ns.max(row.rtt_p99_ns);
         acc.responder_delay_p99_ns = acc.responder_delay_p99_ns.max(row.responder_delay_p99_ns);
         acc.segs_out += row.segs_out;
         acc.retrans_segs += row.retrans_segs;
-        acc.flows += row.flows;
     }
 
     fn finish(mut self, scratch: &Histogram<u64>) -> PathWindow {
         if self.merging && !self.missing_histogram && !scratch.is_empty() {
-            self.row.rtt_p50_ns = scratch.value_at_quantile(0.5);
             self.row.rtt_p99_ns = scratch.value_at_quantile(0.99);
         }
         self.row
@@ -340,8 +333,8 @@ fn read_window(db: &rusqlite::Connection, window: &Window, read: &dyn Fn(u64)) -
     let mut scratch = new_rtt_histogram();
     let mut current: Option<Merge> = None;
     let mut stmt = db.prepare_cached(
-        "SELECT src_node, dst_node, probes_sent, probes_lost, probes_failed, rtt_p50_ns, rtt_p99_ns,
-                responder_delay_p99_ns, segs_out, retrans_segs, flows, rtt_histogram
+        "SELECT src_node, dst_node, probes_sent, probes_lost, probes_failed, rtt_p99_ns, responder_delay_p99_ns,
+                segs_out, retrans_segs, rtt_histogram
          FROM path_windows WHERE window_start_ns = ?1
          ORDER BY src_node, dst_node",
     )?;
@@ -358,15 +351,13 @@ fn read_window(db: &rusqlite::Connection, window: &Window, read: &dyn Fn(u64)) -
             probes_sent: get(2)?,
             probes_lost: get(3)?,
             probes_failed: get(4)?,
-            rtt_p50_ns: get(5)?,
-            rtt_p99_ns: get(6)?,
-            responder_delay_p99_ns: get(7)?,
-            segs_out: get(8)?,
-            retrans_segs: get(9)?,
-            flows: get(10)?,
+            rtt_p99_ns: get(5)?,
+            responder_delay_p99_ns: get(6)?,
+            segs_out: get(7)?,
+            retrans_segs: get(8)?,
         };
         // Anything but a blob counts as no histogram: the conservative merge.
-        let histogram = r.get_ref(11)?.as_blob_or_null().ok().flatten();
+        let histogram = r.get_ref(9)?.as_blob_or_null().ok().flatten();
         match &mut current {
             Some(m) if (m.row.src, m.row.dst) == (row.src, row.dst) => m.add(&row, histogram, &mut scratch),
             _ => {
@@ -475,6 +466,5 @@ mod tests {
         // Merged histograms: half the probes at 10 µs, half at 56 µs; the
         // p99 is the higher class, within the histogram's 2 digits.
         assert!((55_000..=57_000).contains(&first.rtt_p99_ns), "{first:?}");
-        assert!((9_900..=10_100).contains(&first.rtt_p50_ns), "{first:?}");
     }
 }

@@ -294,6 +294,49 @@ fn rtt_above_a_paths_own_baseline_is_flagged_below_the_sla() {
 }
 
 #[test]
+fn loss_above_a_hosts_own_baseline_is_named_below_the_sla() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 000 probes per path and window; r3n1's paths lose none for ten
+    // windows, then 0.5 %: a quarter of the 2 % SLA, and 50 probes on a
+    // path that never lost one.
+    let many = Shows {
+        probes: 10_000,
+        ..HEALTHY
+    };
+    let store = database(
+        dir.path(),
+        12,
+        |w, s, d| {
+            Some(if w >= 10 && (s == 301 || d == 301) {
+                Shows { lost: 50, ..many }
+            } else {
+                many
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 12, 0);
+    assert_eq!(verdicts(&a), [("host".into(), "r3n1".into())], "{:#?}", a.anomalies);
+    assert_eq!(a.anomalies[0].symptoms["loss_baseline"], 2 * 16);
+    assert!(!a.anomalies[0].symptoms.contains_key("loss"));
+    // One probe more than usual is noise, not an anomaly.
+    let dir = tempfile::tempdir().unwrap();
+    let store = database(
+        dir.path(),
+        12,
+        |w, s, _| {
+            Some(if w >= 10 && s == 301 {
+                Shows { lost: 1, ..many }
+            } else {
+                many
+            })
+        },
+        never,
+    );
+    assert!(analysis(&store, 12, 0).anomalies.is_empty());
+}
+
+#[test]
 fn a_window_with_too_few_probes_pages_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = database(
