@@ -284,18 +284,7 @@ impl<'c> Detector<'c> {
         }
         let mut symptoms = Vec::new();
         if probes_judged && let Some(rate) = path.loss_rate() {
-            let spread = 1.0 / path.probes_sent as f64;
-            if rate > cfg.loss_rate {
-                symptoms.push(Symptom::Loss { rate });
-            } else if let Some((median, threshold)) = self.rate_baseline(Rate::Loss, slot, rate, cfg.mad_k, spread) {
-                symptoms.push(Symptom::LossBaseline {
-                    rate,
-                    median,
-                    threshold,
-                });
-            } else {
-                self.loss.push(slot, (rate * PPB) as u64);
-            }
+            symptoms.extend(self.judge_rate(Rate::Loss, slot, rate, path.probes_sent));
         }
         if probes_judged && path.probes_answered() >= u64::from(cfg.min_probes) {
             let p99 = path.rtt_p99_ns;
@@ -333,42 +322,55 @@ impl<'c> Detector<'c> {
             }
         }
         if segments_judged && let Some(rate) = path.retrans_rate() {
-            let spread = 1.0 / path.segs_out as f64;
-            if rate > cfg.retrans_rate {
-                symptoms.push(Symptom::Retransmissions { rate });
-            } else if let Some((median, threshold)) = self.rate_baseline(Rate::Retrans, slot, rate, cfg.mad_k, spread) {
-                symptoms.push(Symptom::RetransmissionsBaseline {
-                    rate,
-                    median,
-                    threshold,
-                });
-            } else {
-                self.retrans.push(slot, (rate * PPB) as u64);
-            }
+            symptoms.extend(self.judge_rate(Rate::Retrans, slot, rate, path.segs_out));
         }
         Some(symptoms)
     }
 
-    /// Whether `rate` crossed its path's baseline: `Some((median,
-    /// threshold))` as shares if it did. The spread is at least
-    /// `min_spread` (one probe or segment out of those sent), so counting
-    /// noise never flags.
-    fn rate_baseline(&mut self, which: Rate, slot: usize, rate: f64, k: f64, min_spread: f64) -> Option<(f64, f64)> {
-        let arena = match which {
-            Rate::Loss => &self.loss,
-            Rate::Retrans => &self.retrans,
+    /// Judges a loss or retransmission rate of `out_of` probes or segments
+    /// against its SLA, then against the path's baseline, whose spread is at
+    /// least one of `out_of` so counting noise never flags. A healthy rate
+    /// joins the baseline.
+    fn judge_rate(&mut self, which: Rate, slot: usize, rate: f64, out_of: u64) -> Option<Symptom> {
+        let (sla, arena) = match which {
+            Rate::Loss => (self.cfg.loss_rate, &mut self.loss),
+            Rate::Retrans => (self.cfg.retrans_rate, &mut self.retrans),
         };
-        let (median, threshold) = baseline(
+        if rate > sla {
+            return Some(match which {
+                Rate::Loss => Symptom::Loss { rate },
+                Rate::Retrans => Symptom::Retransmissions { rate },
+            });
+        }
+        let spread = Spread {
+            share: 0.0,
+            min: PPB / out_of as f64,
+        };
+        let crossed = baseline(
             arena.values(slot),
-            k,
+            self.cfg.mad_k,
             (rate * PPB) as u64,
-            Spread {
-                share: 0.0,
-                min: min_spread * PPB,
-            },
+            spread,
             &mut self.scratch,
-        )?;
-        ((rate * PPB) > threshold).then_some((median / PPB, threshold / PPB))
+        )
+        .filter(|&(_, threshold)| rate * PPB > threshold);
+        let Some((median, threshold)) = crossed else {
+            arena.push(slot, (rate * PPB) as u64);
+            return None;
+        };
+        let (median, threshold) = (median / PPB, threshold / PPB);
+        Some(match which {
+            Rate::Loss => Symptom::LossBaseline {
+                rate,
+                median,
+                threshold,
+            },
+            Rate::Retrans => Symptom::RetransmissionsBaseline {
+                rate,
+                median,
+                threshold,
+            },
+        })
     }
 }
 
