@@ -35,11 +35,17 @@ use crate::model::{AgentWindow, PathWindow};
 /// is judged.
 pub const MIN_SEGMENTS: u64 = 100;
 
-/// Fewest earlier windows that make a baseline.
-pub const MIN_BASELINE_WINDOWS: usize = 5;
+/// Fewest earlier windows that make a baseline. With five, a path whose
+/// p99 jitters healthily between 60 and 100 µs was flagged now and then:
+/// the MAD of so few values is often small by chance.
+pub const MIN_BASELINE_WINDOWS: usize = 10;
 
-/// The MAD used is at least this share of the baseline median.
-pub const MAD_FLOOR_SHARE: f64 = 0.05;
+/// The MAD used is at least this share of the baseline median: with the
+/// default `mad_k` of 5, a p99 must be at least 1.5× the path's median to
+/// flag, however steady the path has been. At 5 %, healthy jitter of
+/// ±25 % read as anomalies whenever a path's recent windows happened to be
+/// alike.
+pub const MAD_FLOOR_SHARE: f64 = 0.10;
 
 /// One reason a path window is anomalous.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -463,23 +469,23 @@ mod tests {
     fn median_and_mad() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
-        let h = [100, 102, 98, 101, 99, 150];
+        let h = [100, 102, 98, 101, 99, 150, 100, 102, 98, 101];
         let mut scratch = Vec::new();
-        // Median 100.5, MAD 1.5; the spread floors at 5 % of the median:
-        // 100.5 + 5 × 5.025.
+        // Median 100.5, MAD 1.5; the spread floors at 10 % of the median:
+        // 100.5 + 5 × 10.05.
         let rtt = Spread {
             share: MAD_FLOOR_SHARE,
             min: 0.0,
         };
         let (m, threshold) = baseline(&h, 5.0, 200, rtt, &mut scratch).unwrap();
         assert_eq!(m, 100.5);
-        assert!((threshold - 125.625).abs() < 1e-9);
-        // At most 1.25 × the smallest (98): cannot cross, medians skipped.
-        assert!(baseline(&h, 5.0, 122, rtt, &mut scratch).is_none());
-        assert!(baseline(&h, 5.0, 123, rtt, &mut scratch).is_some());
-        assert!(baseline(&h[..4], 5.0, 200, rtt, &mut scratch).is_none());
+        assert!((threshold - 150.75).abs() < 1e-9);
+        // At most 1.5 × the smallest (98): cannot cross, medians skipped.
+        assert!(baseline(&h, 5.0, 147, rtt, &mut scratch).is_none());
+        assert!(baseline(&h, 5.0, 148, rtt, &mut scratch).is_some());
+        assert!(baseline(&h[..9], 5.0, 200, rtt, &mut scratch).is_none());
         // An absolute floor: a path that never loses anything.
-        let zero = [0; 8];
+        let zero = [0; 10];
         let loss = Spread { share: 0.0, min: 10.0 };
         assert!(baseline(&zero, 5.0, 50, loss, &mut scratch).is_none());
         assert_eq!(baseline(&zero, 5.0, 51, loss, &mut scratch), Some((0.0, 50.0)));
@@ -516,7 +522,7 @@ mod tests {
         };
         let mut scratch = Vec::new();
         for _ in 0..2_000 {
-            let len = 5 + (next() % 30) as usize;
+            let len = MIN_BASELINE_WINDOWS + (next() % 30) as usize;
             let base = 10_000 + next() % 50_000;
             let h: Vec<u64> = (0..len).map(|_| base + next() % (base / 2)).collect();
             let p99 = base / 2 + next() % (base * 2);

@@ -130,6 +130,40 @@ fn a_clean_run_has_no_anomaly() {
     assert!(!a.found_anything());
 }
 
+/// Healthy is not constant: RTTs jitter, and a probe is lost now and then.
+/// 1 000 windows of that (the "clean week" in miniature: 72 000
+/// path windows, every baseline full) must raise nothing.
+#[test]
+fn a_long_noisy_but_healthy_run_has_no_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    let noise = |w: u64, s: u32, d: u32| {
+        let mut x = (w << 20 | u64::from(s) << 10 | u64::from(d)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^ (x >> 32)
+    };
+    let store = database(
+        dir.path(),
+        1_000,
+        |w, s, d| {
+            let n = noise(w, s, d);
+            Some(Shows {
+                // 60–100 µs.
+                p99_us: 60 + n % 41,
+                // One probe of 100 lost in about one path window in fifty.
+                lost: u32::from((n >> 8) % 50 == 0),
+                responder_p99_us: 5 + (n >> 16) % 20,
+                ..HEALTHY
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 1_000, 0);
+    assert_eq!(a.windows, 1_000);
+    assert_eq!(a.judged_paths, 72_000);
+    assert!(a.anomalies.is_empty(), "{:#?}", a.anomalies.first());
+}
+
 #[test]
 fn a_lossy_host_is_named() {
     let dir = tempfile::tempdir().unwrap();
