@@ -192,7 +192,7 @@ struct Window {
 ///
 /// Windows are read by one reader per core (at most four), each on its own
 /// read-only connection, taking windows in turn and reading at most
-/// [`READ_AHEAD`] ahead of `each`: decoding rows is most of a long report's
+/// two windows ahead of `each`: decoding rows is most of a long report's
 /// time, SQLite readers block neither each other nor the collector, and
 /// memory holds a few windows, not the range. Within a window rows come in
 /// (src, dst) order, which the path index gives without sorting, so rows of
