@@ -139,7 +139,7 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
                     config.topology.display()
                 )
             })?;
-        let responder = tokio::net::UdpSocket::bind((local, config.probes.port))
+        let responder = probe::bind((local, config.probes.port).into(), config.probes.dscp)
             .await
             .with_context(|| {
                 format!(
@@ -147,7 +147,7 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
                     config.probes.port
                 )
             })?;
-        let prober = tokio::net::UdpSocket::bind((local, 0))
+        let prober = probe::bind((local, 0).into(), config.probes.dscp)
             .await
             .context("binding the prober")?;
         probe_tasks.push(tokio::spawn(probe::respond(
