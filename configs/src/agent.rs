@@ -17,7 +17,7 @@ const MIN_DATAGRAM: usize = 24 + 104;
 pub struct AgentConfig {
     /// This host's node id in the topology file. Required (0 is not an id).
     pub node_id: u32,
-    /// The topology file.
+    /// The topology file; SIGHUP reloads it.
     pub topology: PathBuf,
     /// Where and how records are sent.
     pub uplink: AgentUplink,

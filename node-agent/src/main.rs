@@ -97,6 +97,9 @@ fn probe_line(record: &ProbeRecord) -> serde_json::Value {
 
 async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> anyhow::Result<()> {
     let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
+    // Installed whatever the configuration, so a SIGHUP never kills the agent.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let mut tracer = Tracer::attach(&cgroup, config.flows.max_tracked_flows, config.flows.ring_buffer_bytes)?;
     info!(message = "tracing TCP flows", cgroup = %cgroup.display());
     let samplers: Vec<_> = [config.uplink.sampler, config.uplink.secondary_sampler]
@@ -155,9 +158,17 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
             config.node_id,
             probe_stats.clone(),
         )));
+        let (topology_tx, topology_rx) = tokio::sync::watch::channel(topology);
+        probe_tasks.push(tokio::spawn(probe::reload_on_sighup(
+            hangup,
+            config.topology.clone(),
+            config.node_id,
+            local,
+            topology_tx,
+        )));
         probe_tasks.push(tokio::spawn(probe::probe(
             prober,
-            topology,
+            topology_rx,
             ProberSettings {
                 me: config.node_id,
                 local,
@@ -169,6 +180,13 @@ async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> 
         info!(message = "probing peers", %local, port = config.probes.port);
     } else {
         drop(probe_tx);
+        // Nothing to reload without probes; keep SIGHUP harmless.
+        probe_tasks.push(tokio::spawn(async move {
+            let mut hangup = hangup;
+            while hangup.recv().await.is_some() {
+                info!(message = "SIGHUP: probes are disabled, nothing to reload.");
+            }
+        }));
     }
     let stats = Arc::new(std::sync::Mutex::new(AgentStats::default()));
     let metrics = telemetry::endpoint(stats.clone(), probe_stats.clone());

@@ -157,6 +157,40 @@ fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
     }
 }
 
+/// Reloads the topology file at `path` on every SIGHUP until the task is
+/// dropped, publishing it to the prober; a file that does not load is
+/// reported and the previous topology kept. `hangup` is the installed
+/// SIGHUP stream (installed early, so a SIGHUP never kills the agent).
+pub async fn reload_on_sighup(
+    mut hangup: tokio::signal::unix::Signal,
+    path: std::path::PathBuf,
+    me: u32,
+    local: IpAddr,
+    topology: tokio::sync::watch::Sender<Arc<Topology>>,
+) {
+    while hangup.recv().await.is_some() {
+        match Topology::load(&path) {
+            Ok(new) => {
+                let address = new.node(me).and_then(|n| n.addresses.first().copied());
+                if address != Some(local) {
+                    tracing::warn!(
+                        message = "This node's address changed in the reloaded topology; probes still use the old one \
+                                   until the agent restarts.",
+                        node_id = me,
+                        old = %local,
+                        new = ?address,
+                    );
+                }
+                tracing::info!(message = "Reloaded the topology.", path = %path.display(), nodes = new.nodes().len());
+                topology.send_replace(Arc::new(new));
+            }
+            Err(error) => {
+                tracing::warn!(message = "Topology reload failed; keeping the previous one.", %error);
+            }
+        }
+    }
+}
+
 /// Answers probe requests on `socket` for node `me` until the task is
 /// dropped.
 pub async fn respond(socket: Arc<UdpSocket>, me: u32, stats: Arc<std::sync::Mutex<ProbeStats>>) {
@@ -200,10 +234,12 @@ pub struct ProberSettings {
 }
 
 /// Probes the pinglist until the task is dropped, sending a record for
-/// every probe whose outcome is known to `records`.
+/// every probe whose outcome is known to `records`. The pinglist is derived
+/// each tick from the latest topology `topology` holds, so a reloaded
+/// topology takes effect at the next tick.
 pub async fn probe(
     socket: UdpSocket,
-    topology: Arc<Topology>,
+    topology: tokio::sync::watch::Receiver<Arc<Topology>>,
     settings: ProberSettings,
     records: mpsc::Sender<ProbeRecord>,
     stats: Arc<std::sync::Mutex<ProbeStats>>,
@@ -243,7 +279,8 @@ pub async fn probe(
         tokio::select! {
             _ = tick.tick() => {
                 let round = started.elapsed().as_secs() / p.rotate_secs.max(1);
-                let targets = pinglist(&topology, settings.me, p.port, p.inter_rack_peers, round);
+                let current = Arc::clone(&topology.borrow());
+                let targets = pinglist(&current, settings.me, p.port, p.inter_rack_peers, round);
                 let count = targets.len().min(budget);
                 lock(&stats).rate_limited += (targets.len() - count) as u64;
                 for i in 0..count {

@@ -307,6 +307,15 @@ fn without_capabilities_it_says_which_and_how_to_grant_them() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
+/// A UDP port free on 127.0.0.1 a moment ago, for the agents' responders.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Reads probe records from datagrams arriving at `sampler` for `within`.
 fn probe_records(sampler: &std::net::UdpSocket, within: Duration) -> Vec<wire_format::Probe> {
     let deadline = Instant::now() + within;
@@ -327,11 +336,7 @@ fn probe_records(sampler: &std::net::UdpSocket, within: Duration) -> Vec<wire_fo
 #[test]
 fn agents_probe_each_other_and_a_stopped_responder_times_out() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_udp_port();
     let topology = dir.path().join("topology.toml");
     std::fs::write(
         &topology,
@@ -430,4 +435,68 @@ fn scrape(addr: SocketAddr) -> String {
     let mut page = String::new();
     stream.read_to_string(&mut page).unwrap();
     page
+}
+
+/// SIGHUP reloads the topology: a node added to the file is probed from the
+/// next tick; a file that no longer loads is reported and the previous
+/// topology kept, probes going on.
+#[test]
+fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let topology = dir.path().join("topology.toml");
+    let nodes = |ids: &[(u32, &str)]| {
+        let mut text = String::from("[[racks]]\nid = 1\nname = \"rack1\"\n");
+        for (id, addr) in ids {
+            text.push_str(&format!(
+                "[[nodes]]\nid = {id}\nname = \"n{id}\"\nrack = \"rack1\"\naddresses = [\"{addr}\"]\n"
+            ));
+        }
+        text
+    };
+    std::fs::write(&topology, nodes(&[(101, "127.0.0.1"), (102, "127.0.0.2")])).unwrap();
+    let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cg = TestCgroup::create();
+    let mut a = Agent::start(
+        &cg,
+        dir.path(),
+        "a",
+        &format!(
+            "node_id = 101\ntopology = \"{}\"\n[uplink]\nsampler = \"{}\"\nflush_ms = 50\n[flows]\n\
+             [probes]\nport = {port}\ninterval_ms = 100\ntimeout_ms = 200\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            topology.display(),
+            sampler.local_addr().unwrap()
+        ),
+    );
+    let hup = |a: &Agent| {
+        let pid = a.child.id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    };
+    let targets = |records: &[wire_format::Probe]| {
+        let mut t: Vec<u32> = records.iter().map(|p| p.dst_node).collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    };
+    assert_eq!(targets(&probe_records(&sampler, Duration::from_secs(1))), [102]);
+
+    std::fs::write(
+        &topology,
+        nodes(&[(101, "127.0.0.1"), (102, "127.0.0.2"), (103, "127.0.0.3")]),
+    )
+    .unwrap();
+    hup(&a);
+    // Let in-flight probes to the old list time out, then look.
+    let _ = probe_records(&sampler, Duration::from_millis(500));
+    assert_eq!(targets(&probe_records(&sampler, Duration::from_secs(1))), [102, 103]);
+
+    std::fs::write(&topology, "[[nodes]]\nid = \"not a number\"\n").unwrap();
+    hup(&a);
+    let _ = probe_records(&sampler, Duration::from_millis(500));
+    assert_eq!(
+        targets(&probe_records(&sampler, Duration::from_secs(1))),
+        [102, 103],
+        "the previous topology stays after a failed reload"
+    );
+    assert!(a.child.try_wait().unwrap().is_none(), "SIGHUP must not stop the agent");
 }
