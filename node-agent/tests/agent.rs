@@ -500,3 +500,77 @@ fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken(
     );
     assert!(a.child.try_wait().unwrap().is_none(), "SIGHUP must not stop the agent");
 }
+
+/// A responder host that stalls (its agent stopped for 300 ms, as a host
+/// stalls under load) delays its replies. The kernel stamps the requests
+/// when they arrive, so the stall shows as responder delay, and the
+/// network RTT of the same probes stays a loopback RTT. (With the receive
+/// time taken when the agent reads the packet, the stall would read as
+/// network delay.)
+#[test]
+fn a_stalled_responder_shows_as_responder_delay_not_network_rtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        "[[racks]]\nid = 1\nname = \"rack1\"\n\
+         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"127.0.0.1\"]\n\
+         [[nodes]]\nid = 102\nname = \"b\"\nrack = \"rack1\"\naddresses = [\"127.0.0.2\"]\n",
+    )
+    .unwrap();
+    let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = |node: u32, uplink: String| {
+        format!(
+            "node_id = {node}\ntopology = \"{}\"\n[uplink]\nsampler = \"{uplink}\"\nflush_ms = 50\n[flows]\n\
+             [probes]\nport = {port}\ninterval_ms = 50\ntimeout_ms = 2000\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            topology.display()
+        )
+    };
+    let (cg_a, cg_b) = (TestCgroup::create(), TestCgroup::create());
+    let _a = Agent::start(
+        &cg_a,
+        dir.path(),
+        "a",
+        &config(101, sampler.local_addr().unwrap().to_string()),
+    );
+    let b = Agent::start(&cg_b, dir.path(), "b", &config(102, "127.0.0.1:9".into()));
+    let _ = probe_records(&sampler, Duration::from_millis(500));
+
+    let pid = b.child.id().to_string();
+    let signal = move |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let stall = std::thread::spawn(move || {
+        for _ in 0..3 {
+            signal("-STOP");
+            std::thread::sleep(Duration::from_millis(300));
+            signal("-CONT");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    });
+    let records = probe_records(&sampler, Duration::from_secs(4));
+    stall.join().unwrap();
+    let answered: Vec<_> = records
+        .iter()
+        .filter(|p| p.dst_node == 102 && p.outcome == wire_format::ProbeOutcome::Ok)
+        .map(wire_format::Probe::to_record)
+        .collect();
+    let stalled: Vec<_> = answered
+        .iter()
+        .filter(|r| r.responder_delay_ns().unwrap() >= 100_000_000)
+        .collect();
+    assert!(
+        stalled.len() >= 3,
+        "expected probes held through the stalls, got {} of {}",
+        stalled.len(),
+        answered.len()
+    );
+    for r in &answered {
+        let rtt = r.network_rtt_ns().unwrap();
+        assert!(
+            rtt < 50_000_000,
+            "network RTT {} ms with responder delay {} ms: the stall leaked into the network RTT",
+            rtt / 1_000_000,
+            r.responder_delay_ns().unwrap() / 1_000_000
+        );
+    }
+}
