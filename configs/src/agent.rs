@@ -15,8 +15,13 @@ const MIN_DATAGRAM: usize = 24 + 104;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
-    /// This host's node id in the topology file. Required (0 is not an id).
+    /// This host's node id in the topology file. Required unless
+    /// `node_name` is set (0 is not an id).
     pub node_id: u32,
+    /// This host's node name in the topology file, looked up when `node_id`
+    /// is 0: one configuration for every host, e.g. a Kubernetes DaemonSet
+    /// setting `FLOWMESH_AGENT_NODE_NAME` from the node's name.
+    pub node_name: Option<String>,
     /// The topology file; SIGHUP reloads it.
     pub topology: PathBuf,
     /// Where and how records are sent.
@@ -103,6 +108,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             node_id: 0,
+            node_name: None,
             topology: PathBuf::from("/etc/flowmesh/topology.toml"),
             uplink: AgentUplink::default(),
             flows: FlowTracing::default(),
@@ -162,10 +168,10 @@ impl Component for AgentConfig {
     fn validate(&self) -> Vec<Invalid> {
         let mut c = Checks::default();
         c.check(
-            self.node_id != 0,
+            self.node_id != 0 || self.node_name.as_deref().is_some_and(|n| !n.is_empty()),
             "node_id",
             self.node_id,
-            "this host's node id from the topology file (1 or more)",
+            "this host's node id from the topology file (1 or more), or node_name set to its name there",
         );
         c.path("topology", &self.topology);
         let up = &self.uplink;

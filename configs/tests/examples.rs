@@ -137,7 +137,8 @@ fn missing_required_keys_are_named() {
     let err = AgentConfig::load_with_env(None, no_env()).unwrap_err().to_string();
     assert_eq!(
         err,
-        "agent configuration: node_id = 0: expected this host's node id from the topology file (1 or more)"
+        "agent configuration: node_id = 0: expected this host's node id from the topology file (1 or more), \
+         or node_name set to its name there"
     );
     let err = SamplerConfig::load_with_env(None, no_env()).unwrap_err().to_string();
     assert!(err.contains("sampler_id = 0") && err.contains("rack = \"\""), "{err}");

@@ -95,7 +95,24 @@ fn probe_line(record: &ProbeRecord) -> serde_json::Value {
     })
 }
 
-async fn trace(config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> anyhow::Result<()> {
+/// This host's node id: `node_id`, or the id of the node named `node_name`
+/// in the topology file.
+fn node_id(config: &AgentConfig) -> anyhow::Result<u32> {
+    if config.node_id != 0 {
+        return Ok(config.node_id);
+    }
+    let name = config.node_name.as_deref().unwrap_or_default();
+    let topology = Topology::load(&config.topology)?;
+    topology
+        .nodes()
+        .iter()
+        .find(|n| n.name == name)
+        .map(|n| n.id)
+        .with_context(|| format!("node_name {name:?} is not a node in {}", config.topology.display()))
+}
+
+async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> anyhow::Result<()> {
+    config.node_id = node_id(&config)?;
     let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
     // Installed whatever the configuration, so a SIGHUP never kills the agent.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

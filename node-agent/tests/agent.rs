@@ -462,7 +462,8 @@ fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken(
         dir.path(),
         "a",
         &format!(
-            "node_id = 101\ntopology = \"{}\"\n[uplink]\nsampler = \"{}\"\nflush_ms = 50\n[flows]\n\
+            // By name: the agent looks its id (101) up in the topology.
+            "node_name = \"n101\"\ntopology = \"{}\"\n[uplink]\nsampler = \"{}\"\nflush_ms = 50\n[flows]\n\
              [probes]\nport = {port}\ninterval_ms = 100\ntimeout_ms = 200\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
             topology.display(),
             sampler.local_addr().unwrap()
