@@ -302,7 +302,8 @@ impl<'c> Detector<'c> {
                 p99,
                 Spread {
                     share: MAD_FLOOR_SHARE,
-                    min: 0.0,
+                    // k spreads of this are the least rise flagged.
+                    min: (cfg.rtt_baseline_min_increase_us * 1_000) as f64 / cfg.mad_k.max(f64::MIN_POSITIVE),
                 },
                 &mut self.scratch,
             ) && p99 as f64 > threshold

@@ -371,6 +371,32 @@ fn loss_above_a_hosts_own_baseline_is_named_below_the_sla() {
 }
 
 #[test]
+fn an_rtt_rise_smaller_than_the_configured_minimum_is_not_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    // 80 → 170 µs: more than double, but 90 µs, under the 100 µs minimum
+    // rise; 80 → 190 µs crosses it.
+    let rise = |p99_us: u64| {
+        let sub = dir.path().join(p99_us.to_string());
+        std::fs::create_dir(&sub).unwrap();
+        let store = database(
+            &sub,
+            22,
+            |w, s, d| {
+                Some(if w >= 20 && s == 101 && d == 103 {
+                    Shows { p99_us, ..HEALTHY }
+                } else {
+                    HEALTHY
+                })
+            },
+            never,
+        );
+        analysis(&store, 22, 10).anomalies.len()
+    };
+    assert_eq!(rise(170), 0);
+    assert_eq!(rise(190), 1);
+}
+
+#[test]
 fn a_window_with_too_few_probes_pages_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = database(

@@ -39,6 +39,10 @@ pub struct Detection {
     /// A value more than this many median absolute deviations above the
     /// baseline median is flagged.
     pub mad_k: f64,
+    /// Least rise of a p99 above its path's baseline median that is flagged,
+    /// µs: a path at 40 µs reading 80 µs has doubled, but by less than
+    /// datacenter RTTs move under ordinary load.
+    pub rtt_baseline_min_increase_us: u64,
     /// Fewest probes a window needs before it can be flagged.
     pub min_probes: u32,
     /// An agent whose datagrams arrive below this share of those sent is a
@@ -75,6 +79,7 @@ impl Default for Detection {
             p99_rtt_us: 500,
             baseline_windows: 30,
             mad_k: 5.0,
+            rtt_baseline_min_increase_us: 100,
             min_probes: 20,
             min_completeness: 0.9,
         }
@@ -104,6 +109,12 @@ impl Component for AnalyzerConfig {
         c.range("detect.p99_rtt_us", d.p99_rtt_us, 1..=60_000_000, "microseconds");
         c.range("detect.baseline_windows", d.baseline_windows, 3..=100_000, "windows");
         c.range("detect.mad_k", d.mad_k, 0.5..=100.0, "a multiple");
+        c.range(
+            "detect.rtt_baseline_min_increase_us",
+            d.rtt_baseline_min_increase_us,
+            0..=60_000_000,
+            "microseconds",
+        );
         c.range("detect.min_probes", d.min_probes, 1..=1_000_000, "probes");
         c.range("detect.min_completeness", d.min_completeness, 0.0..=1.0, "a fraction");
         let l = &self.localize;
