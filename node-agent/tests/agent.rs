@@ -10,47 +10,16 @@
 //! hierarchy, as CI has.
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A cgroup made for the test, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn create() -> TestCgroup {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = node_agent::checks::cgroup2_mount(&mountinfo).expect("a cgroup v2 hierarchy");
-        let path = root.join(format!("flowmesh-test-{}-{}", std::process::id(), rack_unique()));
-        std::fs::create_dir(&path).unwrap();
-        TestCgroup(path)
-    }
-}
-
-fn rack_unique() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The clients have exited; an empty cgroup can be removed. Retry
-        // briefly while the kernel finishes reaping them.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+mod common;
+use common::{TestCgroup, spawn_debug_agent};
 
 /// The agent in --debug mode, killed on drop if still running.
 struct Agent {
@@ -68,29 +37,10 @@ impl Agent {
         )
         .unwrap();
         let config = path;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flowmesh-agent"))
-            .args(["--debug", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && tx.send(value).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        let mut agent = Agent { child, lines };
-        let ready = agent.next(Duration::from_secs(30));
-        assert!(ready["tracing"].is_string(), "agent did not start: {ready}");
-        agent
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowmesh-agent"));
+        command.args(["--debug", "--config"]).arg(&config);
+        let (child, lines) = spawn_debug_agent(command);
+        Agent { child, lines }
     }
 
     fn next(&mut self, timeout: Duration) -> Value {

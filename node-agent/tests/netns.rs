@@ -1,0 +1,179 @@
+//! Two agents on two simulated hosts — network namespaces joined by a veth
+//! pair, addresses in 198.18.0.0/15, no default route — probe each other.
+//! Probe records have plausible RTTs; an nftables rule dropping 20 % of the
+//! UDP packets arriving at one host (the host NIC loss fault) shows up as
+//! that much loss on the path to it, within a few percent.
+//!
+//! Needs root and `ip`/`nft` (scripts/setup installs iproute2 and nftables),
+//! as CI has. Everything is removed on drop, also when the test fails.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{TestCgroup, rack_unique, spawn_debug_agent};
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces `<prefix>a` and `<prefix>b` joined by a veth pair,
+/// 198.18.1.1 and 198.18.1.2 on a /24; deleted (with the veth and any nft
+/// table inside) on drop.
+struct TwoHosts {
+    a: String,
+    b: String,
+}
+
+impl TwoHosts {
+    fn create() -> TwoHosts {
+        // Short and unique: interface names are limited to 15 bytes.
+        let tag = format!(
+            "{:x}",
+            (rack_unique() as u64 ^ u64::from(std::process::id())) & 0xff_ffff
+        );
+        let hosts = TwoHosts {
+            a: format!("fm{tag}a"),
+            b: format!("fm{tag}b"),
+        };
+        run(&["ip", "netns", "add", &hosts.a]);
+        run(&["ip", "netns", "add", &hosts.b]);
+        let (va, vb) = (format!("v{tag}a"), format!("v{tag}b"));
+        run(&[
+            "ip", "link", "add", &va, "netns", &hosts.a, "type", "veth", "peer", "name", &vb, "netns", &hosts.b,
+        ]);
+        for (ns, dev, addr) in [(&hosts.a, &va, "198.18.1.1/24"), (&hosts.b, &vb, "198.18.1.2/24")] {
+            run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// An agent in --debug mode inside a namespace; its probe lines arrive on
+/// `lines`. Killed on drop.
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Agent {
+    fn start(ns: &str, config: &std::path::Path) -> Agent {
+        // nsenter, not `ip netns exec`: that mounts a fresh /sys, hiding the
+        // cgroup v2 tree the agent attaches to.
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args([env!("CARGO_BIN_EXE_flowmesh-agent"), "--debug", "--config"])
+            .arg(config);
+        let (child, lines) = spawn_debug_agent(command);
+        Agent { child, lines }
+    }
+
+    /// The probe lines printed within `within`.
+    fn probes(&self, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line["probe"].is_object() => out.push(line["probe"].clone()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn loss(probes: &[Value], dst_node: u64) -> (usize, f64) {
+    let to: Vec<&Value> = probes.iter().filter(|p| p["dst_node"] == dst_node).collect();
+    let lost = to.iter().filter(|p| p["outcome"] == "timeout").count();
+    (to.len(), lost as f64 / to.len().max(1) as f64)
+}
+
+#[test]
+fn nft_loss_at_one_host_shows_as_loss_on_the_path_to_it() {
+    let hosts = TwoHosts::create();
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        "[[racks]]\nid = 1\nname = \"rack1\"\n\
+         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"198.18.1.1\"]\n\
+         [[nodes]]\nid = 102\nname = \"b\"\nrack = \"rack1\"\naddresses = [\"198.18.1.2\"]\n",
+    )
+    .unwrap();
+    let cgroup = TestCgroup::create();
+    let config = |node: u32| {
+        let path = dir.path().join(format!("{node}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = {node}\ntopology = \"{}\"\n[flows]\ncgroup = \"{}\"\n\
+                 [probes]\ninterval_ms = 10\ntimeout_ms = 200\nmax_probes_per_sec = 1000\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n",
+                topology.display(),
+                cgroup.0.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let a = Agent::start(&hosts.a, &config(101));
+    let _b = Agent::start(&hosts.b, &config(102));
+
+    // Probes sent before b's responder was up time out: skip them.
+    let _ = a.probes(Duration::from_millis(600));
+    // Clean: answered, with RTTs of a veth pair.
+    let clean = a.probes(Duration::from_secs(2));
+    let (sent, lost) = loss(&clean, 102);
+    assert!(sent >= 100, "only {sent} probes to b in 2 s");
+    assert!(lost < 0.02, "{lost} loss before any fault");
+    for p in clean.iter().filter(|p| p["outcome"] == "ok") {
+        let rtt = p["network_rtt_ns"].as_u64().unwrap();
+        assert!(rtt > 0 && rtt < 20_000_000, "implausible veth RTT {rtt} ns");
+    }
+
+    // 20 % of UDP arriving at b dropped: a's requests to b (and the
+    // replies to b's own probes). nft tables live in the namespace and go
+    // with it.
+    let nft = |args: &str| run(&["ip", "netns", "exec", &hosts.b, "sh", "-c", &format!("nft {args}")]);
+    nft("add table inet flowmesh_test");
+    nft("add chain inet flowmesh_test in '{ type filter hook input priority 0; }'");
+    nft("add rule inet flowmesh_test in meta l4proto udp numgen random mod 100 '<' 20 drop");
+    let _ = a.probes(Duration::from_millis(300));
+    let faulty = a.probes(Duration::from_secs(8));
+    let (sent, lost) = loss(&faulty, 102);
+    assert!(sent >= 400, "only {sent} probes to b in 8 s");
+    eprintln!("a→b: {lost:.3} loss over {sent} probes for 20 % injected");
+    // 20 % ± 6 points: over 400+ probes the binomial's sd is ≤ 2 points.
+    assert!(
+        (0.14..=0.26).contains(&lost),
+        "{lost:.3} loss measured on a→b for 20 % injected, {sent} probes"
+    );
+}
