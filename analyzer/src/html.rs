@@ -194,20 +194,13 @@ pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> S
     for (n, a) in analysis.anomalies.iter().enumerate() {
         let _ = write!(
             out,
-            "<section class=\"anomaly\" data-kind=\"{}\" data-element=\"{}\"><h3>{}. {} {}</h3>\
-             <p>{} of {} paths through it bad ({:.0} %) at worst; {} window(s) {} → {}; {}.</p>",
+            "<section class=\"anomaly\" data-kind=\"{}\" data-element=\"{}\"><h3>{}. {} {}</h3><p>{}.</p>",
             a.kind,
             esc(&a.element),
             n + 1,
             esc(&a.kind.replace('_', " ")),
             esc(&a.element),
-            a.bad_paths,
-            a.paths,
-            a.share * 100.0,
-            a.windows,
-            utc(a.first_window_ns),
-            utc(a.last_window_ns),
-            esc(&a.symptom_summary())
+            esc(&a.evidence_line())
         );
         out.push_str("<table><tr><th>window</th><th>path</th><th>probes</th><th>loss</th><th>p99 RTT µs</th><th>responder p99 µs</th><th>retrans</th></tr>");
         for w in &a.worst {

@@ -70,6 +70,21 @@ impl Anomaly {
         let parts: Vec<String> = self.symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
         parts.join(", ")
     }
+
+    /// Its evidence in one line, as the table and the HTML report print it:
+    /// `3 of 16 paths through it bad (19 %) at worst; 2 window(s) … → …; loss ×6`.
+    pub fn evidence_line(&self) -> String {
+        format!(
+            "{} of {} paths through it bad ({:.0} %) at worst; {} window(s) {} → {}; {}",
+            self.bad_paths,
+            self.paths,
+            self.share * 100.0,
+            self.windows,
+            utc(self.first_window_ns),
+            utc(self.last_window_ns),
+            self.symptom_summary()
+        )
+    }
 }
 
 impl std::fmt::Display for RunnerUp {
@@ -460,17 +475,11 @@ impl Analysis {
         for (n, a) in self.anomalies.iter().enumerate() {
             writeln!(
                 out,
-                "\n{}. {} {} — {} of {} paths through it bad ({:.0} %) at worst; {} window(s) {} → {}; {}",
+                "\n{}. {} {} — {}",
                 n + 1,
                 a.kind.replace('_', " ").to_uppercase(),
                 a.element,
-                a.bad_paths,
-                a.paths,
-                a.share * 100.0,
-                a.windows,
-                utc(a.first_window_ns),
-                utc(a.last_window_ns),
-                a.symptom_summary()
+                a.evidence_line()
             )?;
             for w in &a.worst {
                 writeln!(
