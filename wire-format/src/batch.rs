@@ -13,7 +13,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 use crate::error::{Error, FieldError};
 use crate::flow::FlowRecord;
 use crate::probe::ProbeRecord;
-use crate::record::{Record, check_known, check_max, check_zero};
+use crate::record::{Record, check_known, check_max, check_zero, exact_message};
 use crate::values::{AckStatus, Transport, WireEnum};
 
 /// ALPN protocol id of the sampler → collector batch protocol (QUIC, TLS 1.3).
@@ -727,28 +727,7 @@ impl BatchAck {
     /// Parses and validates an acknowledgement: exactly 24 bytes, magic,
     /// version and a known status.
     pub fn parse(bytes: &[u8]) -> Result<&BatchAck, Error> {
-        let ack = BatchAck::ref_from_bytes(bytes).map_err(|_| {
-            if bytes.len() < size_of::<BatchAck>() {
-                Error::Truncated {
-                    len: bytes.len(),
-                    need: size_of::<BatchAck>(),
-                }
-            } else {
-                Error::Oversized {
-                    len: bytes.len(),
-                    expected: size_of::<BatchAck>(),
-                }
-            }
-        })?;
-        if ack.magic != ACK_MAGIC {
-            return Err(Error::BadMagic {
-                found: ack.magic,
-                expected: ACK_MAGIC,
-            });
-        }
-        if ack.version != ACK_VERSION {
-            return Err(Error::UnsupportedVersion(ack.version));
-        }
+        let ack: &BatchAck = exact_message(bytes, |m: &BatchAck| (m.magic, m.version), ACK_MAGIC, ACK_VERSION)?;
         if !ack.status().is_known() {
             return Err(Error::header(FieldError::Invalid {
                 field: "status",

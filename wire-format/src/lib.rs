@@ -4,7 +4,8 @@
 //!   or [`ProbeRecord`]s behind a 24-byte [`DatagramHeader`] whose first two
 //!   bytes are the record count.
 //! - Agent ↔ agent: UDP [`ProbePacket`]s, requests and replies carrying the
-//!   four timestamps of a Pingmesh-style probe.
+//!   four timestamps of a Pingmesh-style probe (over UDP, or over RDMA UD
+//!   where agents learn each other's queue pair with an [`EndpointPacket`]).
 //! - Sampler → collector: [batches](batch) of per-path window summaries,
 //!   per-agent completeness and sampled raw records, answered by a
 //!   [`BatchAck`].
@@ -23,6 +24,7 @@
 mod addr;
 pub mod batch;
 pub mod datagram;
+mod endpoint;
 mod error;
 mod flow;
 mod histogram;
@@ -41,13 +43,14 @@ pub use datagram::{
     DATAGRAM_HEADER_LEN, DATAGRAM_VERSION, DEFAULT_MAX_DATAGRAM, Datagram, DatagramBuilder, DatagramHeader, Full,
     MAX_UDP_PAYLOAD, Origin, Records, capacity, parse,
 };
+pub use endpoint::{ENDPOINT_MAGIC, ENDPOINT_QUERY, ENDPOINT_REPLY, ENDPOINT_VERSION, EndpointPacket};
 pub use error::{DropReason, Error, FieldError};
 pub use flow::{Flow, FlowRecord};
 pub use histogram::{
     HistogramError, MAX_HISTOGRAM_SAMPLES, RTT_HISTOGRAM_MAX_NS, RTT_HISTOGRAM_SIGFIGS, decode_histogram,
     encode_histogram, new_rtt_histogram,
 };
-pub use ping::{PROBE_MAGIC, PROBE_REPLY, PROBE_REQUEST, PROBE_VERSION, ProbePacket};
+pub use ping::{PROBE_FOLLOW_UP, PROBE_MAGIC, PROBE_REPLY, PROBE_REQUEST, PROBE_VERSION, ProbePacket};
 pub use probe::{MAX_QPN, Probe, ProbeAddr, ProbeRecord, ProbeTimestamps};
 pub use record::Record;
 pub use values::{AckStatus, AddressFamily, Direction, EndReason, ProbeOutcome, RecordKind, Transport, WireEnum};

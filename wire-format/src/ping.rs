@@ -6,7 +6,7 @@ use zerocopy::network_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{Error, FieldError};
-use crate::record::check_zero;
+use crate::record::{check_zero, exact_message};
 
 /// First four bytes of every probe packet.
 pub const PROBE_MAGIC: [u8; 4] = *b"FMPR";
@@ -20,6 +20,11 @@ pub const PROBE_REQUEST: u8 = 1;
 /// [`ProbePacket::kind`] of a reply.
 pub const PROBE_REPLY: u8 = 2;
 
+/// [`ProbePacket::kind`] of an RDMA UD responder's follow-up: the reply
+/// itself leaves before the NIC can say when it left, so the responder
+/// sends its send completion time t3 in a second packet, R-Pingmesh style.
+pub const PROBE_FOLLOW_UP: u8 = 3;
+
 /// A probe request or its reply (48 bytes); the reply echoes the request
 /// with the responder's receive and send times filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -29,7 +34,7 @@ pub struct ProbePacket {
     pub magic: [u8; 4],
     /// [`PROBE_VERSION`].
     pub version: u8,
-    /// [`PROBE_REQUEST`] or [`PROBE_REPLY`].
+    /// [`PROBE_REQUEST`], [`PROBE_REPLY`] or [`PROBE_FOLLOW_UP`].
     pub kind: u8,
     /// Zero.
     pub reserved: [u8; 2],
@@ -76,32 +81,26 @@ impl ProbePacket {
         }
     }
 
+    /// The follow-up to this reply, carrying the responder's send time
+    /// `sent_ns` as measured once the reply had left.
+    pub fn follow_up(&self, sent_ns: u64) -> ProbePacket {
+        ProbePacket {
+            kind: PROBE_FOLLOW_UP,
+            responder_send_ns: sent_ns.into(),
+            ..*self
+        }
+    }
+
     /// Parses and validates a probe packet: exactly 48 bytes, magic,
     /// version, a known kind, zero reserved bytes.
     pub fn parse(bytes: &[u8]) -> Result<&ProbePacket, Error> {
-        let packet = ProbePacket::ref_from_bytes(bytes).map_err(|_| {
-            if bytes.len() < size_of::<ProbePacket>() {
-                Error::Truncated {
-                    len: bytes.len(),
-                    need: size_of::<ProbePacket>(),
-                }
-            } else {
-                Error::Oversized {
-                    len: bytes.len(),
-                    expected: size_of::<ProbePacket>(),
-                }
-            }
-        })?;
-        if packet.magic != PROBE_MAGIC {
-            return Err(Error::BadMagic {
-                found: packet.magic,
-                expected: PROBE_MAGIC,
-            });
-        }
-        if packet.version != PROBE_VERSION {
-            return Err(Error::UnsupportedVersion(packet.version));
-        }
-        if packet.kind != PROBE_REQUEST && packet.kind != PROBE_REPLY {
+        let packet: &ProbePacket = exact_message(
+            bytes,
+            |m: &ProbePacket| (m.magic, m.version),
+            PROBE_MAGIC,
+            PROBE_VERSION,
+        )?;
+        if !matches!(packet.kind, PROBE_REQUEST | PROBE_REPLY | PROBE_FOLLOW_UP) {
             return Err(Error::UnknownKind(packet.kind));
         }
         check_zero(&packet.reserved, "reserved").map_err(|e: FieldError| Error::Field { index: None, source: e })?;
@@ -142,8 +141,8 @@ mod tests {
         bad[4] = 9;
         assert!(matches!(ProbePacket::parse(&bad), Err(Error::UnsupportedVersion(9))));
         let mut bad = good.clone();
-        bad[5] = 3;
-        assert!(matches!(ProbePacket::parse(&bad), Err(Error::UnknownKind(3))));
+        bad[5] = 4;
+        assert!(matches!(ProbePacket::parse(&bad), Err(Error::UnknownKind(4))));
         let mut bad = good;
         bad[6] = 1;
         assert!(matches!(ProbePacket::parse(&bad), Err(Error::Field { .. })));

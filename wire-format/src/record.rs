@@ -3,7 +3,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::error::FieldError;
+use crate::error::{Error, FieldError};
 use crate::values::{RecordKind, WireEnum};
 
 /// A fixed-size record kind carried in agent datagrams.
@@ -53,4 +53,35 @@ pub(crate) fn check_max(value: u64, max: u64, field: &'static str) -> Result<(),
     } else {
         Err(FieldError::Invalid { field, value })
     }
+}
+
+/// Views `bytes` as exactly one fixed-size message `T` and checks its magic
+/// and version: the common start of parsing every standalone message.
+pub(crate) fn exact_message<T: FromBytes + KnownLayout + Immutable>(
+    bytes: &[u8],
+    header: impl Fn(&T) -> ([u8; 4], u8),
+    magic: [u8; 4],
+    version: u8,
+) -> Result<&T, Error> {
+    let message = T::ref_from_bytes(bytes).map_err(|_| {
+        if bytes.len() < size_of::<T>() {
+            Error::Truncated {
+                len: bytes.len(),
+                need: size_of::<T>(),
+            }
+        } else {
+            Error::Oversized {
+                len: bytes.len(),
+                expected: size_of::<T>(),
+            }
+        }
+    })?;
+    let (found, found_version) = header(message);
+    if found != magic {
+        return Err(Error::BadMagic { found, expected: magic });
+    }
+    if found_version != version {
+        return Err(Error::UnsupportedVersion(found_version));
+    }
+    Ok(message)
 }
