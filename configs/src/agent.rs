@@ -102,6 +102,13 @@ pub struct Probing {
     pub max_probes_per_sec: u32,
     /// DSCP probes are sent with, 0–63.
     pub dscp: u8,
+    /// Probe peers over RDMA UD too, where this host and the peer have an
+    /// RDMA NIC (needs an agent built with the `rdma` feature and the
+    /// node's `rdma_gids` in the topology).
+    pub rdma: bool,
+    /// Q_Key of the RDMA UD probe queue pairs, the same on every node
+    /// (high bit clear).
+    pub rdma_qkey: u32,
 }
 
 impl Default for AgentConfig {
@@ -157,6 +164,9 @@ impl Default for Probing {
             rotate_secs: 60,
             max_probes_per_sec: 200,
             dscp: 0,
+            rdma: true,
+            // "FMPR".
+            rdma_qkey: 0x464d_5052,
         }
     }
 }
@@ -229,6 +239,12 @@ impl Component for AgentConfig {
             "probes per second",
         );
         c.range("probes.dscp", pr.dscp, 0..=63, "a DSCP value");
+        c.check(
+            pr.rdma_qkey != 0 && pr.rdma_qkey < 0x8000_0000,
+            "probes.rdma_qkey",
+            pr.rdma_qkey,
+            "a Q_Key from 1 to 2147483647 (the high bit marks privileged keys)",
+        );
         c.0
     }
 }

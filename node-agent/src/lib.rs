@@ -5,15 +5,17 @@
 //! [`checks`] verifies privileges and kernel features before anything is
 //! loaded; [`tracer`] loads, attaches and reads the programs; [`sender`]
 //! batches records into datagrams; [`probe`] measures the network to the
-//! node's peers with UDP probes.
+//! node's peers with UDP probes, and `rdma` (feature `rdma`) over RDMA UD
+//! where the host has an RDMA NIC.
 //!
 //! Not yet built: periodic reports of long-lived open flows, per-process
 //! connect counters, network-namespace scoping (cgroup scoping works), the
-//! overhead benchmark (issue 3); kernel receive timestamps, topology reload
-//! and RDMA UD probes (issue 7).
+//! overhead benchmark (issue 3).
 
 pub mod checks;
 pub mod probe;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod sender;
 pub mod telemetry;
 pub mod tracer;

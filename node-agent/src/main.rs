@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use configs::{AgentConfig, ConfigArgs, Topology};
 use node_agent::checks::{self, CheckError};
-use node_agent::probe::{self, ProbeStats, ProberSettings};
+use node_agent::probe::{self, ProbeStats, ProberSettings, RdmaEndpoint};
 use node_agent::sender::Sender;
 use node_agent::telemetry::{self, AgentStats};
 use node_agent::tracer::{self, Tracer};
@@ -147,6 +147,8 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeRecord>(4_096);
     let probe_stats = Arc::new(std::sync::Mutex::new(ProbeStats::default()));
     let mut probe_tasks = Vec::new();
+    #[cfg(feature = "rdma")]
+    let mut rdma_prober = None;
     if config.probes.enabled {
         let topology = Arc::new(Topology::load(&config.topology)?);
         let local = topology
@@ -170,12 +172,37 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
         let prober = probe::bind((local, 0).into(), config.probes.dscp)
             .await
             .context("binding the prober")?;
+        let rdma_endpoint = RdmaEndpoint::default();
         probe_tasks.push(tokio::spawn(probe::respond(
             Arc::new(responder),
             config.node_id,
+            rdma_endpoint.clone(),
             probe_stats.clone(),
         )));
+        let has_gid = topology.node(config.node_id).is_some_and(|n| !n.rdma_gids.is_empty());
         let (topology_tx, topology_rx) = tokio::sync::watch::channel(topology);
+        if config.probes.rdma && has_gid {
+            #[cfg(feature = "rdma")]
+            {
+                let mut shared = config.probes.clone();
+                shared.max_probes_per_sec = (shared.max_probes_per_sec / 2).max(1);
+                rdma_prober = node_agent::rdma::start(
+                    config.node_id,
+                    topology_rx.clone(),
+                    &shared,
+                    rdma_endpoint.clone(),
+                    probe_tx.clone(),
+                );
+                if rdma_prober.is_some() {
+                    // The cap is for the node, both transports together.
+                    config.probes.max_probes_per_sec = shared.max_probes_per_sec;
+                }
+            }
+            #[cfg(not(feature = "rdma"))]
+            info!(
+                message = "this node has an RDMA GID, but this agent was built without the `rdma` feature; probing over UDP only"
+            );
+        }
         probe_tasks.push(tokio::spawn(probe::reload_on_sighup(
             hangup,
             config.topology.clone(),
@@ -259,6 +286,10 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
     for task in probe_tasks {
         task.abort();
     }
+    // Its thread may be waiting to hand over records: let go of them first.
+    drop(probe_rx);
+    #[cfg(feature = "rdma")]
+    drop(rdma_prober);
     if let Some(sender) = sender.as_mut() {
         sender.flush().await;
         info!(message = "sent", stats = ?sender.stats());

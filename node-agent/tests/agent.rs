@@ -525,3 +525,58 @@ fn a_stalled_responder_shows_as_responder_delay_not_network_rtt() {
         );
     }
 }
+
+/// Built with `--features rdma` on a host without RDMA (this one, and CI):
+/// the agent says once that there is none, answers peers' endpoint queries
+/// with "no endpoint", and probes over UDP as before.
+#[cfg(feature = "rdma")]
+#[test]
+fn without_rdma_the_agent_says_so_once_and_probes_over_udp() {
+    use zerocopy::IntoBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        "[[racks]]\nid = 1\nname = \"rack1\"\n\
+         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"127.0.0.1\"]\nrdma_gids = [\"fd00::101\"]\n\
+         [[nodes]]\nid = 102\nname = \"b\"\nrack = \"rack1\"\naddresses = [\"127.0.0.2\"]\nrdma_gids = [\"fd00::102\"]\n",
+    )
+    .unwrap();
+    let cgroup = TestCgroup::create();
+    let config = dir.path().join("a.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = 101\ntopology = \"{}\"\n[flows]\ncgroup = \"{}\"\n[probes]\nport = {port}\n\
+             interval_ms = 100\ntimeout_ms = 200\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            topology.display(),
+            cgroup.0.display()
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.path().join("a.stderr");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flowmesh-agent"));
+    command
+        .args(["--debug", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let (child, lines) = spawn_debug_agent(command);
+    let mut agent = Agent { child, lines };
+    let probes: Vec<Value> = (0..5).map(|_| agent.next(Duration::from_secs(5))).collect();
+    assert!(probes.iter().all(|p| p["probe"]["dst_node"] == 102), "{probes:?}");
+
+    let asker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    asker.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    asker
+        .send_to(wire_format::EndpointPacket::query(101).as_bytes(), ("127.0.0.1", port))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let len = asker.recv(&mut buf).expect("an endpoint reply");
+    let reply = wire_format::EndpointPacket::parse(&buf[..len]).unwrap();
+    assert_eq!((reply.node.get(), reply.endpoint()), (101, None));
+
+    drop(agent);
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(stderr.matches("no RDMA on this host").count(), 1, "{stderr}");
+}
