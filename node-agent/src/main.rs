@@ -119,6 +119,15 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
         .context("installing the SIGHUP handler")?;
     let mut tracer = Tracer::attach(&cgroup, config.flows.max_tracked_flows, config.flows.ring_buffer_bytes)?;
     info!(message = "tracing TCP flows", cgroup = %cgroup.display());
+    if config.uplink.sampler.is_none() {
+        // One configuration for every host: the rack's sampler from the
+        // topology file.
+        config.uplink.sampler = Topology::load(&config.topology).ok().and_then(|t| {
+            t.node(config.node_id)
+                .and_then(|n| t.rack(n.rack))
+                .and_then(|r| r.sampler)
+        });
+    }
     let samplers: Vec<_> = [config.uplink.sampler, config.uplink.secondary_sampler]
         .into_iter()
         .flatten()
@@ -142,7 +151,10 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
             ))
         }
         None if debug => None,
-        None => anyhow::bail!("no sampler: set uplink.sampler, or run with --debug"),
+        None => anyhow::bail!(
+            "no sampler: set uplink.sampler, or `sampler` of this node's rack in {}, or run with --debug",
+            config.topology.display()
+        ),
     };
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeRecord>(4_096);
     let probe_stats = Arc::new(std::sync::Mutex::new(ProbeStats::default()));
