@@ -21,7 +21,7 @@
 //!   [`MAD_FLOOR_SHARE`] of the median so a perfectly steady path does not
 //!   flag on jitter);
 //! - **responder delay**: the responder held probes longer than
-//!   `p99_rtt_us` at the 99th percentile — a slow *host*, kept apart from
+//!   `p99_responder_delay_us` at the 99th percentile — a slow *host*, kept apart from
 //!   the network symptoms because the sampler already subtracts it from the
 //!   network RTT.
 
@@ -314,7 +314,7 @@ impl<'c> Detector<'c> {
                     threshold_us: threshold / 1_000.0,
                 });
             }
-            if path.responder_delay_p99_ns > cfg.p99_rtt_us * 1_000 {
+            if path.responder_delay_p99_ns > cfg.p99_responder_delay_us * 1_000 {
                 symptoms.push(Symptom::ResponderDelay {
                     p99_us: us(path.responder_delay_p99_ns),
                 });

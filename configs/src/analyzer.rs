@@ -34,6 +34,10 @@ pub struct Detection {
     pub retrans_rate: f64,
     /// p99 network RTT above which a path window is flagged, µs.
     pub p99_rtt_us: u64,
+    /// p99 responder delay (how long the answering host held probes) above
+    /// which the responder is flagged as slow, µs: a host threshold, kept
+    /// apart from the network's.
+    pub p99_responder_delay_us: u64,
     /// Windows of a path's own history that form its baseline.
     pub baseline_windows: u32,
     /// A value more than this many median absolute deviations above the
@@ -77,6 +81,7 @@ impl Default for Detection {
             loss_rate: 0.02,
             retrans_rate: 0.01,
             p99_rtt_us: 500,
+            p99_responder_delay_us: 500,
             baseline_windows: 30,
             mad_k: 5.0,
             rtt_baseline_min_increase_us: 100,
@@ -107,6 +112,12 @@ impl Component for AnalyzerConfig {
         c.range("detect.loss_rate", d.loss_rate, 0.0..=1.0, "a fraction");
         c.range("detect.retrans_rate", d.retrans_rate, 0.0..=1.0, "a fraction");
         c.range("detect.p99_rtt_us", d.p99_rtt_us, 1..=60_000_000, "microseconds");
+        c.range(
+            "detect.p99_responder_delay_us",
+            d.p99_responder_delay_us,
+            1..=60_000_000,
+            "microseconds",
+        );
         c.range("detect.baseline_windows", d.baseline_windows, 3..=100_000, "windows");
         c.range("detect.mad_k", d.mad_k, 0.5..=100.0, "a multiple");
         c.range(
