@@ -12,8 +12,13 @@
 //!
 //! `flowmesh-bench sampler-ingest` measures the sampler's UDP ingest against
 //! a bare receive loop ([`sampler_ingest`]).
+//!
+//! `flowmesh-bench rack-sim` runs the whole pipeline on racks of simulated
+//! hosts in network namespaces, injects each fault class and checks the
+//! analyzer names it within two windows ([`rack_sim`]).
 
 mod analyzer_report;
+mod rack_sim;
 mod sampler_ingest;
 
 use std::path::Path;
@@ -65,6 +70,13 @@ enum Bench {
     /// Sampler ingest: records/s through flowmesh-sampler beside a bare
     /// receive loop, and the loss at a paced rate.
     SamplerIngest(sampler_ingest::Options),
+    /// Rack simulation: agents, samplers and a collector on racks of
+    /// network namespaces; each fault injected and its detection timed.
+    RackSim(rack_sim::Options),
+    /// (Used by rack-sim.) TCP request/response and bulk traffic to peers,
+    /// or a paced UDP stream.
+    #[command(hide = true)]
+    Traffic(rack_sim::TrafficOptions),
     /// (Used by sampler-ingest.) Count datagrams received on LISTEN.
     #[command(hide = true)]
     UdpSink {
@@ -89,6 +101,8 @@ fn main() -> anyhow::Result<()> {
         Bench::AnalyzerReport(options) => analyzer_report::run(&options),
         Bench::SamplerIngest(options) => sampler_ingest::run(&options),
         Bench::UdpSink { listen, seconds } => sampler_ingest::udp_sink(listen, seconds),
+        Bench::RackSim(options) => rack_sim::run_sim(&options),
+        Bench::Traffic(options) => rack_sim::traffic(&options),
     }
 }
 

@@ -1,0 +1,66 @@
+//! The end-to-end test: `flowmesh-bench rack-sim` builds 3 racks × 3 hosts
+//! in network namespaces, runs agents (real eBPF), samplers and a collector
+//! on them with TCP traffic, runs clean for two minutes — which must yield
+//! no anomaly — then injects each fault class (host down, host NIC loss,
+//! rack uplink loss, rack-pair queueing delay, TCP retransmissions) and
+//! fails unless the analyzer names each one, with the right element,
+//! within two aggregation windows. Afterwards nothing of it remains.
+//!
+//! Needs root, `ip`, `nft`, `tc` and the four binaries (built by the same
+//! `cargo nextest run --workspace`), as CI has. .config/nextest.toml runs
+//! it alone: it loads the two cores on purpose.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use std::process::Command;
+
+#[test]
+fn rack_sim_names_every_fault_within_two_windows() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-bench"))
+        .args(["rack-sim", "--clean-secs", "120"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The detection latencies, for the CI log.
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("clean period:") && stdout.contains(", 0 anomalies"),
+        "{stdout}"
+    );
+    for fault in ["HostDown", "NicLoss", "UplinkLoss", "RackPairDelay", "TcpRetrans"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(fault) && l.contains("windows)")),
+            "{fault} not detected:\n{stdout}"
+        );
+    }
+    // Nothing left behind: the run's namespaces (named after its tag) and
+    // cgroups are gone.
+    let tag = stdout
+        .split("network namespaces ")
+        .nth(1)
+        .and_then(|rest| rest.split('*').next())
+        .unwrap()
+        .to_string();
+    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout).contains(&tag),
+        "namespaces of {tag} remain"
+    );
+    let cgroups = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = cgroups
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f.get(sep + 1) == Some(&"cgroup2")).then(|| f[4].to_string())
+        })
+        .unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&tag))
+        .collect();
+    assert!(leftovers.is_empty(), "cgroups remain: {leftovers:?}");
+}
