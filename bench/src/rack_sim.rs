@@ -64,6 +64,24 @@ pub(crate) struct Options {
     /// Faults to inject, in order (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     faults: Vec<FaultKind>,
+    /// Keep each fault at least this long, seconds (it is cleared once
+    /// named, or after two windows, whichever is later).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
+    /// During the clean period, stop the collector for two windows and
+    /// restart it: the samplers spool and replay, and the end checks that
+    /// every window is stored exactly once.
+    #[arg(long)]
+    collector_outage: bool,
+    /// Run a Prometheus server (on the spine) scraping every daemon, and
+    /// check at the end that all are up and `promtool check metrics`
+    /// accepts each exposition.
+    #[arg(long)]
+    prometheus: bool,
+    /// At the end, print the analyzer's report over the whole run and
+    /// write report.json and report.html into the directory.
+    #[arg(long)]
+    report: bool,
     /// Keep the working directory (database, configs, logs) here; default:
     /// a temporary directory removed at the end.
     #[arg(long)]
@@ -238,7 +256,10 @@ impl Simulation {
     fn build(racks: u32, per_rack: u32, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Simulation> {
         // Short and unique: namespace names show in `ip netns`, and a killed
         // run's leftovers never collide with this one.
-        let tag = format!("fs{:x}", ((now_ns() / 1_000) ^ u64::from(std::process::id())) & 0xf_ffff);
+        let tag = format!(
+            "fs{:x}",
+            ((now_ns() / 1_000) ^ u64::from(std::process::id())) & 0xf_ffff
+        );
         let cgroot = cgroup_root()?;
         let mut sim = Simulation {
             tag,
@@ -375,7 +396,7 @@ impl Simulation {
             "collector.toml",
             &format!(
                 "listen = \"198.18.0.1:4433\"\ndatabase = \"{}\"\ntopology = \"{}\"\n\
-                 [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:9103\"\n",
+                 [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metrics]\nlisten = \"198.18.0.1:9103\"\n",
                 dir.join("flowmesh.db").display(),
                 topology.display(),
                 pki("ca.pem"),
@@ -383,14 +404,8 @@ impl Simulation {
                 pki("collector.key"),
             ),
         )?;
-        let spine = self.spine();
         let bin = self.bin.clone();
-        self.spawn(
-            "collector",
-            &spine,
-            &bin.join("flowmesh-collector"),
-            &["--config".into(), collector.display().to_string()],
-        )?;
+        self.start_collector(&collector)?;
         for r in 1..=self.racks {
             let config = self.write(
                 &format!("sampler-rack{r}.toml"),
@@ -399,7 +414,7 @@ impl Simulation {
                      [ingest]\nlisten = [\"198.18.{r}.250:5001\"]\n\
                      [aggregate]\nwindow_secs = {window_secs}\ngrace_ms = 1000\n\
                      [uplink]\ncollector = \"198.18.0.1:4433\"\nserver_name = \"localhost\"\nspool_dir = \"{}\"\n\
-                     tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n[metrics]\nlisten = \"127.0.0.1:9102\"\n",
+                     tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n[metrics]\nlisten = \"198.18.{r}.250:9102\"\n",
                     topology.display(),
                     dir.join(format!("spool-rack{r}")).display(),
                     pki("ca.pem"),
@@ -422,10 +437,11 @@ impl Simulation {
                 &format!(
                     "node_id = {}\ntopology = \"{}\"\n[flows]\ncgroup = \"{}\"\n\
                      [probes]\ninterval_ms = 100\ntimeout_ms = 500\ninter_rack_peers = {per_rack}\n\
-                     [metrics]\nlisten = \"127.0.0.1:9101\"\n",
+                     [metrics]\nlisten = \"{}:9101\"\n",
                     node.id(),
                     topology.display(),
-                    node.cgroup.display()
+                    node.cgroup.display(),
+                    node.ip()
                 ),
             )?;
             self.spawn(
@@ -462,6 +478,105 @@ impl Simulation {
             )?;
         }
         self.check_alive()
+    }
+
+    fn start_collector(&mut self, config: &Path) -> anyhow::Result<()> {
+        let spine = self.spine();
+        let program = self.bin.join("flowmesh-collector");
+        self.spawn(
+            "collector",
+            &spine,
+            &program,
+            &["--config".into(), config.display().to_string()],
+        )
+    }
+
+    /// Stops the collector (SIGTERM, as an operator would) and forgets it.
+    fn stop_collector(&mut self) -> anyhow::Result<()> {
+        let at = self
+            .children
+            .iter()
+            .position(|(name, _)| name == "collector")
+            .context("no collector running")?;
+        let (_, mut child) = self.children.remove(at);
+        run(&["kill", "-TERM", &child.id().to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// Every daemon's metrics endpoint.
+    fn metrics_targets(&self) -> Vec<String> {
+        let mut targets = vec!["198.18.0.1:9103".to_string()];
+        targets.extend((1..=self.racks).map(|r| format!("198.18.{r}.250:9102")));
+        targets.extend(self.nodes.iter().map(|n| format!("{}:9101", n.ip())));
+        targets
+    }
+
+    /// Starts Prometheus on the spine, which routes to every daemon.
+    fn start_prometheus(&mut self) -> anyhow::Result<()> {
+        let targets: Vec<String> = self.metrics_targets().iter().map(|t| format!("\"{t}\"")).collect();
+        let config = self.write(
+            "prometheus.yml",
+            &format!(
+                "global: {{ scrape_interval: 2s, scrape_timeout: 1s }}\nscrape_configs:\n  - job_name: flowmesh\n    \
+                 static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )?;
+        let spine = self.spine();
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", self.dir.join("prometheus").display()),
+            "--web.listen-address=198.18.0.1:9090".to_string(),
+        ];
+        self.spawn("prometheus", &spine, Path::new("prometheus"), &args)
+    }
+
+    /// An HTTP GET from the spine (where every address routes), via curl.
+    fn get(&self, url: &str) -> anyhow::Result<String> {
+        let out = Command::new("nsenter")
+            .arg(Self::ns_path(&self.spine()))
+            .args(["curl", "-fsS", "--max-time", "5", url])
+            .output()
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!("GET {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// How many daemons Prometheus has up, and the expositions promtool
+    /// rejects.
+    fn check_prometheus(&self) -> anyhow::Result<(usize, Vec<String>)> {
+        let body = self.get("http://198.18.0.1:9090/api/v1/query?query=up")?;
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        let up = json["data"]["result"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|x| x["value"][1] == "1").count());
+        let mut rejected = Vec::new();
+        for target in self.metrics_targets() {
+            let page = self.get(&format!("http://{target}/metrics"))?;
+            let mut check = Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            check
+                .stdin
+                .take()
+                .context("promtool's stdin")?
+                .write_all(page.as_bytes())?;
+            if !check.wait()?.success() {
+                rejected.push(target);
+            }
+        }
+        Ok((up, rejected))
     }
 
     /// Fails naming the first process that has exited.
@@ -698,6 +813,30 @@ fn anomalies_after(report: &serde_json::Value, after_ns: u64) -> Vec<(String, St
         .unwrap_or_default()
 }
 
+/// Samplers whose windows, from their first to their last, are not each
+/// in the database exactly once ("sampler: present of expected"). Batch ids
+/// are per sampler, window and part, so a replayed batch is never stored
+/// twice; a missing one is a gap.
+fn windows_not_once(database: &Path, window_ns: u64) -> anyhow::Result<Vec<String>> {
+    let db = rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut query = db.prepare(
+        "SELECT sampler_id, COUNT(DISTINCT window_start_ns), \
+                (MAX(window_start_ns) - MIN(window_start_ns)) / ?1 + 1 \
+         FROM batches GROUP BY sampler_id",
+    )?;
+    let rows = query.query_map([window_ns as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (sampler, distinct, expected) = row?;
+        if distinct != expected {
+            out.push(format!("{sampler}: {distinct} of {expected}"));
+        }
+    }
+    Ok(out)
+}
+
 /// One fault's outcome.
 struct Outcome {
     fault: FaultKind,
@@ -751,6 +890,9 @@ pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
         options.racks, options.nodes_per_rack, sim.tag
     ));
     sim.start(options.window_secs)?;
+    if options.prometheus {
+        sim.start_prometheus()?;
+    }
     say(format!(
         "started {} agents, {} samplers ({} s windows), 1 collector, {} traffic generators; SQLite at {}",
         sim.nodes.len(),
@@ -775,7 +917,27 @@ pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
     pause(window * 2)?;
     let clean_from = now_ns().div_ceil(window_ns) * window_ns;
     say(format!("clean running for {} s", options.clean_secs));
-    pause(Duration::from_secs(options.clean_secs) + window + Duration::from_secs(3))?;
+    let clean_started = Instant::now();
+    if options.collector_outage {
+        pause(Duration::from_secs(5))?;
+        sim.stop_collector()?;
+        say(format!(
+            "stopped the collector for {} s: the samplers spool their windows",
+            2 * options.window_secs
+        ));
+        pause(window * 2)?;
+        let config = dir.join("collector.toml");
+        sim.start_collector(&config)?;
+        say("restarted the collector: the samplers replay their spools".into());
+    }
+    let clean_until = Duration::from_secs(options.clean_secs) + window + Duration::from_secs(3);
+    while let Some(left) = clean_until
+        .checked_sub(clean_started.elapsed())
+        .filter(|d| !d.is_zero())
+    {
+        say(format!("running clean: {} s left", left.as_secs()));
+        pause(left.min(Duration::from_secs(15)))?;
+    }
     sim.check_alive()?;
     let since = Duration::from_nanos(now_ns() - clean_from) + window;
     let report = sim.analyze(since, &analyzer)?;
@@ -831,11 +993,57 @@ pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
                 outcome.named
             )),
         }
+        pause(Duration::from_secs(options.hold_secs).saturating_sub(started.elapsed()))?;
         sim.clear(fault)?;
+        say(format!("cleared {fault:?}"));
         outcomes.push(outcome);
         sim.check_alive()?;
         // Recovery: the next fault starts from clean windows.
         pause(window * 2)?;
+    }
+    // The last windows reach the database.
+    pause(window + Duration::from_secs(4))?;
+    let mut failures = Vec::new();
+    let missing = windows_not_once(&dir.join("flowmesh.db"), window_ns)?;
+    if missing.is_empty() {
+        say("every sampler's windows are in the database exactly once".into());
+    } else {
+        failures.push(format!(
+            "windows missing or repeated (sampler: present of expected): {missing:?}"
+        ));
+    }
+    if options.prometheus {
+        let (up, rejected) = sim.check_prometheus()?;
+        let all = sim.metrics_targets().len();
+        if up == all && rejected.is_empty() {
+            say(format!(
+                "Prometheus scraped all {all} daemons (up = 1); promtool accepts every exposition"
+            ));
+        } else {
+            failures.push(format!(
+                "Prometheus sees {up} of {all} daemons up; promtool rejects {rejected:?}"
+            ));
+        }
+    }
+    if options.report {
+        let since = format!("{}s", (now_ns() - clean_from) / 1_000_000_000 + options.window_secs);
+        let analyzer_bin = sim.bin.join("flowmesh-analyzer");
+        for (format, file) in [("json", "report.json"), ("html", "report.html")] {
+            Command::new(&analyzer_bin)
+                .arg("--config")
+                .arg(&analyzer)
+                .args(["report", "--since", &since, "--format", format, "--output"])
+                .arg(dir.join(file))
+                .stderr(Stdio::null())
+                .status()?;
+        }
+        println!();
+        Command::new(&analyzer_bin)
+            .arg("--config")
+            .arg(&analyzer)
+            .args(["report", "--since", &since])
+            .stderr(Stdio::null())
+            .status()?;
     }
     println!("\nfault              expected               detection latency");
     for o in &outcomes {
@@ -857,8 +1065,21 @@ pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
         .filter(|o| o.latency.is_none())
         .map(|o| format!("{:?} (named {:?})", o.fault, o.named))
         .collect();
-    if !clean.is_empty() || !missed.is_empty() {
-        bail!("rack-sim failed: clean-period anomalies {clean:?}; faults not named within two windows: {missed:?}");
+    if !clean.is_empty() {
+        failures.push(format!("clean-period anomalies {clean:?}"));
+    }
+    if !missed.is_empty() {
+        failures.push(format!("faults not named within two windows: {missed:?}"));
+    }
+    if options.dir.is_some() {
+        println!("database:    {}", dir.join("flowmesh.db").display());
+        if options.report {
+            println!("HTML report: {}", dir.join("report.html").display());
+        }
+        println!("logs and configurations: {}", dir.display());
+    }
+    if !failures.is_empty() {
+        bail!("rack-sim failed: {}", failures.join("; "));
     }
     println!("rack-sim: the clean period had no anomaly and every fault was named within two windows");
     Ok(())
