@@ -479,11 +479,18 @@ mod tests {
     async fn receive_times_are_the_kernels() {
         let rx = bind("127.0.0.1:0".parse().unwrap(), 0).await.unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The kernel turns receive timestamping on for the whole system in
+        // deferred work when the first socket asks; until then a packet is
+        // stamped when read. One packet through first, as an agent's
+        // sockets have long been open before they carry probes.
+        let mut buf = [0u8; 64];
+        tx.send_to(b"warm", rx.local_addr().unwrap()).unwrap();
+        recv_stamped(&rx, &mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let sent = now_ns();
         tx.send_to(b"stamp", rx.local_addr().unwrap()).unwrap();
         // The agent busy elsewhere for 200 ms.
         std::thread::sleep(Duration::from_millis(200));
-        let mut buf = [0u8; 64];
         let (len, from, stamp) = tokio::time::timeout(Duration::from_secs(5), recv_stamped(&rx, &mut buf))
             .await
             .unwrap()
