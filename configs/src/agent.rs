@@ -56,6 +56,10 @@ pub struct AgentUplink {
     /// Send an empty datagram after this long without records, so the sampler
     /// can tell an idle agent from a dead one, seconds.
     pub heartbeat_secs: u64,
+    /// Most datagrams sent per second: a host agent must never flood its
+    /// network. Over it, datagrams are dropped and counted (their sequence
+    /// numbers are used, so the sampler sees the gap as lost telemetry).
+    pub max_datagrams_per_sec: u32,
 }
 
 /// eBPF flow tracing.
@@ -136,6 +140,7 @@ impl Default for AgentUplink {
             flush_ms: 200,
             batch_size: 0,
             heartbeat_secs: 5,
+            max_datagrams_per_sec: 5_000,
         }
     }
 }
@@ -199,6 +204,12 @@ impl Component for AgentConfig {
             "records (0 = as many as fit)",
         );
         c.range("uplink.heartbeat_secs", up.heartbeat_secs, 1..=3_600, "seconds");
+        c.range(
+            "uplink.max_datagrams_per_sec",
+            up.max_datagrams_per_sec,
+            1..=1_000_000,
+            "datagrams per second",
+        );
         if let (Some(a), Some(b)) = (up.sampler, up.secondary_sampler) {
             c.check(
                 a != b,

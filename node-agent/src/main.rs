@@ -81,6 +81,16 @@ fn debug_line(flow: &Flow) -> serde_json::Value {
     })
 }
 
+/// A flow (closed, or still open) to the debug output and the sampler.
+async fn report_flow(flow: Flow, debug: bool, sender: Option<&mut Sender>) {
+    if debug {
+        println!("{}", debug_line(&flow));
+    }
+    if let Some(sender) = sender {
+        sender.push_flow(flow.to_record()).await;
+    }
+}
+
 /// One JSON line for a probe's outcome (`--debug`).
 fn probe_line(record: &ProbeRecord) -> serde_json::Value {
     serde_json::json!({
@@ -117,7 +127,12 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
     // Installed whatever the configuration, so a SIGHUP never kills the agent.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    let mut tracer = Tracer::attach(&cgroup, config.flows.max_tracked_flows, config.flows.ring_buffer_bytes)?;
+    let mut tracer = Tracer::attach(
+        &cgroup,
+        config.flows.max_tracked_flows,
+        config.flows.ring_buffer_bytes,
+        config.flows.max_tracked_processes,
+    )?;
     info!(message = "tracing TCP flows", cgroup = %cgroup.display());
     if config.uplink.sampler.is_none() {
         // One configuration for every host: the rack's sampler from the
@@ -148,6 +163,7 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
                 },
                 config.uplink.max_datagram_bytes,
                 config.uplink.batch_size,
+                config.uplink.max_datagrams_per_sec,
             ))
         }
         None if debug => None,
@@ -259,6 +275,11 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
         println!("{}", serde_json::json!({ "tracing": cgroup.display().to_string() }));
     }
     let mut flush = tokio::time::interval(Duration::from_millis(config.uplink.flush_ms));
+    // Flows that stay open are reported this often, so a connection that
+    // never closes is still seen.
+    let report_open = Duration::from_secs(config.flows.report_open_secs);
+    let mut open_tick = tokio::time::interval_at(tokio::time::Instant::now() + report_open, report_open);
+    let mut last_sweep = std::time::Instant::now();
     tokio::pin!(shutdown);
     let clock = tracer.clock();
     loop {
@@ -267,13 +288,7 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
                 let events = events?;
                 stats.lock().unwrap_or_else(|p| p.into_inner()).flows += events.len() as u64;
                 for event in events {
-                    let flow = tracer::flow(&event, clock);
-                    if debug {
-                        println!("{}", debug_line(&flow));
-                    }
-                    if let Some(sender) = sender.as_mut() {
-                        sender.push_flow(flow.to_record()).await;
-                    }
+                    report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
                 }
             }
             Some(record) = probe_rx.recv() => {
@@ -284,12 +299,28 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
                     sender.push_probe(record).await;
                 }
             }
+            _ = open_tick.tick() => {
+                let open = tracer.open_flows(report_open.as_nanos() as u64);
+                stats.lock().unwrap_or_else(|p| p.into_inner()).open_reports += open.len() as u64;
+                for event in open {
+                    report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
+                }
+            }
             _ = flush.tick() => {
                 if let Some(sender) = sender.as_mut() {
                     sender.flush().await;
+                    sender.heartbeat_if_idle(Duration::from_secs(config.uplink.heartbeat_secs)).await;
                 }
+                // The process table is swept less often than the flush.
+                let connects = (last_sweep.elapsed() >= Duration::from_secs(2)).then(|| {
+                    last_sweep = std::time::Instant::now();
+                    tracer.connects_by_comm()
+                });
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                 s.kernel_drops = tracer.drops();
+                if let Some(connects) = connects {
+                    s.connects = connects;
+                }
                 s.sender = sender.as_ref().map(Sender::stats).unwrap_or_default();
             }
             _ = &mut shutdown => break,
@@ -316,7 +347,8 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
             message = "kernel-side drops",
             ring_full = drops[0],
             flows_full = drops[1],
-            untracked_end = drops[2]
+            untracked_end = drops[2],
+            procs_full = drops[3]
         );
     }
     metrics.set_ready(false);

@@ -4,10 +4,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::{CgroupAttachMode, SockOps};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
-use node_ebpf_common::{AF_INET6, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FlowEvent, SOCK_OPS_PROGRAM, drops};
+use node_ebpf_common::{
+    AF_INET6, CONNECT_PROGRAMS, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FlowEvent, PROCS_MAP, ProcessConnects,
+    SOCK_OPS_PROGRAM, drops, end_reason,
+};
 use tokio::io::unix::AsyncFd;
 use wire_format::{Direction, EndReason, Flow};
 
@@ -55,8 +58,21 @@ pub enum TracerError {
 pub struct Tracer {
     _ebpf: Ebpf,
     events: AsyncFd<RingBuf<MapData>>,
+    flows: HashMap<MapData, u64, [u8; FLOW_EVENT_LEN]>,
+    procs: PerCpuHashMap<MapData, u32, [u8; 24]>,
     drops: PerCpuArray<MapData, u64>,
     clock: Clock,
+    /// Connects of processes that have exited, by command name.
+    retired: std::collections::BTreeMap<String, u64>,
+}
+
+/// Bytes of a [`FlowEvent`] as the programs store it.
+const FLOW_EVENT_LEN: usize = std::mem::size_of::<FlowEvent>();
+
+/// `CLOCK_BOOTTIME` now, ns: the clock the programs stamp with.
+fn boot_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// Converts the kernel's `CLOCK_BOOTTIME` to wall-clock time.
@@ -86,10 +102,12 @@ impl Clock {
 impl Tracer {
     /// Loads the programs with the given table sizes and attaches them to
     /// `cgroup`, so only its processes' sockets are seen.
-    pub fn attach(cgroup: &Path, max_flows: u32, ring_bytes: u32) -> Result<Tracer, TracerError> {
+    /// `max_processes` bounds the per-process connect counters.
+    pub fn attach(cgroup: &Path, max_flows: u32, ring_bytes: u32, max_processes: u32) -> Result<Tracer, TracerError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_MAP, max_flows)
             .map_max_entries(EVENTS_MAP, ring_bytes)
+            .map_max_entries(PROCS_MAP, max_processes)
             .load(PROGRAMS)?;
         let cgroup_name = cgroup.display().to_string();
         let dir = std::fs::File::open(cgroup).map_err(|source| TracerError::Cgroup {
@@ -100,18 +118,28 @@ impl Tracer {
             cgroup: cgroup_name.clone(),
             source,
         };
+        let missing = |name: &str| TracerError::Map {
+            name: "program",
+            message: format!("{name} missing from the object"),
+        };
         let program: &mut SockOps = ebpf
             .program_mut(SOCK_OPS_PROGRAM)
-            .ok_or_else(|| TracerError::Map {
-                name: "program",
-                message: format!("{SOCK_OPS_PROGRAM} missing from the object"),
-            })?
+            .ok_or_else(|| missing(SOCK_OPS_PROGRAM))?
             .try_into()
             .map_err(attach_error)?;
         program.load().map_err(attach_error)?;
         // Single: AllowMultiple is refused with EINVAL on the kernels
         // measured (../shared/notes/ebpf-toolchain.md).
         program.attach(&dir, CgroupAttachMode::Single).map_err(attach_error)?;
+        for name in CONNECT_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| missing(name))?
+                .try_into()
+                .map_err(attach_error)?;
+            program.load().map_err(attach_error)?;
+            program.attach(&dir, CgroupAttachMode::Single).map_err(attach_error)?;
+        }
         let map = |name: &'static str, ebpf: &mut Ebpf| {
             ebpf.take_map(name).ok_or(TracerError::Map {
                 name,
@@ -126,6 +154,14 @@ impl Tracer {
             name: DROPS_MAP,
             message: e.to_string(),
         })?;
+        let flows = HashMap::try_from(map(FLOWS_MAP, &mut ebpf)?).map_err(|e| TracerError::Map {
+            name: FLOWS_MAP,
+            message: e.to_string(),
+        })?;
+        let procs = PerCpuHashMap::try_from(map(PROCS_MAP, &mut ebpf)?).map_err(|e| TracerError::Map {
+            name: PROCS_MAP,
+            message: e.to_string(),
+        })?;
         // `AsyncFd::new` is deprecated because a caller could close the fd
         // while it is registered; here the AsyncFd owns the ring buffer,
         // which owns its fd, so it lives exactly as long as the
@@ -135,8 +171,11 @@ impl Tracer {
         Ok(Tracer {
             _ebpf: ebpf,
             events,
+            flows,
+            procs,
             drops,
             clock: Clock::now(),
+            retired: std::collections::BTreeMap::new(),
         })
     }
 
@@ -158,8 +197,51 @@ impl Tracer {
         }
     }
 
+    /// The flows open now that have been open for at least `min_age_ns`,
+    /// as of their latest refresh (`end_reason` [`end_reason::OPEN`]).
+    pub fn open_flows(&self, min_age_ns: u64) -> Vec<FlowEvent> {
+        let now = boot_ns();
+        self.flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(_, bytes)| FlowEvent::from_bytes(&bytes))
+            .filter(|e| now.saturating_sub(e.start_boot_ns) >= min_age_ns)
+            .collect()
+    }
+
+    /// TCP connects by command name since the agent started: the live
+    /// processes' counters plus those of exited processes, whose entries are
+    /// swept out here so the bounded table never fills with the dead.
+    pub fn connects_by_comm(&mut self) -> std::collections::BTreeMap<String, u64> {
+        // One slot per CPU: the counts add up, the name is in whichever
+        // slot first saw the process.
+        let entries: Vec<(u32, ProcessConnects)> = self
+            .procs
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(pid, slots)| {
+                let mut total = ProcessConnects::default();
+                for slot in slots.iter().map(ProcessConnects::from_bytes) {
+                    total.connects += slot.connects;
+                    if total.comm[0] == 0 {
+                        total.comm = slot.comm;
+                    }
+                }
+                (pid, total)
+            })
+            .collect();
+        let mut totals = self.retired.clone();
+        for (pid, entry) in entries {
+            *totals.entry(entry.comm_str().to_string()).or_default() += entry.connects;
+            if !Path::new(&format!("/proc/{pid}")).exists() && self.procs.remove(&pid).is_ok() {
+                *self.retired.entry(entry.comm_str().to_string()).or_default() += entry.connects;
+            }
+        }
+        totals
+    }
+
     /// The kernel side's drop counters summed over CPUs: ring buffer full,
-    /// flow table full, flows ended untracked.
+    /// flow table full, flows ended untracked, process table full.
     pub fn drops(&self) -> [u64; drops::COUNT as usize] {
         let mut out = [0; drops::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -198,10 +280,10 @@ pub fn flow(event: &FlowEvent, clock: Clock) -> Flow {
         } else {
             Direction::Outbound
         },
-        end_reason: if event.end_reason == node_ebpf_common::end_reason::RESET {
-            EndReason::Reset
-        } else {
-            EndReason::Closed
+        end_reason: match event.end_reason {
+            end_reason::RESET => EndReason::Reset,
+            end_reason::OPEN => EndReason::Open,
+            _ => EndReason::Closed,
         },
         start_ns: clock.wall_ns(event.start_boot_ns),
         duration_ns: event.end_boot_ns.saturating_sub(event.start_boot_ns),

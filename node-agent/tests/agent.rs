@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{TestCgroup, spawn_debug_agent};
+use common::{TestCgroup, python_in, spawn_debug_agent};
 
 /// The agent in --debug mode, killed on drop if still running.
 struct Agent {
@@ -106,15 +106,7 @@ fn client_in(cgroup: &TestCgroup, to: SocketAddr, send: usize, connections: usiz
         to.port(),
         v6 = if to.is_ipv6() { "True" } else { "False" },
     );
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\"",
-            cgroup.0.display()
-        ))
-        .arg(script)
-        .status()
-        .unwrap();
+    let status = python_in(cgroup, None, &script);
     assert!(status.success(), "client failed: {status}");
 }
 
@@ -579,4 +571,84 @@ fn without_rdma_the_agent_says_so_once_and_probes_over_udp() {
     drop(agent);
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert_eq!(stderr.matches("no RDMA on this host").count(), 1, "{stderr}");
+}
+
+/// A connection that stays open is reported while open (every
+/// `flows.report_open_secs`), with the bytes it has moved so far and the
+/// flow id its close will carry.
+#[test]
+fn a_flow_that_stays_open_is_reported_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cgroup = TestCgroup::create();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut agent = Agent::start(
+        &cgroup,
+        dir.path(),
+        "agent",
+        &format!(
+            "node_id = 101\n[flows]\nreport_open_secs = 1\n[probes]\nenabled = false\n[metrics]\nlisten = \"{metrics}\"\n"
+        ),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).unwrap();
+        buf.len()
+    });
+    let script = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{}', {}))\n\
+         s.sendall(b'x' * 10000)\n\
+         time.sleep(3.5)\n\
+         s.close()\n",
+        server_addr.ip(),
+        server_addr.port()
+    );
+    assert!(python_in(&cgroup, None, &script).success());
+    assert_eq!(server.join().unwrap(), 10_000);
+    let mut open = Vec::new();
+    let closed = loop {
+        let line = agent.next(Duration::from_secs(10));
+        if line["end_reason"] == "open" {
+            open.push(line);
+        } else {
+            break line;
+        }
+    };
+    assert!(!open.is_empty(), "no open report before the close: {closed}");
+    for report in &open {
+        assert_eq!(report["flow_id"], closed["flow_id"], "{report}");
+        assert_eq!(report["bytes_acked"], 10_000, "{report}");
+        assert_eq!(report["dst_port"], server_addr.port(), "{report}");
+        assert!(report["duration_ns"].as_u64().unwrap() > 0, "{report}");
+    }
+    assert_eq!(closed["end_reason"], "closed", "{closed}");
+    assert_eq!(closed["bytes_acked"], 10_000, "{closed}");
+    assert!(closed["duration_ns"].as_u64().unwrap() >= 3_000_000_000, "{closed}");
+
+    // The connect was counted for its process (python3, which has exited:
+    // its entry is swept from the kernel table, its count kept).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = scrape(metrics);
+        let connects = page
+            .lines()
+            .find_map(|l| l.strip_prefix("flowmesh_agent_connects_total{comm=\"python3\"} "))
+            .map(str::to_string);
+        if connects.as_deref() == Some("1") {
+            assert!(page.contains("flowmesh_agent_open_flow_reports_total"), "{page}");
+            configs::endpoint::promtool_check(&page).unwrap();
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "python3's connect not counted: {connects:?}\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

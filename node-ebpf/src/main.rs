@@ -1,6 +1,9 @@
-//! flowmesh's kernel side: one sock_ops program, attached to a cgroup v2,
-//! that sees every TCP connection of the cgroup's processes established and
-//! closed, IPv4 and IPv6, active and passive.
+//! flowmesh's kernel side, attached to a cgroup v2: a sock_ops program that
+//! sees every TCP connection of the cgroup's processes established, keeps
+//! its counters current in a flow table while it is open (on RTT samples
+//! and retransmissions) and reports it closed, IPv4 and IPv6, active and
+//! passive; and connect4/connect6 programs that count TCP connects per
+//! process, in the caller's context (pid and comm are its).
 //!
 //! Everything comes from the UAPI `bpf_sock_ops` context (bytes, segments,
 //! retransmissions, RTTs, addresses) and helpers (socket cookie, TOS), so

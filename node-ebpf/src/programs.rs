@@ -1,26 +1,41 @@
 //! The sock_ops program and its maps (BPF target only).
 
-use aya_ebpf::bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock_ops};
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_boot_ns};
-use aya_ebpf::macros::{map, sock_ops};
-use aya_ebpf::maps::{HashMap, PerCpuArray, RingBuf};
-use aya_ebpf::programs::SockOpsContext;
-use node_ebpf_common::{AF_INET, AF_INET6, FlowEvent, FlowStart, direction, drops, end_reason};
+use aya_ebpf::bindings::{
+    BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock_ops,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_boot_ns,
+};
+use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
+use aya_ebpf::maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
+use node_ebpf_common::{AF_INET, AF_INET6, FlowEvent, ProcessConnects, direction, drops, end_reason};
 
 // Sizes here are defaults; the agent sets them from its configuration at
 // load time.
 #[map(name = "FLOW_EVENTS")]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
+/// Every established flow's latest state, keyed by socket cookie: the agent
+/// reads it to report flows that stay open, and the close event is built
+/// from it.
 #[map(name = "FLOWS")]
-static FLOWS: HashMap<u64, FlowStart> = HashMap::with_max_entries(65_536, 0);
+static FLOWS: HashMap<u64, FlowEvent> = HashMap::with_max_entries(65_536, 0);
+
+/// TCP connects per process (tgid), per CPU so counting needs no atomics
+/// (the BPF target has no 64-bit fetch-add in Rust); the agent sums the
+/// CPUs and sweeps out exited processes.
+#[map(name = "PROCS")]
+static PROCS: PerCpuHashMap<u32, ProcessConnects> = PerCpuHashMap::with_max_entries(4_096, 0);
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drops::COUNT, 0);
 
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const BPF_SOCK_OPS_RETRANS_CB: u32 = 9;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_RTT_CB: u32 = 12;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
@@ -39,6 +54,7 @@ pub fn flowmesh_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, direction::OUTBOUND),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, direction::INBOUND),
+        BPF_SOCK_OPS_RTT_CB | BPF_SOCK_OPS_RETRANS_CB => refresh(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => closed(&ctx),
         _ => {}
     }
@@ -52,56 +68,15 @@ fn count(index: u32) {
     }
 }
 
-fn established(ctx: &SockOpsContext, direction: u8) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
-    let start = FlowStart {
-        start_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        direction,
-        pad: [0; 3],
-        bytes_acked: unsafe { (*ctx.ops).bytes_acked } as u32,
-    };
-    if FLOWS.insert(&cookie, &start, 0).is_err() {
-        count(drops::FLOWS_FULL);
-        return;
-    }
-    // Ask for state changes of this socket, to see it close.
-    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-    let _ = ctx.set_cb_flags(flags as i32);
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) }
 }
 
-fn closed(ctx: &SockOpsContext) {
+/// Copies the socket's counters (UAPI context fields) into `event`, as of
+/// `now`.
+fn snapshot(ctx: &SockOpsContext, event: &mut FlowEvent, now: u64) {
     let ops: *mut bpf_sock_ops = ctx.ops;
-    let cookie = unsafe { bpf_get_socket_cookie(ops as *mut _) };
-    let Some(start) = (unsafe { FLOWS.get(&cookie) }).copied() else {
-        count(drops::UNTRACKED_END);
-        return;
-    };
-    let _ = FLOWS.remove(&cookie);
-    let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        count(drops::RING_FULL);
-        return;
-    };
-    let family = ctx.family() as u16;
-    let old_state = ctx.arg(0);
-    let mut event = FlowEvent {
-        cookie,
-        start_boot_ns: start.start_boot_ns,
-        end_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        direction: start.direction,
-        family,
-        // Straight from an open state to closed is a reset or an abort;
-        // through FIN states it is an orderly close.
-        end_reason: match old_state {
-            TCP_ESTABLISHED | TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE_WAIT => end_reason::RESET,
-            _ => end_reason::CLOSED,
-        },
-        local_port: ctx.local_port() as u16,
-        // Network order in the upper 16 bits on little-endian hosts.
-        remote_port: u16::from_be((ctx.remote_port() >> 16) as u16),
-        old_state,
-        start_bytes_acked: start.bytes_acked,
-        ..FlowEvent::default()
-    };
+    event.end_boot_ns = now;
     unsafe {
         event.bytes_acked = (*ops).bytes_acked;
         event.bytes_received = (*ops).bytes_received;
@@ -112,11 +87,42 @@ fn closed(ctx: &SockOpsContext) {
         event.srtt_us = (*ops).srtt_us >> 3;
         event.rtt_min_us = (*ops).rtt_min;
     }
+}
+
+/// An IPv6 address field of the context, read 4 bytes at a time: the
+/// verifier refuses wider context loads, which the compiler may otherwise
+/// merge the four words into.
+fn ip6_words(field: &[u32; 4]) -> [u32; 4] {
+    let base = field.as_ptr();
+    let mut out = [0u32; 4];
+    for (i, word) in out.iter_mut().enumerate() {
+        *word = unsafe { core::ptr::read_volatile(base.add(i)) };
+    }
+    out
+}
+
+fn established(ctx: &SockOpsContext, direction: u8) {
+    let ops: *mut bpf_sock_ops = ctx.ops;
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let family = ctx.family() as u16;
+    let mut event = FlowEvent {
+        cookie: cookie(ctx),
+        start_boot_ns: now,
+        direction,
+        family,
+        end_reason: end_reason::OPEN,
+        local_port: ctx.local_port() as u16,
+        // Network order in the upper 16 bits on little-endian hosts.
+        remote_port: u16::from_be((ctx.remote_port() >> 16) as u16),
+        // The kernel counts the SYN in bytes_acked.
+        start_bytes_acked: unsafe { (*ops).bytes_acked } as u32,
+        ..FlowEvent::default()
+    };
     if family == AF_INET {
         event.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
         event.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
     } else if family == AF_INET6 {
-        let (local, remote) = (ctx.local_ip6(), ctx.remote_ip6());
+        let (local, remote) = unsafe { (ip6_words(&(*ops).local_ip6), ip6_words(&(*ops).remote_ip6)) };
         for i in 0..4 {
             event.local_addr[i * 4..i * 4 + 4].copy_from_slice(&local[i].to_ne_bytes());
             event.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&remote[i].to_ne_bytes());
@@ -132,8 +138,100 @@ fn closed(ctx: &SockOpsContext) {
     if got == 0 {
         event.tos = tos as u32;
     }
+    snapshot(ctx, &mut event, now);
+    if FLOWS.insert(&event.cookie, &event, 0).is_err() {
+        count(drops::FLOWS_FULL);
+        return;
+    }
+    // Ask for this socket's state changes (to see it close), RTT samples
+    // (to keep its counters current while it stays open) and
+    // retransmissions (counted as they happen).
+    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG;
+    let _ = ctx.set_cb_flags(flags as i32);
+}
+
+/// Keeps an open flow's entry current: on every RTT sample (each ACK that
+/// gives one) and every retransmission, as it happens. A time-based
+/// throttle would save little (the lookup is most of the cost) and would
+/// miss the last update before a flow goes idle.
+fn refresh(ctx: &SockOpsContext) {
+    let Some(entry) = FLOWS.get_ptr_mut(&cookie(ctx)) else {
+        return;
+    };
+    // The entry is this socket's alone, and the socket is locked while its
+    // callbacks run, so no other program writes it meanwhile.
+    let event = unsafe { &mut *entry };
+    snapshot(ctx, event, unsafe { bpf_ktime_get_boot_ns() });
+}
+
+fn closed(ctx: &SockOpsContext) {
+    let cookie = cookie(ctx);
+    let Some(mut event) = (unsafe { FLOWS.get(&cookie) }).copied() else {
+        count(drops::UNTRACKED_END);
+        return;
+    };
+    let _ = FLOWS.remove(&cookie);
+    let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
+        count(drops::RING_FULL);
+        return;
+    };
+    let old_state = ctx.arg(0);
+    // Straight from an open state to closed is a reset or an abort;
+    // through FIN states it is an orderly close.
+    event.end_reason = match old_state {
+        TCP_ESTABLISHED | TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE_WAIT => end_reason::RESET,
+        _ => end_reason::CLOSED,
+    };
+    event.old_state = old_state;
+    snapshot(ctx, &mut event, unsafe { bpf_ktime_get_boot_ns() });
     entry.write(event);
     entry.submit(0);
+}
+
+const SOCK_STREAM: u32 = 1;
+const BPF_NOEXIST: u64 = 1;
+
+/// `connect()` on an IPv4 socket of the cgroup; always allowed.
+#[cgroup_sock_addr(connect4)]
+pub fn flowmesh_connect4(ctx: SockAddrContext) -> i32 {
+    count_connect(&ctx);
+    1
+}
+
+/// `connect()` on an IPv6 socket of the cgroup; always allowed.
+#[cgroup_sock_addr(connect6)]
+pub fn flowmesh_connect6(ctx: SockAddrContext) -> i32 {
+    count_connect(&ctx);
+    1
+}
+
+fn count_connect(ctx: &SockAddrContext) {
+    // UDP sockets connect too; only TCP connections are counted.
+    if unsafe { (*ctx.sock_addr).type_ } != SOCK_STREAM {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    for _ in 0..2 {
+        if let Some(entry) = PROCS.get_ptr_mut(&tgid) {
+            // This CPU's slot: no other writer while the program runs.
+            unsafe { (*entry).connects += 1 };
+            return;
+        }
+        let fresh = ProcessConnects {
+            connects: 1,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+        };
+        match PROCS.insert(&tgid, &fresh, BPF_NOEXIST) {
+            Ok(()) => return,
+            // Another CPU inserted the key first: count in this CPU's
+            // (zeroed) slot on the next turn.
+            Err(e) if e == -17 => continue,
+            Err(_) => {
+                count(drops::PROCS_FULL);
+                return;
+            }
+        }
+    }
 }
 
 #[panic_handler]

@@ -71,3 +71,18 @@ impl Drop for TestCgroup {
         }
     }
 }
+
+/// Runs `python3 -c script` as a process of `cgroup` (so the agent attached
+/// there traces its sockets), inside network namespace `netns` if given.
+pub(crate) fn python_in(cgroup: &TestCgroup, netns: Option<&str>, script: &str) -> std::process::ExitStatus {
+    let enter = netns.map_or(String::new(), |ns| format!("nsenter --net=/run/netns/{ns} "));
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {enter}python3 -c \"$0\"",
+            cgroup.0.display()
+        ))
+        .arg(script)
+        .status()
+        .unwrap()
+}

@@ -5,12 +5,51 @@
 
 /// Name of the ring buffer map carrying [`FlowEvent`]s.
 pub const EVENTS_MAP: &str = "FLOW_EVENTS";
-/// Name of the hash map of established flows (socket cookie → [`FlowStart`]).
+/// Name of the hash map of established flows (socket cookie → their latest
+/// [`FlowEvent`], `end_reason` [`end_reason::OPEN`]).
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the per-CPU array of drop counters, indexed by [`drops`].
 pub const DROPS_MAP: &str = "DROPS";
 /// Name of the sock_ops program.
 pub const SOCK_OPS_PROGRAM: &str = "flowmesh_sock_ops";
+/// Name of the hash map of per-process TCP connect counts (tgid →
+/// [`ProcessConnects`]).
+pub const PROCS_MAP: &str = "PROCS";
+/// Names of the cgroup connect programs (IPv4, IPv6), which count
+/// `connect()` calls in the caller's context, where pid and comm are its.
+pub const CONNECT_PROGRAMS: [&str; 2] = ["flowmesh_connect4", "flowmesh_connect6"];
+
+/// A process's TCP `connect()` calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessConnects {
+    /// Calls counted.
+    pub connects: u64,
+    /// The process's command name (NUL-padded), at its first connect.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcessConnects>() == 24);
+
+impl ProcessConnects {
+    /// Reads an entry from the map's bytes (native byte order).
+    pub fn from_bytes(bytes: &[u8; 24]) -> ProcessConnects {
+        let mut connects = [0u8; 8];
+        connects.copy_from_slice(&bytes[..8]);
+        let mut comm = [0u8; 16];
+        comm.copy_from_slice(&bytes[8..]);
+        ProcessConnects {
+            connects: u64::from_ne_bytes(connects),
+            comm,
+        }
+    }
+
+    /// The command name as text.
+    pub fn comm_str(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        core::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
 
 /// Indexes of the drop counters: every event the programs could not deliver
 /// is counted here, none is lost silently.
@@ -22,8 +61,10 @@ pub mod drops {
     /// A flow ended that was established before the programs were attached
     /// (or whose start could not be tracked); it is not reported.
     pub const UNTRACKED_END: u32 = 2;
+    /// The process table was full: a process's connects went uncounted.
+    pub const PROCS_FULL: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Direction of a flow's open.
@@ -40,23 +81,12 @@ pub mod end_reason {
     pub const CLOSED: u8 = 1;
     /// Reset or aborted (closed straight from an open state).
     pub const RESET: u8 = 2;
+    /// Still open: a map entry, or a periodic report of it.
+    pub const OPEN: u8 = 3;
 }
 
-/// What the programs remember of an established flow until it ends.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowStart {
-    /// `CLOCK_BOOTTIME` at establishment, ns.
-    pub start_boot_ns: u64,
-    /// [`direction`] of the open.
-    pub direction: u8,
-    /// Zero.
-    pub pad: [u8; 3],
-    /// `bytes_acked` at establishment: the kernel counts the SYN.
-    pub bytes_acked: u32,
-}
-
-/// One finished TCP flow, as the sock_ops program saw it at close.
+/// One TCP flow as the sock_ops program saw it: at close (in the ring
+/// buffer), or as of its latest refresh while open (in the flow map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEvent {
@@ -65,7 +95,7 @@ pub struct FlowEvent {
     pub cookie: u64,
     /// `CLOCK_BOOTTIME` at establishment, ns.
     pub start_boot_ns: u64,
-    /// `CLOCK_BOOTTIME` at close, ns.
+    /// `CLOCK_BOOTTIME` at close, or at the latest refresh of an open flow, ns.
     pub end_boot_ns: u64,
     /// Payload bytes sent and acknowledged.
     pub bytes_acked: u64,
@@ -105,7 +135,6 @@ pub struct FlowEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
-const _: () = assert!(core::mem::size_of::<FlowStart>() == 16);
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub mod tcp_state {
