@@ -9,9 +9,9 @@
 //! where the host has an RDMA NIC.
 //!
 //! Flows still open are reported every `flows.report_open_secs` from the
-//! kernel's flow table, which the sock_ops program keeps current on every
-//! RTT sample and retransmission; cgroup connect programs count TCP
-//! connects per process. Not yet built: network-namespace scoping (cgroup
+//! kernel's flow table with their current counters from [`sockdiag`];
+//! retransmissions update the table as they happen; cgroup connect
+//! programs count TCP connects per process. Not yet built: network-namespace scoping (cgroup
 //! scoping works and is what the rack simulation uses).
 
 pub mod checks;
@@ -19,6 +19,7 @@ pub mod probe;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod sender;
+pub mod sockdiag;
 pub mod telemetry;
 pub mod tracer;
 

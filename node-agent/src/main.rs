@@ -307,6 +307,11 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
                 }
             }
             _ = flush.tick() => {
+                let events = tracer.take_events();
+                stats.lock().unwrap_or_else(|p| p.into_inner()).flows += events.len() as u64;
+                for event in events {
+                    report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
+                }
                 if let Some(sender) = sender.as_mut() {
                     sender.flush().await;
                     sender.heartbeat_if_idle(Duration::from_secs(config.uplink.heartbeat_secs)).await;
@@ -328,6 +333,10 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
     }
     for task in probe_tasks {
         task.abort();
+    }
+    // Flows that ended since the last drain still go out.
+    for event in tracer.take_events() {
+        report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
     }
     // Its thread may be waiting to hand over records: let go of them first.
     drop(probe_rx);

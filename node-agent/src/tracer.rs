@@ -104,7 +104,11 @@ impl Tracer {
     /// `cgroup`, so only its processes' sockets are seen.
     /// `max_processes` bounds the per-process connect counters.
     pub fn attach(cgroup: &Path, max_flows: u32, ring_bytes: u32, max_processes: u32) -> Result<Tracer, TracerError> {
+        // Wake the agent when an eighth of the ring waits; it drains the
+        // rest on its flush timer (Tracer::take_events).
+        let wakeup_bytes = u64::from(ring_bytes / 8);
         let mut ebpf = EbpfLoader::new()
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries(FLOWS_MAP, max_flows)
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .map_max_entries(PROCS_MAP, max_processes)
@@ -179,17 +183,12 @@ impl Tracer {
         })
     }
 
-    /// Waits for flow events and returns those available (at least one).
+    /// Waits until the programs wake the agent (an eighth of the ring
+    /// waits) and returns the events available (at least one).
     pub async fn next_events(&mut self) -> Result<Vec<FlowEvent>, TracerError> {
         loop {
             let mut guard = self.events.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let mut out = Vec::new();
-            while let Some(item) = ring.next() {
-                if let Some(event) = FlowEvent::from_bytes(&item) {
-                    out.push(event);
-                }
-            }
+            let out = drain(guard.get_inner_mut());
             guard.clear_ready();
             if !out.is_empty() {
                 return Ok(out);
@@ -197,16 +196,42 @@ impl Tracer {
         }
     }
 
-    /// The flows open now that have been open for at least `min_age_ns`,
-    /// as of their latest refresh (`end_reason` [`end_reason::OPEN`]).
+    /// The events waiting now, without waiting for a wakeup: the programs
+    /// only wake the agent for a batch, so it calls this on a timer too.
+    pub fn take_events(&mut self) -> Vec<FlowEvent> {
+        drain(self.events.get_mut())
+    }
+
+    /// The flows open now that have been open for at least `min_age_ns`
+    /// (`end_reason` [`end_reason::OPEN`]), with their current counters
+    /// from sock_diag where this network namespace has the socket, else as
+    /// the flow table last saw them.
     pub fn open_flows(&self, min_age_ns: u64) -> Vec<FlowEvent> {
         let now = boot_ns();
-        self.flows
+        let mut open: Vec<FlowEvent> = self
+            .flows
             .iter()
             .filter_map(Result::ok)
             .filter_map(|(_, bytes)| FlowEvent::from_bytes(&bytes))
             .filter(|e| now.saturating_sub(e.start_boot_ns) >= min_age_ns)
-            .collect()
+            .collect();
+        if open.is_empty() {
+            return open;
+        }
+        let current = crate::sockdiag::tcp_counters().unwrap_or_default();
+        for event in &mut open {
+            event.end_boot_ns = now;
+            if let Some(c) = current.get(&event.cookie) {
+                event.bytes_acked = c.bytes_acked;
+                event.bytes_received = c.bytes_received;
+                event.segs_out = c.segs_out;
+                event.segs_in = c.segs_in;
+                event.total_retrans = c.total_retrans;
+                event.srtt_us = c.srtt_us;
+                event.rtt_min_us = c.min_rtt_us;
+            }
+        }
+        open
     }
 
     /// TCP connects by command name since the agent started: the live
@@ -256,6 +281,16 @@ impl Tracer {
     pub fn clock(&self) -> Clock {
         self.clock
     }
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<FlowEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if let Some(event) = FlowEvent::from_bytes(&item) {
+            out.push(event);
+        }
+    }
+    out
 }
 
 fn address(family: u16, bytes: &[u8; 16]) -> IpAddr {
