@@ -13,13 +13,23 @@
 //! `flowmesh-bench sampler-ingest` measures the sampler's UDP ingest against
 //! a bare receive loop ([`sampler_ingest`]).
 //!
+//! `flowmesh-bench pipeline` sends synthetic agents' datagrams through the
+//! sampler and the collector into SQLite at rising rates and reports loss
+//! and each tier's load ([`pipeline`]).
+//!
+//! `flowmesh-bench tcp-overhead` measures what tracing costs: loopback TCP
+//! connection rate and throughput untraced, with the agent, and with a
+//! bpftrace peer ([`tcp_overhead`]).
+//!
 //! `flowmesh-bench rack-sim` runs the whole pipeline on racks of simulated
 //! hosts in network namespaces, injects each fault class and checks the
 //! analyzer names it within two windows ([`rack_sim`]).
 
 mod analyzer_report;
+mod pipeline;
 mod rack_sim;
 mod sampler_ingest;
+mod tcp_overhead;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -70,6 +80,12 @@ enum Bench {
     /// Sampler ingest: records/s through flowmesh-sampler beside a bare
     /// receive loop, and the loss at a paced rate.
     SamplerIngest(sampler_ingest::Options),
+    /// Tracing overhead: loopback TCP connection rate and bulk throughput
+    /// untraced, with flowmesh-agent, and with a bpftrace peer.
+    TcpOverhead(tcp_overhead::Options),
+    /// Whole pipeline: synthetic agents through the sampler and the
+    /// collector into SQLite at rising rates; loss and load of each tier.
+    Pipeline(pipeline::Options),
     /// Rack simulation: agents, samplers and a collector on racks of
     /// network namespaces; each fault injected and its detection timed.
     RackSim(rack_sim::Options),
@@ -102,6 +118,8 @@ fn main() -> anyhow::Result<()> {
         Bench::SamplerIngest(options) => sampler_ingest::run(&options),
         Bench::UdpSink { listen, seconds } => sampler_ingest::udp_sink(listen, seconds),
         Bench::RackSim(options) => rack_sim::run_sim(&options),
+        Bench::Pipeline(options) => pipeline::run(&options),
+        Bench::TcpOverhead(options) => tcp_overhead::run(&options),
         Bench::Traffic(options) => rack_sim::traffic(&options),
     }
 }

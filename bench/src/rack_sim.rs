@@ -221,7 +221,8 @@ impl Drop for Simulation {
     }
 }
 
-fn cgroup_root() -> anyhow::Result<PathBuf> {
+/// The cgroup v2 hierarchy's mount point.
+pub(crate) fn cgroup_root() -> anyhow::Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     mounts
         .lines()

@@ -36,22 +36,22 @@ pub(crate) enum Kind {
 pub(crate) struct Options {
     /// Seconds each phase sends for (long enough to emit windows).
     #[arg(long, default_value_t = 12)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// The sampler's aggregation window, seconds (its default is 10).
     #[arg(long, default_value_t = 10)]
-    window_secs: u64,
+    pub(crate) window_secs: u64,
     /// Agents (source nodes) in the sampler's rack.
     #[arg(long, default_value_t = 40)]
-    agents: u32,
+    pub(crate) agents: u32,
     /// Probe targets (or flow peers) per agent.
     #[arg(long, default_value_t = 60)]
-    targets: u32,
+    pub(crate) targets: u32,
     /// Record kind.
     #[arg(long, value_enum, default_value_t = Kind::Probe)]
-    kind: Kind,
+    pub(crate) kind: Kind,
     /// Pace of the loss run, as a fraction of the sampler's saturated rate.
     #[arg(long, default_value_t = 0.6)]
-    paced: f64,
+    pub(crate) paced: f64,
 }
 
 /// Hidden child mode: a bare receive loop that counts datagrams.
@@ -91,9 +91,19 @@ pub(crate) fn udp_sink(listen: SocketAddr, seconds: u64) -> anyhow::Result<()> {
     })
 }
 
+/// A live process's peak resident set (VmHWM), KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0))
+}
+
 /// CPU time (user + system) the process `pid` ("self" for this one) has
 /// used, seconds.
-fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the
     // 14th and 15th fields overall, in clock ticks (100 per second on Linux).
@@ -105,13 +115,16 @@ fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
 
 /// Pre-built datagrams, one set per agent, whose sequence number and send
 /// time the sender patches in place.
-struct Traffic {
+pub(crate) struct Traffic {
     datagrams: Vec<(usize, Vec<u8>)>,
-    records_per_datagram: f64,
+    pub(crate) records_per_datagram: f64,
     agents: usize,
+    /// Each agent's next sequence number, kept across sends: a sampler
+    /// that saw numbers before drops repeats of them as duplicates.
+    seqs: Vec<u32>,
 }
 
-fn build_traffic(opts: &Options) -> anyhow::Result<Traffic> {
+pub(crate) fn build_traffic(opts: &Options) -> anyhow::Result<Traffic> {
     let mut datagrams = Vec::new();
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = move || {
@@ -202,6 +215,7 @@ fn build_traffic(opts: &Options) -> anyhow::Result<Traffic> {
         datagrams,
         records_per_datagram,
         agents: opts.agents as usize,
+        seqs: vec![0; opts.agents as usize],
     })
 }
 
@@ -226,9 +240,9 @@ fn node_ip(rack: u32, index: u32) -> std::net::IpAddr {
 
 /// Sends the traffic to `to` for `seconds`, at most `rate` datagrams/s if
 /// given; returns datagrams sent.
-fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: Option<f64>) -> anyhow::Result<u64> {
+pub(crate) fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: Option<f64>) -> anyhow::Result<u64> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
-    let mut seqs = vec![0u32; traffic.agents];
+    let seqs = &mut traffic.seqs;
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut sent = 0u64;
@@ -268,7 +282,7 @@ fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: Option<f64>)
     Ok(sent)
 }
 
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -277,11 +291,11 @@ impl Drop for ChildGuard {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn pinned(program: &Path) -> Command {
+pub(crate) fn pinned(program: &Path) -> Command {
     let mut command = Command::new("taskset");
     command.args(["-c", "1"]).arg(program);
     command
@@ -324,7 +338,7 @@ struct SamplerRun {
     cpu_seconds: f64,
 }
 
-fn sampler_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn sampler_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name("flowmesh-sampler");
     if !path.exists() {
@@ -336,7 +350,16 @@ fn sampler_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn write_setup(dir: &Path, opts: &Options, ingest: SocketAddr, metrics: SocketAddr) -> anyhow::Result<PathBuf> {
+/// Writes the topology, a development PKI and the sampler's configuration
+/// into `dir`; the sampler uplinks to `collector`, or to an unreachable
+/// address (its batches spool) when `None`.
+pub(crate) fn write_setup(
+    dir: &Path,
+    opts: &Options,
+    ingest: SocketAddr,
+    metrics: SocketAddr,
+    collector: Option<SocketAddr>,
+) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut topology = String::from("[[racks]]\nid = 1\nname = \"bench\"\n\n[[racks]]\nid = 2\nname = \"far\"\n");
     for agent in 0..opts.agents {
@@ -356,8 +379,11 @@ fn write_setup(dir: &Path, opts: &Options, ingest: SocketAddr, metrics: SocketAd
     std::fs::write(dir.join("topology.toml"), topology)?;
     let pki = DevPki::generate(&dir.join("pki"), &["localhost".into()], &["bench".into()])?;
     let tls = pki.sampler("bench");
-    // The collector address is deliberately unreachable: batches spool.
-    let collector = format!("127.0.0.1:{}", free_port()?);
+    // Without a collector, an unreachable address: batches spool.
+    let collector = match collector {
+        Some(addr) => addr.to_string(),
+        None => format!("127.0.0.1:{}", free_port()?),
+    };
     let config = format!(
         "sampler_id = 1\nrack = \"bench\"\ntopology = \"{topology}\"\n\n[ingest]\nlisten = [\"{ingest}\"]\n\n\
          [aggregate]\nwindow_secs = {window}\ngrace_ms = 200\n\n[uplink]\ncollector = \"{collector}\"\n\
@@ -375,7 +401,7 @@ fn write_setup(dir: &Path, opts: &Options, ingest: SocketAddr, metrics: SocketAd
     Ok(path)
 }
 
-fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+pub(crate) fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
@@ -384,7 +410,7 @@ fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(page)
 }
 
-fn metric(page: &str, series: &str) -> u64 {
+pub(crate) fn metric(page: &str, series: &str) -> u64 {
     page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
@@ -393,7 +419,7 @@ fn metric(page: &str, series: &str) -> u64 {
 fn run_sampler(dir: &Path, opts: &Options, traffic: &mut Traffic, rate: Option<f64>) -> anyhow::Result<SamplerRun> {
     let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let config = write_setup(dir, opts, ingest, metrics)?;
+    let config = write_setup(dir, opts, ingest, metrics, None)?;
     let child = ChildGuard(
         pinned(&sampler_binary()?)
             .arg("--config")
@@ -421,12 +447,7 @@ fn run_sampler(dir: &Path, opts: &Options, traffic: &mut Traffic, rate: Option<f
     let records = metric(&page, "flowmesh_sampler_records_received_total{kind=\"probe\"}")
         + metric(&page, "flowmesh_sampler_records_received_total{kind=\"flow\"}");
     // taskset execs the sampler, so the child's pid is the sampler's.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))?;
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let peak_rss_kib = peak_rss_kib(child.0.id())?;
     let cpu_seconds = cpu_seconds(&child.0.id().to_string())?;
     drop(child);
     if std::env::var_os("FLOWMESH_BENCH_SAMPLER_LOG").is_some() {
@@ -451,6 +472,7 @@ fn aggregate_only(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::
         opts,
         "127.0.0.1:9".parse()?,
         "127.0.0.1:9".parse()?,
+        None,
     )?;
     let text = std::fs::read_to_string(&config_path)?;
     let config: configs::SamplerConfig = toml::from_str(&text)?;

@@ -52,3 +52,33 @@ fn analyzer_report_names_the_lossy_host() {
     assert!(stdout.contains("top anomaly host r7n13"), "{stdout}");
     assert!(stdout.contains("× floor"), "{stdout}");
 }
+
+#[test]
+fn pipeline_runs_through_sampler_and_collector() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-bench"))
+        .args(["pipeline", "--agents", "4", "--targets", "5", "--window-secs", "1"])
+        .args(["--seconds", "2", "--rates", "0.01"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // At 10 000 records/s nothing may be lost anywhere.
+    assert!(
+        stdout.contains("highest rate with zero loss end to end: 0.01"),
+        "{stdout}"
+    );
+}
+
+/// Needs root, bpftrace and the agent binary (all there in CI).
+#[test]
+fn tcp_overhead_runs_all_three_tracers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-bench"))
+        .args(["tcp-overhead", "--seconds", "1", "--bulk-seconds", "1", "--rounds", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for line in ["untraced", "flowmesh-agent", "bpftrace peer", "CPU-s per 100 000 flows"] {
+        assert!(stdout.contains(line), "missing {line:?} in {stdout}");
+    }
+}

@@ -1,0 +1,223 @@
+//! `flowmesh-bench pipeline`: synthetic agents' datagrams through the real
+//! `flowmesh-sampler` and `flowmesh-collector` into SQLite, at rising rates;
+//! for each rate, whether anything was lost anywhere and how busy each tier
+//! was, so the first tier to saturate is measured, not guessed.
+//!
+//! Zero loss at a rate means: every datagram sent was received by the
+//! sampler, and every window the sampler emitted was stored by the collector
+//! (acknowledged, nothing left in the spool). The sampler runs pinned to
+//! CPU 1; the collector and the sender (this process) share CPU 0.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::sampler_ingest::{self, ChildGuard, Kind, blast, build_traffic, cpu_seconds, free_port, metric, scrape};
+
+/// Options of the benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Options {
+    /// Agents (source nodes) in the rack.
+    #[arg(long, default_value_t = 200)]
+    agents: u32,
+    /// Probe targets per agent (paths = agents × targets).
+    #[arg(long, default_value_t = 100)]
+    targets: u32,
+    /// The sampler's aggregation window, seconds.
+    #[arg(long, default_value_t = 5)]
+    window_secs: u64,
+    /// Seconds each rate is sent for.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Offered rates, million records per second, in order.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.5, 1.0, 2.0, 3.0])]
+    rates: Vec<f64>,
+}
+
+/// Counters of both tiers at one moment.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    datagrams: u64,
+    records: u64,
+    windows_emitted: u64,
+    batches_acked: u64,
+    spool_batches: u64,
+    rows_stored: u64,
+    batches_stored: u64,
+    sampler_cpu: f64,
+    collector_cpu: f64,
+}
+
+struct Tiers {
+    ingest: SocketAddr,
+    sampler: ChildGuard,
+    sampler_metrics: SocketAddr,
+    collector: ChildGuard,
+    collector_metrics: SocketAddr,
+}
+
+impl Tiers {
+    fn counters(&self) -> anyhow::Result<Counters> {
+        let s = scrape(self.sampler_metrics)?;
+        let c = scrape(self.collector_metrics)?;
+        Ok(Counters {
+            datagrams: metric(&s, "flowmesh_sampler_datagrams_received_total"),
+            records: metric(&s, "flowmesh_sampler_records_received_total{kind=\"probe\"}"),
+            windows_emitted: metric(&s, "flowmesh_sampler_windows_emitted_total"),
+            batches_acked: metric(&s, "flowmesh_sampler_uplink_batches_acked_total{status=\"stored\"}"),
+            spool_batches: metric(&s, "flowmesh_sampler_spool_batches"),
+            rows_stored: metric(&c, "flowmesh_collector_rows_stored_total"),
+            batches_stored: metric(&c, "flowmesh_collector_batches_total{outcome=\"stored\"}"),
+            sampler_cpu: cpu_seconds(&self.sampler.0.id().to_string())?,
+            collector_cpu: cpu_seconds(&self.collector.0.id().to_string())?,
+        })
+    }
+}
+
+fn wait_for(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn start(dir: &std::path::Path, traffic_opts: &sampler_ingest::Options) -> anyhow::Result<Tiers> {
+    let collector_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let collector_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let sampler_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let sampler_config = sampler_ingest::write_setup(dir, traffic_opts, ingest, sampler_metrics, Some(collector_addr))?;
+    let pki = dir.join("pki");
+    let collector_config = dir.join("collector.toml");
+    std::fs::write(
+        &collector_config,
+        format!(
+            "listen = \"{collector_addr}\"\ndatabase = \"{}\"\ntopology = \"{}\"\n\
+             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metrics]\nlisten = \"{collector_metrics}\"\n",
+            dir.join("flowmesh.db").display(),
+            dir.join("topology.toml").display(),
+            pki.join("ca.pem").display(),
+            pki.join("collector.pem").display(),
+            pki.join("collector.key").display(),
+        ),
+    )?;
+    let collector_bin = std::env::current_exe()?.with_file_name("flowmesh-collector");
+    if !collector_bin.exists() {
+        bail!(
+            "{} not found; build it first: cargo build --release -p collector -p rack-sampler -p bench",
+            collector_bin.display()
+        );
+    }
+    let collector = ChildGuard(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&collector_bin)
+            .arg("--config")
+            .arg(&collector_config)
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::from(std::fs::File::create(dir.join("collector.log"))?))
+            .spawn()
+            .context("running flowmesh-collector under taskset")?,
+    );
+    wait_for(collector_metrics, "the collector")?;
+    let sampler = ChildGuard(
+        sampler_ingest::pinned(&sampler_ingest::sampler_binary()?)
+            .arg("--config")
+            .arg(&sampler_config)
+            .env("RUST_LOG", "error")
+            .stderr(Stdio::from(std::fs::File::create(dir.join("sampler.log"))?))
+            .spawn()
+            .context("running flowmesh-sampler under taskset")?,
+    );
+    wait_for(sampler_metrics, "the sampler")?;
+    Ok(Tiers {
+        ingest,
+        sampler,
+        sampler_metrics,
+        collector,
+        collector_metrics,
+    })
+}
+
+/// Runs the benchmark and prints its report.
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
+    let traffic_opts = sampler_ingest::Options {
+        seconds: opts.seconds,
+        window_secs: opts.window_secs,
+        agents: opts.agents,
+        targets: opts.targets,
+        kind: Kind::Probe,
+        paced: 1.0,
+    };
+    let mut traffic = build_traffic(&traffic_opts)?;
+    let per = traffic.records_per_datagram;
+    let paths = u64::from(opts.agents) * u64::from(opts.targets);
+    println!(
+        "pipeline: synthetic agents → flowmesh-sampler (CPU 1) → QUIC → flowmesh-collector (CPU 0, with the sender) → SQLite; \
+         {} agents × {} targets = {paths} paths, {} s windows, {} s per rate",
+        opts.agents, opts.targets, opts.window_secs, opts.seconds
+    );
+    println!(
+        "  offered M rec/s | received M rec/s | lost datagrams | windows stored/emitted | spool | rows/s stored | sampler CPU | collector CPU"
+    );
+    let dir = tempfile::tempdir()?;
+    let tiers = start(dir.path(), &traffic_opts)?;
+    let settle = Duration::from_secs(opts.window_secs + 4);
+    let mut best = None;
+    let mut first_loss = None;
+    for &rate in &opts.rates {
+        let before = tiers.counters()?;
+        let started = Instant::now();
+        let sent = blast(&mut traffic, tiers.ingest, opts.seconds, Some(rate * 1e6 / per))?;
+        let sending = started.elapsed().as_secs_f64();
+        std::thread::sleep(settle);
+        let after = tiers.counters()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let received = after.datagrams - before.datagrams;
+        let lost = sent.saturating_sub(received);
+        let emitted = after.windows_emitted - before.windows_emitted;
+        let stored = after.batches_stored - before.batches_stored;
+        let acked = after.batches_acked - before.batches_acked;
+        let zero_loss = lost == 0 && stored >= emitted && acked >= emitted && after.spool_batches == 0;
+        println!(
+            "  {:>15.2} | {:>16.2} | {:>14} | {:>10} / {:<11} | {:>5} | {:>13.0} | {:>10.0} % | {:>11.0} %{}",
+            sent as f64 * per / sending / 1e6,
+            (after.records - before.records) as f64 / sending / 1e6,
+            lost,
+            stored,
+            emitted,
+            after.spool_batches,
+            (after.rows_stored - before.rows_stored) as f64 / elapsed,
+            100.0 * (after.sampler_cpu - before.sampler_cpu) / elapsed,
+            100.0 * (after.collector_cpu - before.collector_cpu) / elapsed,
+            if zero_loss { "" } else { "  ← loss" }
+        );
+        if zero_loss && first_loss.is_none() {
+            best = Some(sent as f64 * per / sending);
+        } else if !zero_loss && first_loss.is_none() {
+            first_loss = Some(if lost > 0 {
+                "sampler (UDP ingest)"
+            } else {
+                "sampler → collector uplink or collector"
+            });
+        }
+    }
+    match best {
+        Some(rate) => println!(
+            "  highest rate with zero loss end to end: {:.2} M records/s",
+            rate / 1e6
+        ),
+        None => println!("  no rate was loss-free"),
+    }
+    match first_loss {
+        Some(tier) => println!("  first tier to lose records: {tier}"),
+        None => println!("  no tier lost records at the rates offered"),
+    }
+    Ok(())
+}
