@@ -1,6 +1,6 @@
 //! The end-to-end test: `flowmesh-bench rack-sim` builds 3 racks × 3 hosts
 //! in network namespaces, runs agents (real eBPF), samplers and a collector
-//! on them with TCP traffic, runs clean for two minutes — which must yield
+//! on them with TCP traffic, runs clean for three minutes — which must yield
 //! no anomaly — then injects each fault class (host down, host NIC loss,
 //! rack uplink loss, rack-pair queueing delay, TCP retransmissions) and
 //! fails unless the analyzer names each one, with the right element,
@@ -16,7 +16,7 @@ use std::process::Command;
 #[test]
 fn rack_sim_names_every_fault_within_two_windows() {
     let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-bench"))
-        .args(["rack-sim", "--clean-secs", "120"])
+        .args(["rack-sim", "--clean-secs", "180"])
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
