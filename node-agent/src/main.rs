@@ -29,6 +29,77 @@ struct Cli {
     /// (with or without a sampler configured).
     #[arg(long)]
     debug: bool,
+    /// With --debug: `json` lines, or a `table` for people.
+    #[arg(long, value_enum, default_value_t = DebugFormat::Json, requires = "debug")]
+    debug_format: DebugFormat,
+}
+
+/// What `--debug` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DebugFormat {
+    /// One JSON object per line.
+    Json,
+    /// A readable line per flow or probe.
+    Table,
+}
+
+/// The debug output: off, or on in one format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DebugOutput(Option<DebugFormat>);
+
+impl DebugOutput {
+    fn on(self) -> bool {
+        self.0.is_some()
+    }
+
+    fn flow(self, flow: &Flow) {
+        match self.0 {
+            Some(DebugFormat::Json) => println!("{}", debug_line(flow)),
+            Some(DebugFormat::Table) => println!("{}", table_line(flow)),
+            None => {}
+        }
+    }
+
+    fn probe(self, record: &ProbeRecord) {
+        match self.0 {
+            Some(DebugFormat::Json) => println!("{}", probe_line(record)),
+            Some(DebugFormat::Table) => {
+                let us = |ns: Option<u64>| ns.map_or("-".to_string(), |ns| format!("{:.0} µs", ns as f64 / 1e3));
+                println!(
+                    "probe  → node {:<6} {:<40} seq {:<8} {:<8} network RTT {:>10}  responder {:>10}",
+                    record.dst_node.get(),
+                    record.dst().to_string(),
+                    record.seq.get(),
+                    record.outcome().as_str(),
+                    us(record.network_rtt_ns()),
+                    us(record.responder_delay_ns())
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+/// One readable line for a flow (`--debug --debug-format table`).
+fn table_line(flow: &Flow) -> String {
+    let endpoint = |ip: std::net::IpAddr, port: u16| match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+    };
+    format!(
+        "flow {:<8} {:<8} {:>24} → {:<24} sent {:>10} B  received {:>10} B  retrans {:>4}  srtt {:>6} µs  min {:>6} µs  {:>9.1} ms  dscp {}",
+        flow.direction.as_str(),
+        flow.end_reason.as_str(),
+        endpoint(flow.src, flow.src_port),
+        endpoint(flow.dst, flow.dst_port),
+        flow.bytes_acked,
+        flow.bytes_received,
+        flow.retrans_segs,
+        flow.srtt_us,
+        flow.min_rtt_us,
+        flow.duration_ns as f64 / 1e6,
+        flow.dscp
+    )
 }
 
 fn main() -> ExitCode {
@@ -55,7 +126,11 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(trace(config, cgroup, cli.debug))
+        .block_on(trace(
+            config,
+            cgroup,
+            DebugOutput(cli.debug.then_some(cli.debug_format)),
+        ))
 }
 
 /// One JSON line for a flow (`--debug`).
@@ -82,10 +157,8 @@ fn debug_line(flow: &Flow) -> serde_json::Value {
 }
 
 /// A flow (closed, or still open) to the debug output and the sampler.
-async fn report_flow(flow: Flow, debug: bool, sender: Option<&mut Sender>) {
-    if debug {
-        println!("{}", debug_line(&flow));
-    }
+async fn report_flow(flow: Flow, debug: DebugOutput, sender: Option<&mut Sender>) {
+    debug.flow(&flow);
     if let Some(sender) = sender {
         sender.push_flow(flow.to_record()).await;
     }
@@ -121,7 +194,7 @@ fn node_id(config: &AgentConfig) -> anyhow::Result<u32> {
         .with_context(|| format!("node_name {name:?} is not a node in {}", config.topology.display()))
 }
 
-async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool) -> anyhow::Result<()> {
+async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: DebugOutput) -> anyhow::Result<()> {
     config.node_id = node_id(&config)?;
     let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
     // Installed whatever the configuration, so a SIGHUP never kills the agent.
@@ -166,7 +239,7 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
                 config.uplink.max_datagrams_per_sec,
             ))
         }
-        None if debug => None,
+        None if debug.on() => None,
         None => anyhow::bail!(
             "no sampler: set uplink.sampler, or `sampler` of this node's rack in {}, or run with --debug",
             config.topology.display()
@@ -271,8 +344,10 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
         let _ = metrics_stopped.await;
     }));
     metrics.set_ready(true);
-    if debug {
-        println!("{}", serde_json::json!({ "tracing": cgroup.display().to_string() }));
+    match debug.0 {
+        Some(DebugFormat::Json) => println!("{}", serde_json::json!({ "tracing": cgroup.display().to_string() })),
+        Some(DebugFormat::Table) => println!("tracing TCP flows of {}", cgroup.display()),
+        None => {}
     }
     let mut flush = tokio::time::interval(Duration::from_millis(config.uplink.flush_ms));
     // Flows that stay open are reported this often, so a connection that
@@ -292,9 +367,7 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: bool)
                 }
             }
             Some(record) = probe_rx.recv() => {
-                if debug {
-                    println!("{}", probe_line(&record));
-                }
+                debug.probe(&record);
                 if let Some(sender) = sender.as_mut() {
                     sender.push_probe(record).await;
                 }
