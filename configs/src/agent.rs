@@ -81,8 +81,8 @@ pub struct FlowTracing {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
     /// Trace only sockets in this network namespace (a path such as
-    /// `/run/netns/NAME` or `/proc/PID/ns/net`). Not built yet: the agent
-    /// refuses the key rather than trace every namespace; use `cgroup`.
+    /// `/run/netns/NAME` or `/proc/PID/ns/net`), together with `cgroup`.
+    /// Unset: every namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
 }
@@ -239,15 +239,6 @@ impl Component for AgentConfig {
             1..=1_048_576,
             "entries",
         );
-        // Refused rather than ignored: an agent told to scope to a namespace
-        // must not quietly trace the whole host.
-        c.check(
-            fl.netns.is_none(),
-            "flows.netns",
-            fl.netns.as_deref().map_or(String::new(), |p| p.display().to_string()),
-            "unset: scoping by network namespace is not built yet; scope with flows.cgroup \
-             (a container's or simulated host's own cgroup)",
-        );
         let pr = &self.probes;
         c.range("probes.port", pr.port, 1..=65_535, "a UDP port");
         c.range("probes.interval_ms", pr.interval_ms, 10..=3_600_000, "milliseconds");
@@ -267,24 +258,5 @@ impl Component for AgentConfig {
             "a Q_Key from 1 to 2147483647 (the high bit marks privileged keys)",
         );
         c.0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_network_namespace_scope_is_refused_not_ignored() {
-        let mut config = AgentConfig {
-            node_id: 1,
-            ..AgentConfig::default()
-        };
-        assert!(config.validate().is_empty());
-        config.flows.netns = Some(PathBuf::from("/run/netns/node1"));
-        let problems = config.validate();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].key, "flows.netns");
-        assert!(problems[0].expected.contains("flows.cgroup"), "{problems:?}");
     }
 }

@@ -11,10 +11,12 @@
 //! Flows still open are reported every `flows.report_open_secs` from the
 //! kernel's flow table with their current counters from [`sockdiag`];
 //! retransmissions update the table as they happen; cgroup connect
-//! programs count TCP connects per process. Not yet built: network-namespace scoping (cgroup
-//! scoping works and is what the rack simulation uses).
+//! programs count TCP connects per process. Tracing is scoped to a cgroup
+//! (`flows.cgroup`) and optionally to one network namespace (`flows.netns`,
+//! compared by [`netns`] cookie in the programs).
 
 pub mod checks;
+pub mod netns;
 pub mod probe;
 #[cfg(feature = "rdma")]
 pub mod rdma;

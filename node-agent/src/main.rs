@@ -200,13 +200,23 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
     // Installed whatever the configuration, so a SIGHUP never kills the agent.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
+    let netns_cookie = match &config.flows.netns {
+        Some(path) => node_agent::netns::cookie_of(path).with_context(|| {
+            format!(
+                "flows.netns: reading the cookie of network namespace {} (a path such as /run/netns/NAME or /proc/PID/ns/net; needs Linux 5.14)",
+                path.display()
+            )
+        })?,
+        None => 0,
+    };
     let mut tracer = Tracer::attach(
         &cgroup,
         config.flows.max_tracked_flows,
         config.flows.ring_buffer_bytes,
         config.flows.max_tracked_processes,
+        netns_cookie,
     )?;
-    info!(message = "tracing TCP flows", cgroup = %cgroup.display());
+    info!(message = "tracing TCP flows", cgroup = %cgroup.display(), netns = ?config.flows.netns);
     if config.uplink.sampler.is_none() {
         // One configuration for every host: the rack's sampler from the
         // topology file.

@@ -102,13 +102,21 @@ impl Clock {
 impl Tracer {
     /// Loads the programs with the given table sizes and attaches them to
     /// `cgroup`, so only its processes' sockets are seen.
-    /// `max_processes` bounds the per-process connect counters.
-    pub fn attach(cgroup: &Path, max_flows: u32, ring_bytes: u32, max_processes: u32) -> Result<Tracer, TracerError> {
+    /// `max_processes` bounds the per-process connect counters; a non-zero
+    /// `netns_cookie` limits tracing to that network namespace's sockets.
+    pub fn attach(
+        cgroup: &Path,
+        max_flows: u32,
+        ring_bytes: u32,
+        max_processes: u32,
+        netns_cookie: u64,
+    ) -> Result<Tracer, TracerError> {
         // Wake the agent when an eighth of the ring waits; it drains the
         // rest on its flush timer (Tracer::take_events).
         let wakeup_bytes = u64::from(ring_bytes / 8);
         let mut ebpf = EbpfLoader::new()
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("NETNS_COOKIE", &netns_cookie, true)
             .map_max_entries(FLOWS_MAP, max_flows)
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .map_max_entries(PROCS_MAP, max_processes)

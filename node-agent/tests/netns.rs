@@ -178,6 +178,46 @@ fn nft_loss_at_one_host_shows_as_loss_on_the_path_to_it() {
     );
 }
 
+/// The configuration of a flow-tracing agent (no probes) for node 101 at
+/// 198.18.1.1, tracing `cgroup`, with `flows_extra` added to `[flows]`.
+fn tracing_config(dir: &std::path::Path, cgroup: &TestCgroup, flows_extra: &str) -> std::path::PathBuf {
+    let topology = dir.join("topology.toml");
+    std::fs::write(
+        &topology,
+        "[[racks]]\nid = 1\nname = \"rack1\"\n\
+         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"198.18.1.1\"]\n",
+    )
+    .unwrap();
+    let config = dir.join("a.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = 101\ntopology = \"{}\"\n[flows]\ncgroup = \"{}\"\n{flows_extra}\n[probes]\nenabled = false\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+            topology.display(),
+            cgroup.0.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A Python client sending `bytes` to 198.18.1.2:`port`, retrying the
+/// connect while the server starts.
+fn client_script(port: u16, bytes: usize) -> String {
+    format!(
+        "import socket, time\n\
+         for _ in range(50):\n\
+         \x20   try:\n\
+         \x20       s = socket.create_connection(('198.18.1.2', {port}), timeout=30)\n\
+         \x20       break\n\
+         \x20   except OSError:\n\
+         \x20       time.sleep(0.1)\n\
+         s.sendall(b'x' * {bytes})\n\
+         s.close()\n"
+    )
+}
+
 /// TCP segments dropped on one connection (nft at the receiving host, for
 /// that connection's port only) show as retransmissions on that flow, and
 /// on no other. Every fourth packet is dropped rather than a random share:
@@ -187,25 +227,8 @@ fn nft_loss_at_one_host_shows_as_loss_on_the_path_to_it() {
 fn dropped_segments_show_as_retransmissions_on_that_flow_only() {
     let hosts = TwoHosts::create();
     let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        "[[racks]]\nid = 1\nname = \"rack1\"\n\
-         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"198.18.1.1\"]\n",
-    )
-    .unwrap();
     let cgroup = TestCgroup::create();
-    let config = dir.path().join("a.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = 101\ntopology = \"{}\"\n[flows]\ncgroup = \"{}\"\n[probes]\nenabled = false\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n",
-            topology.display(),
-            cgroup.0.display()
-        ),
-    )
-    .unwrap();
+    let config = tracing_config(dir.path(), &cgroup, "");
     let a = Agent::start(&hosts.a, &config);
     run(&[
         "ip",
@@ -234,19 +257,13 @@ fn dropped_segments_show_as_retransmissions_on_that_flow_only() {
         .args(["python3", "-c", server])
         .spawn()
         .unwrap();
-    // a, in the traced cgroup: 300 kB to each port, retrying the connect
-    // while b's server starts.
-    let client = "import socket, time\n\
-        for port in (9001, 9002):\n\
-        \x20   for _ in range(50):\n\
-        \x20       try:\n\
-        \x20           s = socket.create_connection(('198.18.1.2', port), timeout=30)\n\
-        \x20           break\n\
-        \x20       except OSError:\n\
-        \x20           time.sleep(0.1)\n\
-        \x20   s.sendall(b'x' * 300000)\n\
-        \x20   s.close()\n";
-    assert!(python_in(&cgroup, Some(&hosts.a), client).success(), "client failed");
+    // a, in the traced cgroup: 300 kB to each port.
+    for port in [9001, 9002] {
+        assert!(
+            python_in(&cgroup, Some(&hosts.a), &client_script(port, 300_000)).success(),
+            "client failed"
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "b's server did not finish");
@@ -265,4 +282,54 @@ fn dropped_segments_show_as_retransmissions_on_that_flow_only() {
     assert_eq!(clean["bytes_acked"], 300_000, "{clean}");
     assert!(lossy["retrans_segs"].as_u64().unwrap() > 0, "{lossy}");
     assert_eq!(clean["retrans_segs"], 0, "{clean}");
+}
+
+/// With `flows.netns`, only that namespace's sockets are traced, even when
+/// processes of the traced cgroup live in other namespaces too.
+#[test]
+fn flows_netns_scopes_tracing_to_one_namespace() {
+    let hosts = TwoHosts::create();
+    let dir = tempfile::tempdir().unwrap();
+    let cgroup = TestCgroup::create();
+    let config = tracing_config(dir.path(), &cgroup, &format!("netns = \"/run/netns/{}\"", hosts.a));
+    // The agent itself runs in the root namespace here: the scope comes
+    // from the configuration, not from where the agent runs.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flowmesh-agent"));
+    command.args(["--debug", "--config"]).arg(&config);
+    let (child, lines) = spawn_debug_agent(command);
+    let a = Agent { child, lines };
+    // b serves; a client of the cgroup connects from b itself (other
+    // namespace: not traced), then one from a (traced).
+    let server = "import socket\n\
+        l = socket.create_server(('198.18.1.2', 9100))\n\
+        for _ in range(2):\n\
+        \x20   c, _ = l.accept()\n\
+        \x20   while c.recv(65536):\n\
+        \x20       pass\n\
+        \x20   c.close()\n";
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", hosts.b))
+        .args(["python3", "-c", server])
+        .spawn()
+        .unwrap();
+    let client = client_script(9100, 1000);
+    assert!(python_in(&cgroup, Some(&hosts.b), &client).success());
+    assert!(python_in(&cgroup, Some(&hosts.a), &client).success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "b's server did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut flows = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match a.lines.recv_timeout(left) {
+            Ok(line) if line["flow_id"].is_u64() => flows.push(line),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0]["src"], "198.18.1.1", "{flows:?}");
+    assert_eq!(flows[0]["bytes_acked"], 1000, "{flows:?}");
 }

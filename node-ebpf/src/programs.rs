@@ -4,6 +4,7 @@ use aya_ebpf::bindings::{
     BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG,
     bpf_sock_ops,
 };
+use aya_ebpf::helpers::generated::bpf_get_netns_cookie;
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_boot_ns,
 };
@@ -23,6 +24,17 @@ static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Set by the agent at load (an eighth of the ring).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 17;
+
+/// Only sockets of the network namespace with this cookie are traced; 0
+/// traces every namespace. Set by the agent at load (`flows.netns`).
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
+
+/// Whether a socket in the namespace with `cookie` is in scope.
+fn in_scope(cookie: u64) -> bool {
+    let wanted = unsafe { core::ptr::read_volatile(&NETNS_COOKIE) };
+    wanted == 0 || cookie == wanted
+}
 
 /// Every established flow's state, keyed by socket cookie: its identity
 /// (addresses, ports, start, DSCP) and its counters as of establishment or
@@ -112,6 +124,11 @@ fn ip6_words(field: &[u32; 4]) -> [u32; 4] {
 
 fn established(ctx: &SockOpsContext, direction: u8) {
     let ops: *mut bpf_sock_ops = ctx.ops;
+    // Out of scope: not tracked, and no callbacks asked for, so its close
+    // is never seen either.
+    if !in_scope(unsafe { bpf_get_netns_cookie(ops as *mut _) }) {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let family = ctx.family() as u16;
     let mut event = FlowEvent {
@@ -222,6 +239,9 @@ pub fn flowmesh_connect6(ctx: SockAddrContext) -> i32 {
 fn count_connect(ctx: &SockAddrContext) {
     // UDP sockets connect too; only TCP connections are counted.
     if unsafe { (*ctx.sock_addr).type_ } != SOCK_STREAM {
+        return;
+    }
+    if !in_scope(unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut _) }) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
