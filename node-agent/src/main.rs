@@ -399,6 +399,9 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
                     sender.flush().await;
                     sender.heartbeat_if_idle(Duration::from_secs(config.uplink.heartbeat_secs)).await;
                 }
+                // Ready: programs attached (since start) and the sampler
+                // reachable at the latest send.
+                metrics.set_ready(sender.as_ref().is_none_or(Sender::reachable));
                 // The process table is swept less often than the flush.
                 let connects = (last_sweep.elapsed() >= Duration::from_secs(2)).then(|| {
                     last_sweep = std::time::Instant::now();

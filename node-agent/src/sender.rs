@@ -74,6 +74,8 @@ pub struct Sender {
     stats: SenderStats,
     cap: RateCap,
     last_sent: Instant,
+    /// Whether the latest send to the primary sampler succeeded.
+    primary_ok: bool,
 }
 
 impl Sender {
@@ -100,6 +102,7 @@ impl Sender {
             stats: SenderStats::default(),
             cap: RateCap::new(max_per_sec),
             last_sent: Instant::now(),
+            primary_ok: true,
         }
     }
 
@@ -158,9 +161,13 @@ impl Sender {
                 self.stats.rate_limited_records += take as u64;
                 continue;
             }
-            for sampler in &self.samplers {
-                if self.socket.send_to(bytes, sampler).await.is_err() {
+            for (i, sampler) in self.samplers.iter().enumerate() {
+                let ok = self.socket.send_to(bytes, sampler).await.is_ok();
+                if !ok {
                     self.stats.send_errors += 1;
+                }
+                if i == 0 {
+                    self.primary_ok = ok;
                 }
             }
             self.last_sent = Instant::now();
@@ -180,14 +187,26 @@ impl Sender {
         };
         let bytes = builder.finish(self.sequence, crate::now_ns());
         self.sequence = self.sequence.wrapping_add(1);
-        for sampler in &self.samplers {
-            if self.socket.send_to(bytes, sampler).await.is_err() {
+        for (i, sampler) in self.samplers.iter().enumerate() {
+            let ok = self.socket.send_to(bytes, sampler).await.is_ok();
+            if !ok {
                 self.stats.send_errors += 1;
+            }
+            if i == 0 {
+                self.primary_ok = ok;
             }
         }
         self.last_sent = Instant::now();
         self.stats.datagrams += 1;
         self.stats.heartbeats += 1;
+    }
+
+    /// Whether the primary sampler was reachable at the latest send: the
+    /// kernel could route to it and no error came back. (UDP cannot tell
+    /// whether anything listens there; the sampler's completeness does.)
+    /// Heartbeats keep this current on an idle host.
+    pub fn reachable(&self) -> bool {
+        self.primary_ok
     }
 
     /// What has been sent.
@@ -259,5 +278,23 @@ mod tests {
         assert!(heartbeat.records.is_empty());
         // The 15 dropped datagrams used sequence numbers 10..25.
         assert_eq!(heartbeat.header.sequence.get(), 25);
+        assert!(sender.reachable());
+    }
+
+    /// A sampler the kernel refuses to send to (port 0 on loopback: no
+    /// packet leaves) makes the agent not ready, and counts the errors.
+    #[tokio::test]
+    async fn an_unreachable_sampler_is_noticed() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let origin = Origin {
+            node_id: 7,
+            agent_epoch: 1,
+        };
+        let to = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+        let mut sender = Sender::new(socket, to, origin, 1472, 1, 100);
+        assert!(sender.reachable(), "nothing sent yet");
+        sender.push_probe(record()).await;
+        assert!(!sender.reachable());
+        assert_eq!(sender.stats().send_errors, 1);
     }
 }
