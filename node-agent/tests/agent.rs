@@ -575,7 +575,8 @@ fn without_rdma_the_agent_says_so_once_and_probes_over_udp() {
 
 /// A connection that stays open is reported while open (every
 /// `flows.report_open_secs`), with the bytes it has moved so far and the
-/// flow id its close will carry.
+/// flow id its close will carry; the connect is counted for its process;
+/// and after a kill -9 none of the agent's programs or links remain.
 #[test]
 fn a_flow_that_stays_open_is_reported_while_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -650,5 +651,15 @@ fn a_flow_that_stays_open_is_reported_while_open() {
             "python3's connect not counted: {connects:?}\n{page}"
         );
         std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // kill -9: the programs' links belong to the process, so nothing of
+    // the agent stays attached even when it cannot clean up.
+    let held = bpf_objects_of(agent.child.id());
+    assert!(held.iter().any(|(k, _)| *k == "link_id"), "{held:?}");
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    for (kind, id) in held {
+        assert!(!bpf_object_exists(kind, id), "{kind} {id} stayed after kill -9");
     }
 }
