@@ -161,19 +161,25 @@ impl Sender {
                 self.stats.rate_limited_records += take as u64;
                 continue;
             }
-            for (i, sampler) in self.samplers.iter().enumerate() {
-                let ok = self.socket.send_to(bytes, sampler).await.is_ok();
-                if !ok {
-                    self.stats.send_errors += 1;
-                }
-                if i == 0 {
-                    self.primary_ok = ok;
-                }
-            }
-            self.last_sent = Instant::now();
-            self.stats.datagrams += 1;
+            self.send_to_samplers(bytes).await;
             self.stats.records += take as u64;
         }
+    }
+
+    /// Sends one datagram to every sampler (the same bytes, the same
+    /// sequence number), noting whether the primary took it.
+    async fn send_to_samplers(&mut self, bytes: &[u8]) {
+        for (i, sampler) in self.samplers.iter().enumerate() {
+            let ok = self.socket.send_to(bytes, sampler).await.is_ok();
+            if !ok {
+                self.stats.send_errors += 1;
+            }
+            if i == 0 {
+                self.primary_ok = ok;
+            }
+        }
+        self.last_sent = Instant::now();
+        self.stats.datagrams += 1;
     }
 
     /// Sends an empty datagram if nothing has been sent for `idle`.
@@ -187,17 +193,7 @@ impl Sender {
         };
         let bytes = builder.finish(self.sequence, crate::now_ns());
         self.sequence = self.sequence.wrapping_add(1);
-        for (i, sampler) in self.samplers.iter().enumerate() {
-            let ok = self.socket.send_to(bytes, sampler).await.is_ok();
-            if !ok {
-                self.stats.send_errors += 1;
-            }
-            if i == 0 {
-                self.primary_ok = ok;
-            }
-        }
-        self.last_sent = Instant::now();
-        self.stats.datagrams += 1;
+        self.send_to_samplers(bytes).await;
         self.stats.heartbeats += 1;
     }
 
