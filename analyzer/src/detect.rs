@@ -7,7 +7,8 @@
 //!
 //! - **loss**: (lost + failed) / sent above `loss_rate`;
 //! - **retransmissions**: retransmitted / sent segments above
-//!   `retrans_rate`;
+//!   `retrans_rate`, from at least `min_retrans_flows` flows (one flow's
+//!   burst — a spurious timeout, a stalled host — is one event);
 //! - **loss and retransmissions against the path's baseline**: a rate
 //!   above the median of the path's previous `baseline_windows` healthy
 //!   windows plus `mad_k` deviations, the deviation at least one probe (or
@@ -329,7 +330,13 @@ impl<'c> Detector<'c> {
             }
         }
         if segments_judged && let Some(rate) = path.retrans_rate() {
-            symptoms.extend(self.judge_rate(Rate::Retrans, slot, rate, path.segs_out));
+            if path.flows_with_retrans >= u64::from(cfg.min_retrans_flows) {
+                symptoms.extend(self.judge_rate(Rate::Retrans, slot, rate, path.segs_out));
+            } else {
+                // One flow's burst is one event, not the path's state: it
+                // joins the baseline as a healthy window's rate does.
+                self.retrans.push(slot, (rate * PPB) as u64);
+            }
         }
         Some(symptoms)
     }

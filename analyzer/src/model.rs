@@ -33,6 +33,9 @@ pub struct PathWindow {
     pub segs_out: u64,
     /// Of those, retransmitted.
     pub retrans_segs: u64,
+    /// Flows that retransmitted (each counted in the window of its first
+    /// retransmission).
+    pub flows_with_retrans: u64,
 }
 
 impl PathWindow {
@@ -137,6 +140,7 @@ impl Merge {
         acc.responder_delay_p99_ns = acc.responder_delay_p99_ns.max(row.responder_delay_p99_ns);
         acc.segs_out += row.segs_out;
         acc.retrans_segs += row.retrans_segs;
+        acc.flows_with_retrans += row.flows_with_retrans;
     }
 
     fn finish(mut self, scratch: &Histogram<u64>) -> PathWindow {
@@ -334,7 +338,7 @@ fn read_window(db: &rusqlite::Connection, window: &Window, read: &dyn Fn(u64)) -
     let mut current: Option<Merge> = None;
     let mut stmt = db.prepare_cached(
         "SELECT src_node, dst_node, probes_sent, probes_lost, probes_failed, rtt_p99_ns, responder_delay_p99_ns,
-                segs_out, retrans_segs, rtt_histogram
+                segs_out, retrans_segs, flows_with_retrans, rtt_histogram
          FROM path_windows WHERE window_start_ns = ?1
          ORDER BY src_node, dst_node",
     )?;
@@ -355,9 +359,10 @@ fn read_window(db: &rusqlite::Connection, window: &Window, read: &dyn Fn(u64)) -
             responder_delay_p99_ns: get(6)?,
             segs_out: get(7)?,
             retrans_segs: get(8)?,
+            flows_with_retrans: get(9)?,
         };
         // Anything but a blob counts as no histogram: the conservative merge.
-        let histogram = r.get_ref(9)?.as_blob_or_null().ok().flatten();
+        let histogram = r.get_ref(10)?.as_blob_or_null().ok().flatten();
         match &mut current {
             Some(m) if (m.row.src, m.row.dst) == (row.src, row.dst) => m.add(&row, histogram, &mut scratch),
             _ => {

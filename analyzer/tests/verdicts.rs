@@ -30,6 +30,8 @@ struct Shows {
     lost: u32,
     p99_us: u64,
     responder_p99_us: u64,
+    /// TCP segments sent, retransmitted, and flows that retransmitted.
+    segs: (u64, u64, u32),
 }
 
 const HEALTHY: Shows = Shows {
@@ -37,6 +39,7 @@ const HEALTHY: Shows = Shows {
     lost: 0,
     p99_us: 80,
     responder_p99_us: 10,
+    segs: (0, 0, 0),
 };
 
 /// Builds a database of `windows` windows; `shows(window, src, dst)` says
@@ -83,6 +86,11 @@ fn fill(
                     p.rtt_p50_ns = (s.p99_us * 600).into();
                     p.rtt_p99_ns = (s.p99_us * 1_000).into();
                     p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
+                    let (segs, retrans, flows) = s.segs;
+                    p.flows = 20.into();
+                    p.segs_out = segs.into();
+                    p.retrans_segs = retrans.into();
+                    p.flows_with_retrans = flows.into();
                     b.push_path(p, &[]).unwrap();
                 }
             }
@@ -191,6 +199,43 @@ fn a_lossy_host_is_named() {
     assert!(host.worst.iter().all(|w| w.src == "r2n2" || w.dst == "r2n2"));
     // The runners-up are far behind: r2n2's rack and its peers.
     assert!(host.runners_up.iter().all(|r| r.share < 0.5), "{:#?}", host.runners_up);
+}
+
+/// Retransmissions on one host's paths name the host when several flows
+/// retransmit; one flow's burst on every path (a spurious timeout each, a
+/// stalled host) is one event per path and names no one.
+#[test]
+fn retransmissions_name_a_host_only_when_several_flows_retransmit() {
+    let busy = Shows {
+        segs: (1_000, 0, 0),
+        ..HEALTHY
+    };
+    for (flows, named) in [(1, false), (2, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = 301;
+        let store = database(
+            dir.path(),
+            6,
+            |w, s, d| {
+                Some(if w >= 3 && (s == bad || d == bad) {
+                    Shows {
+                        segs: (1_000, 40, flows),
+                        ..busy
+                    }
+                } else {
+                    busy
+                })
+            },
+            never,
+        );
+        let a = analysis(&store, 6, 0);
+        if named {
+            assert_eq!(verdicts(&a), [("host".into(), "r3n1".into())], "{:#?}", a.anomalies);
+            assert_eq!(a.anomalies[0].symptoms["retransmissions"], 48);
+        } else {
+            assert!(a.anomalies.is_empty(), "{:#?}", a.anomalies);
+        }
+    }
 }
 
 #[test]

@@ -199,16 +199,16 @@ fn bare_scan(db: &Path) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
     let mut stmt = conn.prepare(
         "SELECT window_start_ns, src_node, dst_node, probes_sent, probes_lost, probes_failed, rtt_p99_ns,
-                responder_delay_p99_ns, segs_out, retrans_segs, rtt_histogram
+                responder_delay_p99_ns, segs_out, retrans_segs, flows_with_retrans, rtt_histogram
          FROM path_windows WHERE window_start_ns >= 0",
     )?;
     let mut rows = stmt.query([])?;
     let (mut count, mut checksum) = (0u64, 0u64);
     while let Some(r) = rows.next()? {
-        for i in 0..10 {
+        for i in 0..11 {
             checksum = checksum.wrapping_add(r.get::<_, i64>(i)? as u64);
         }
-        checksum = checksum.wrapping_add(r.get_ref(10)?.as_blob_or_null()?.map_or(0, <[u8]>::len) as u64);
+        checksum = checksum.wrapping_add(r.get_ref(11)?.as_blob_or_null()?.map_or(0, <[u8]>::len) as u64);
         count += 1;
     }
     std::hint::black_box(checksum);

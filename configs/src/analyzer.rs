@@ -32,6 +32,11 @@ pub struct Detection {
     /// TCP retransmission rate (retransmitted / sent segments) above which a
     /// path window is flagged.
     pub retrans_rate: f64,
+    /// Fewest flows of a path window with retransmissions before its
+    /// retransmission rate can flag it: one flow's burst (a spurious
+    /// timeout, a stalled host) is one event, not the path's state — the
+    /// flows that retransmit are the votes, as in 007.
+    pub min_retrans_flows: u32,
     /// p99 network RTT above which a path window is flagged, µs.
     pub p99_rtt_us: u64,
     /// p99 responder delay (how long the answering host held probes) above
@@ -80,6 +85,7 @@ impl Default for Detection {
         Detection {
             loss_rate: 0.02,
             retrans_rate: 0.01,
+            min_retrans_flows: 2,
             p99_rtt_us: 500,
             p99_responder_delay_us: 500,
             baseline_windows: 30,
@@ -111,6 +117,7 @@ impl Component for AnalyzerConfig {
         let d = &self.detect;
         c.range("detect.loss_rate", d.loss_rate, 0.0..=1.0, "a fraction");
         c.range("detect.retrans_rate", d.retrans_rate, 0.0..=1.0, "a fraction");
+        c.range("detect.min_retrans_flows", d.min_retrans_flows, 1..=1_000_000, "flows");
         c.range("detect.p99_rtt_us", d.p99_rtt_us, 1..=60_000_000, "microseconds");
         c.range(
             "detect.p99_responder_delay_us",
