@@ -4,7 +4,10 @@
 //! Every element the topology knows is scored by the share of the judged
 //! paths through it that are bad:
 //!
-//! - a **host**: paths from or to it;
+//! - a **host**: paths from or to it — the worse of the two directions
+//!   when each has `min_paths`, since a host that dies mid-window still
+//!   reported its own paths as they were before it died, while its peers'
+//!   paths to it tell the whole window;
 //! - a **rack** (its switch or uplink): paths between it and other racks —
 //!   a rack uplink fault spares in-rack paths;
 //! - a **rack pair**: paths between the two racks.
@@ -87,9 +90,10 @@ impl Element {
 pub struct Score {
     /// The element.
     pub element: Element,
-    /// Bad paths through it (not yet explained by an earlier verdict).
+    /// Bad paths through it (not yet explained by an earlier verdict); for
+    /// a host whose paths in one direction alone score worse, those.
     pub bad: usize,
-    /// Judged paths through it.
+    /// Judged paths through it (for a host, perhaps one direction's).
     pub paths: usize,
     /// `bad / paths`.
     pub share: f64,
@@ -135,7 +139,8 @@ struct Totals {
     node: FxHashMap<u32, (usize, usize)>,
     /// Rack id → dense rack.
     rack: FxHashMap<u32, usize>,
-    hosts: Vec<usize>,
+    /// Judged paths from and to each dense node.
+    hosts: Vec<Directions>,
     racks: Vec<usize>,
     /// Dense rack pairs, lower first: `a * racks + b`.
     pairs: Vec<usize>,
@@ -152,7 +157,7 @@ impl Totals {
             .collect();
         let n = rack.len();
         Totals {
-            hosts: vec![0; topology.nodes().len()],
+            hosts: vec![Directions::default(); topology.nodes().len()],
             racks: vec![0; n],
             pairs: vec![0; n * n],
             node,
@@ -163,8 +168,11 @@ impl Totals {
     /// Counts a path in every element it runs through (as [`elements`]).
     fn count(&mut self, src: u32, dst: u32) {
         let (a, b) = (self.node.get(&src).copied(), self.node.get(&dst).copied());
-        for (host, _) in a.iter().chain(&b) {
-            self.hosts[*host] += 1;
+        if let Some((host, _)) = a {
+            self.hosts[host].from += 1;
+        }
+        if let Some((host, _)) = b {
+            self.hosts[host].to += 1;
         }
         if let (Some((_, x)), Some((_, y))) = (a, b)
             && x != y
@@ -178,13 +186,33 @@ impl Totals {
     /// Paths counted through `element`.
     fn of(&self, element: Element) -> usize {
         match element {
-            Element::Host { node } => self.node.get(&node).map_or(0, |&(n, _)| self.hosts[n]),
+            Element::Host { node } => self.host(node).total(),
             Element::Rack { rack } => self.rack.get(&rack).map_or(0, |&r| self.racks[r]),
             Element::RackPair { a, b } => match (self.rack.get(&a), self.rack.get(&b)) {
                 (Some(&x), Some(&y)) => self.pairs[x.min(y) * self.racks.len() + x.max(y)],
                 _ => 0,
             },
         }
+    }
+
+    /// Paths counted from and to a node.
+    fn host(&self, node: u32) -> Directions {
+        self.node
+            .get(&node)
+            .map_or_else(Directions::default, |&(n, _)| self.hosts[n])
+    }
+}
+
+/// Paths from and to a host.
+#[derive(Debug, Clone, Copy, Default)]
+struct Directions {
+    from: usize,
+    to: usize,
+}
+
+impl Directions {
+    fn total(self) -> usize {
+        self.from + self.to
     }
 }
 
@@ -211,15 +239,32 @@ pub fn localize<'a>(
     let mut verdicts = Vec::new();
     while !unexplained.is_empty() {
         let mut bad: FxHashMap<Element, usize> = FxHashMap::default();
+        // Bad paths from each host (the rest of a host's are to it).
+        let mut bad_from: FxHashMap<u32, usize> = FxHashMap::default();
         for (_, through) in &unexplained {
             for e in through.iter().flatten() {
                 *bad.entry(*e).or_default() += 1;
             }
+            if let Some(Element::Host { node }) = through[0] {
+                *bad_from.entry(node).or_default() += 1;
+            }
         }
+        let min_paths = cfg.min_paths as usize;
         let mut scores: Vec<Score> = bad
             .iter()
             .map(|(&element, &bad)| {
-                let paths = totals.of(element);
+                let mut best = (bad, totals.of(element));
+                if let Element::Host { node } = element {
+                    let all = totals.host(node);
+                    let from = bad_from.get(&node).copied().unwrap_or(0);
+                    for (bad, paths) in [(from, all.from), (bad - from, all.to)] {
+                        // bad / paths > best.0 / best.1, without division.
+                        if paths >= min_paths && bad * best.1 > best.0 * paths {
+                            best = (bad, paths);
+                        }
+                    }
+                }
+                let (bad, paths) = best;
                 Score {
                     element,
                     bad,
@@ -238,7 +283,7 @@ pub fn localize<'a>(
         });
         let Some(best) = scores
             .iter()
-            .position(|s| s.share >= cfg.min_bad_share && s.paths >= cfg.min_paths as usize)
+            .position(|s| s.share >= cfg.min_bad_share && s.paths >= min_paths)
         else {
             break;
         };

@@ -117,9 +117,10 @@ pub struct Anomaly {
     pub windows: u32,
     /// Bad path windows it explains, summed over its windows.
     pub bad_path_windows: usize,
-    /// Bad paths through it in its worst window.
+    /// Bad paths through it in its worst window (for a host scored by one
+    /// direction, the bad paths into it or out of it).
     pub bad_paths: usize,
-    /// Judged paths through it in its worst window.
+    /// Judged paths through it in its worst window (likewise).
     pub paths: usize,
     /// `bad_paths / paths`: the highest share of bad paths through it in a
     /// window.

@@ -238,6 +238,32 @@ fn retransmissions_name_a_host_only_when_several_flows_retransmit() {
     }
 }
 
+/// A host that dies in the middle of window 3 reported its own paths as
+/// they were before (healthy); its peers' probes to it lose from then on.
+/// It is named in that window already, scored by the paths into it.
+#[test]
+fn a_host_dying_mid_window_is_named_in_that_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = 202;
+    let store = database(
+        dir.path(),
+        5,
+        |w, s, d| match w {
+            3 if s == dead => Some(HEALTHY),
+            3 if d == dead => Some(Shows { lost: 40, ..HEALTHY }),
+            4 if s == dead => None,
+            4 if d == dead => Some(Shows { lost: 100, ..HEALTHY }),
+            _ => Some(HEALTHY),
+        },
+        |w, node| w == 4 && node == dead,
+    );
+    let a = analysis(&store, 5, 0);
+    assert_eq!(verdicts(&a), [("host".into(), "r2n2".into())], "{:#?}", a.anomalies);
+    let host = &a.anomalies[0];
+    assert_eq!((host.first_window_ns, host.windows), (T0 + 3 * W, 2));
+    assert_eq!((host.bad_paths, host.paths, host.share), (8, 8, 1.0));
+}
+
 #[test]
 fn a_lossy_rack_uplink_is_named_not_its_hosts() {
     let dir = tempfile::tempdir().unwrap();
