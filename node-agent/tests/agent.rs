@@ -250,6 +250,32 @@ fn without_capabilities_it_says_which_and_how_to_grant_them() {
 }
 
 /// A UDP port free on 127.0.0.1 a moment ago, for the agents' responders.
+/// Writes `topology.toml` into `dir`: each node `(id, address)` is named
+/// `n{id}` in rack `id / 100` (racks named `rack{n}`), with `extra(id)`'s
+/// lines added to it.
+fn write_topology(dir: &std::path::Path, nodes: &[(u32, &str)], extra: impl Fn(u32) -> String) -> std::path::PathBuf {
+    let mut racks: Vec<u32> = nodes.iter().map(|(id, _)| id / 100).collect();
+    racks.dedup();
+    let mut text = String::new();
+    for rack in racks {
+        text.push_str(&format!("[[racks]]\nid = {rack}\nname = \"rack{rack}\"\n"));
+    }
+    for (id, addr) in nodes {
+        text.push_str(&format!(
+            "[[nodes]]\nid = {id}\nname = \"n{id}\"\nrack = \"rack{}\"\naddresses = [\"{addr}\"]\n{}",
+            id / 100,
+            extra(*id)
+        ));
+    }
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn no_extra(_: u32) -> String {
+    String::new()
+}
+
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -279,15 +305,11 @@ fn probe_records(sampler: &std::net::UdpSocket, within: Duration) -> Vec<wire_fo
 fn agents_probe_each_other_and_a_stopped_responder_times_out() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        "[[racks]]\nid = 1\nname = \"rack1\"\n[[racks]]\nid = 2\nname = \"rack2\"\n\
-         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"127.0.0.1\"]\n\
-         [[nodes]]\nid = 102\nname = \"b\"\nrack = \"rack1\"\naddresses = [\"127.0.0.2\"]\n\
-         [[nodes]]\nid = 201\nname = \"c\"\nrack = \"rack2\"\naddresses = [\"127.0.0.3\"]\n",
-    )
-    .unwrap();
+    let topology = write_topology(
+        dir.path(),
+        &[(101, "127.0.0.1"), (102, "127.0.0.2"), (201, "127.0.0.3")],
+        no_extra,
+    );
     let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let metrics_a = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -386,17 +408,7 @@ fn scrape(addr: SocketAddr) -> String {
 fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let topology = dir.path().join("topology.toml");
-    let nodes = |ids: &[(u32, &str)]| {
-        let mut text = String::from("[[racks]]\nid = 1\nname = \"rack1\"\n");
-        for (id, addr) in ids {
-            text.push_str(&format!(
-                "[[nodes]]\nid = {id}\nname = \"n{id}\"\nrack = \"rack1\"\naddresses = [\"{addr}\"]\n"
-            ));
-        }
-        text
-    };
-    std::fs::write(&topology, nodes(&[(101, "127.0.0.1"), (102, "127.0.0.2")])).unwrap();
+    let topology = write_topology(dir.path(), &[(101, "127.0.0.1"), (102, "127.0.0.2")], no_extra);
     let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let cg = TestCgroup::create();
     let mut a = Agent::start(
@@ -423,11 +435,11 @@ fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken(
     };
     assert_eq!(targets(&probe_records(&sampler, Duration::from_secs(1))), [102]);
 
-    std::fs::write(
-        &topology,
-        nodes(&[(101, "127.0.0.1"), (102, "127.0.0.2"), (103, "127.0.0.3")]),
-    )
-    .unwrap();
+    write_topology(
+        dir.path(),
+        &[(101, "127.0.0.1"), (102, "127.0.0.2"), (103, "127.0.0.3")],
+        no_extra,
+    );
     hup(&a);
     // Let in-flight probes to the old list time out, then look.
     let _ = probe_records(&sampler, Duration::from_millis(500));
@@ -454,14 +466,7 @@ fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken(
 fn a_stalled_responder_shows_as_responder_delay_not_network_rtt() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        "[[racks]]\nid = 1\nname = \"rack1\"\n\
-         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"127.0.0.1\"]\n\
-         [[nodes]]\nid = 102\nname = \"b\"\nrack = \"rack1\"\naddresses = [\"127.0.0.2\"]\n",
-    )
-    .unwrap();
+    let topology = write_topology(dir.path(), &[(101, "127.0.0.1"), (102, "127.0.0.2")], no_extra);
     let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let config = |node: u32, uplink: String| {
         format!(
@@ -527,14 +532,9 @@ fn without_rdma_the_agent_says_so_once_and_probes_over_udp() {
     use zerocopy::IntoBytes;
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        "[[racks]]\nid = 1\nname = \"rack1\"\n\
-         [[nodes]]\nid = 101\nname = \"a\"\nrack = \"rack1\"\naddresses = [\"127.0.0.1\"]\nrdma_gids = [\"fd00::101\"]\n\
-         [[nodes]]\nid = 102\nname = \"b\"\nrack = \"rack1\"\naddresses = [\"127.0.0.2\"]\nrdma_gids = [\"fd00::102\"]\n",
-    )
-    .unwrap();
+    let topology = write_topology(dir.path(), &[(101, "127.0.0.1"), (102, "127.0.0.2")], |id| {
+        format!("rdma_gids = [\"fd00::{id}\"]\n")
+    });
     let cgroup = TestCgroup::create();
     let config = dir.path().join("a.toml");
     std::fs::write(
