@@ -1,6 +1,11 @@
 //! Start-up checks: everything the agent needs from the kernel and its
 //! privileges, each failure with its own exit code and a message that says
 //! what to run or change.
+//!
+//! bpffs and tracefs are deliberately not required: the agent pins no
+//! object (so none of it outlives the process, even after `kill -9`) and
+//! attaches sock_ops and cgroup connect programs, no tracepoint, so it
+//! works whether or not either is mounted.
 
 use std::path::{Path, PathBuf};
 
