@@ -5,7 +5,7 @@
 use collector::{Store, StoreError};
 use hdrhistogram::Histogram;
 use rusqlite::OptionalExtension as _;
-use wire_format::{decode_histogram, new_rtt_histogram};
+use wire_format::{decode_histogram, new_rtt_histogram, tail_quantile};
 
 /// One directed path in one window, all DSCP classes and transports merged.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +145,7 @@ impl Merge {
 
     fn finish(mut self, scratch: &Histogram<u64>) -> PathWindow {
         if self.merging && !self.missing_histogram && !scratch.is_empty() {
-            self.row.rtt_p99_ns = scratch.value_at_quantile(0.99);
+            self.row.rtt_p99_ns = scratch.value_at_quantile(tail_quantile(scratch.len()));
         }
         self.row
     }

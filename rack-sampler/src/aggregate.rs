@@ -38,7 +38,7 @@ use hdrhistogram::Histogram;
 use wire_format::{
     AgentCompleteness, BatchBuilder, BatchId, BatchInfo, DropReason, EndReason, FlowRecord, MAX_BATCH_BYTES,
     PathSummary, ProbeOutcome, ProbeRecord, RTT_HISTOGRAM_MAX_NS, Records, SampleMeta, Transport, anomaly,
-    completeness_flags, encode_histogram, new_rtt_histogram,
+    completeness_flags, encode_histogram, new_rtt_histogram, tail_quantile,
 };
 
 use crate::completeness::{Arrival, SequenceTracker};
@@ -997,7 +997,7 @@ fn summarize(key: &PathKey, p: PathAgg, scratch: &mut Vec<u8>) -> (PathSummary, 
         let q = |q: f64| h.value_at_quantile(q).min(p.rtt_max_ns);
         s.rtt_p50_ns = q(0.5).into();
         s.rtt_p90_ns = q(0.9).into();
-        s.rtt_p99_ns = q(0.99).into();
+        s.rtt_p99_ns = q(tail_quantile(h.len())).into();
         s.rtt_p999_ns = q(0.999).into();
         // Encoding a valid histogram into a Vec cannot fail; a path without
         // a histogram still carries its quantiles.
@@ -1006,7 +1006,7 @@ fn summarize(key: &PathKey, p: PathAgg, scratch: &mut Vec<u8>) -> (PathSummary, 
     if !p.delays.is_empty() {
         let h = p.delays.into_histogram();
         s.responder_delay_p50_ns = h.value_at_quantile(0.5).into();
-        s.responder_delay_p99_ns = h.value_at_quantile(0.99).into();
+        s.responder_delay_p99_ns = h.value_at_quantile(tail_quantile(h.len())).into();
     }
     (s, scratch.clone())
 }

@@ -35,6 +35,25 @@ pub enum HistogramError {
     Payload(String),
 }
 
+/// The quantile a window reports as its 99th percentile of `count` values
+/// (`rtt_p99_ns`, `responder_delay_p99_ns`), for
+/// [`Histogram::value_at_quantile`] (the ⌈q·n⌉-th smallest value).
+///
+/// The 99th percentile of fewer than 100 values is their maximum: one
+/// probe — a descheduled responder, one packet behind a burst — would be
+/// the window's tail, and a window of 50 probes would flag on it. Below 100
+/// values the reported tail is the second-highest value; from 100 on it is
+/// the 99th percentile, which has at least one value above it anyway. The
+/// maximum is reported apart (`rtt_max_ns`).
+pub fn tail_quantile(count: u64) -> f64 {
+    if (2..100).contains(&count) {
+        // ⌈n − 1.5⌉ = n − 1 whatever the rounding of the division.
+        (count as f64 - 1.5) / count as f64
+    } else {
+        0.99
+    }
+}
+
 /// An empty histogram with flowmesh's RTT bounds and precision.
 pub fn new_rtt_histogram() -> Histogram<u64> {
     // Constant, valid bounds: 1 ≤ low, 2·low ≤ high, sigfigs ≤ 5.
@@ -133,6 +152,23 @@ fn check_payload(payload: &[u8]) -> Result<(), HistogramError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Below 100 values the tail is the second-highest, never one value;
+    /// from 100 on, the 99th percentile.
+    #[test]
+    fn the_tail_of_few_values_is_never_one_value() {
+        for n in [2u64, 3, 30, 50, 97, 99, 100, 101, 1_000] {
+            let mut histogram = new_rtt_histogram();
+            // Values 1..=n ms, each in a bucket of its own at this precision.
+            for i in 1..=n {
+                histogram.record(i * 1_000_000).unwrap();
+            }
+            let tail = histogram.value_at_quantile(tail_quantile(n));
+            let rank = if n < 100 { n - 1 } else { (n * 99).div_ceil(100) };
+            assert!(histogram.equivalent(tail, rank * 1_000_000), "n = {n}: {tail}");
+        }
+        assert_eq!(tail_quantile(1), 0.99);
+    }
 
     #[test]
     fn round_trip_keeps_quantiles() {

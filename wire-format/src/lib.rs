@@ -48,7 +48,7 @@ pub use error::{DropReason, Error, FieldError};
 pub use flow::{Flow, FlowRecord};
 pub use histogram::{
     HistogramError, MAX_HISTOGRAM_SAMPLES, RTT_HISTOGRAM_MAX_NS, RTT_HISTOGRAM_SIGFIGS, decode_histogram,
-    encode_histogram, new_rtt_histogram,
+    encode_histogram, new_rtt_histogram, tail_quantile,
 };
 pub use ping::{PROBE_FOLLOW_UP, PROBE_MAGIC, PROBE_REPLY, PROBE_REQUEST, PROBE_VERSION, ProbePacket};
 pub use probe::{MAX_QPN, Probe, ProbeAddr, ProbeRecord, ProbeTimestamps};
