@@ -9,12 +9,14 @@
 //! CPU 1; the collector and the sender (this process) share CPU 0.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::sampler_ingest::{self, ChildGuard, Kind, blast, build_traffic, cpu_seconds, free_port, metric, scrape};
+use crate::sampler_ingest::{
+    self, ChildGuard, Kind, blast, build_traffic, cpu_seconds, free_port, metric, scrape, start_daemon,
+};
 
 /// Options of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,17 +78,6 @@ impl Tiers {
     }
 }
 
-fn wait_for(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while scrape(addr).is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 fn start(dir: &std::path::Path, traffic_opts: &sampler_ingest::Options) -> anyhow::Result<Tiers> {
     let collector_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let collector_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -114,28 +105,24 @@ fn start(dir: &std::path::Path, traffic_opts: &sampler_ingest::Options) -> anyho
             collector_bin.display()
         );
     }
-    let collector = ChildGuard(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&collector_bin)
-            .arg("--config")
-            .arg(&collector_config)
-            .env("RUST_LOG", "error")
-            .stderr(Stdio::from(std::fs::File::create(dir.join("collector.log"))?))
-            .spawn()
-            .context("running flowmesh-collector under taskset")?,
-    );
-    wait_for(collector_metrics, "the collector")?;
-    let sampler = ChildGuard(
-        sampler_ingest::pinned(&sampler_ingest::sampler_binary()?)
-            .arg("--config")
-            .arg(&sampler_config)
-            .env("RUST_LOG", "error")
-            .stderr(Stdio::from(std::fs::File::create(dir.join("sampler.log"))?))
-            .spawn()
-            .context("running flowmesh-sampler under taskset")?,
-    );
-    wait_for(sampler_metrics, "the sampler")?;
+    let mut collector = Command::new("taskset");
+    collector.args(["-c", "0"]).arg(&collector_bin).env("RUST_LOG", "error");
+    let collector = start_daemon(
+        collector,
+        &collector_config,
+        &dir.join("collector.log"),
+        collector_metrics,
+        "flowmesh-collector",
+    )?;
+    let mut sampler = sampler_ingest::pinned(&sampler_ingest::sampler_binary()?);
+    sampler.env("RUST_LOG", "error");
+    let sampler = start_daemon(
+        sampler,
+        &sampler_config,
+        &dir.join("sampler.log"),
+        sampler_metrics,
+        "flowmesh-sampler",
+    )?;
     Ok(Tiers {
         ingest,
         sampler,

@@ -295,6 +295,35 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts a flowmesh daemon: `command` (program and environment set) with
+/// `--config config`, its stderr in `log`; returns once its metrics
+/// endpoint answers, or fails after 20 s with the log's text.
+pub(crate) fn start_daemon(
+    mut command: Command,
+    config: &Path,
+    log: &Path,
+    metrics: SocketAddr,
+    what: &str,
+) -> anyhow::Result<ChildGuard> {
+    let child = ChildGuard(
+        command
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log)?))
+            .spawn()
+            .with_context(|| format!("starting {what}"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(metrics).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not start: {}", std::fs::read_to_string(log)?);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
 pub(crate) fn pinned(program: &Path) -> Command {
     let mut command = Command::new("taskset");
     command.args(["-c", "1"]).arg(program);
@@ -420,25 +449,12 @@ fn run_sampler(dir: &Path, opts: &Options, traffic: &mut Traffic, rate: Option<f
     let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let config = write_setup(dir, opts, ingest, metrics, None)?;
-    let child = ChildGuard(
-        pinned(&sampler_binary()?)
-            .arg("--config")
-            .arg(&config)
-            .env(
-                "RUST_LOG",
-                std::env::var("FLOWMESH_BENCH_SAMPLER_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stderr(Stdio::from(std::fs::File::create(dir.join("sampler.log"))?))
-            .spawn()
-            .context("running flowmesh-sampler under taskset")?,
+    let mut sampler = pinned(&sampler_binary()?);
+    sampler.env(
+        "RUST_LOG",
+        std::env::var("FLOWMESH_BENCH_SAMPLER_LOG").unwrap_or_else(|_| "error".into()),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while scrape(metrics).is_err() {
-        if Instant::now() > deadline {
-            bail!("the sampler did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_daemon(sampler, &config, &dir.join("sampler.log"), metrics, "flowmesh-sampler")?;
     let sent = blast(traffic, ingest, opts.seconds, rate)?;
     // Let the receiver drain its socket buffer.
     std::thread::sleep(Duration::from_millis(500));

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::sampler_ingest::{ChildGuard, cpu_seconds, free_port, metric, peak_rss_kib, scrape};
+use crate::sampler_ingest::{ChildGuard, cpu_seconds, free_port, metric, peak_rss_kib, scrape, start_daemon};
 
 /// Options of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -198,26 +198,9 @@ fn start_agent(dir: &Path, cgroup: &Path) -> anyhow::Result<Agent> {
             cgroup.display()
         ),
     )?;
-    let child = ChildGuard(
-        Command::new(&agent)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("agent.log"))?))
-            .spawn()
-            .context("starting flowmesh-agent")?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while scrape(metrics).is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "the agent did not start: {}",
-                std::fs::read_to_string(dir.join("agent.log"))?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut command = Command::new(&agent);
+    command.env("RUST_LOG", "error");
+    let child = start_daemon(command, &config, &dir.join("agent.log"), metrics, "flowmesh-agent")?;
     Ok(Agent {
         child,
         metrics,
