@@ -7,7 +7,7 @@ use std::io::Write as _;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use collector::Store;
+use collector_storage::{Reader, SqliteStore};
 use configs::{AnalyzerConfig, ConfigArgs, Since, Topology};
 
 /// flowmesh analyzer: reads the collector's SQLite database (read-only;
@@ -94,7 +94,7 @@ fn now_ns() -> u64 {
 /// The path windows themselves are kept only when `keep_paths` (the HTML
 /// report draws them); otherwise memory holds a few windows at a time.
 fn analyze_since(
-    store: &Store,
+    store: &dyn Reader,
     topology: &Topology,
     config: &AnalyzerConfig,
     since: Since,
@@ -104,12 +104,14 @@ fn analyze_since(
     let from = since.start_ns(now);
     let reading = || format!("reading {}", config.database.display());
     // Earlier windows feed the RTT baselines: as many as a baseline holds.
-    let history = analyzer::model::history_start(store, from, config.detect.baseline_windows).with_context(reading)?;
+    let history = store
+        .history_start(from, config.detect.baseline_windows)
+        .with_context(reading)?;
     let to = now.saturating_add(1);
     let mut analyzer = analyzer::report::Analyzer::new(from, now, topology, config);
     let mut paths = Vec::new();
     let progress = Progress::new();
-    analyzer::model::for_each_window(
+    collector_storage::for_each_window(
         store,
         history,
         to,
@@ -123,7 +125,7 @@ fn analyze_since(
     )
     .with_context(reading)?;
     progress.done();
-    let agents = analyzer::model::load_agents(store, history, to).with_context(reading)?;
+    let agents = store.agent_windows(history, to).with_context(reading)?;
     let analysis = analyzer.finish(&agents);
     Ok((analysis, analyzer::model::Observations { paths, agents }))
 }
@@ -185,7 +187,7 @@ impl Progress {
 /// cleared since the previous pass.
 fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Option<u64>) -> anyhow::Result<()> {
     let topology = Topology::load(&config.topology)?;
-    let store = Store::open_read_only(&config.database)?;
+    let store = SqliteStore::open_read_only(&config.database)?;
     let mut previous = std::collections::BTreeMap::new();
     let mut pass = 0u64;
     loop {
@@ -250,7 +252,7 @@ fn run() -> anyhow::Result<bool> {
     config.database = database.unwrap_or(config.database);
     config.topology = topology.unwrap_or(config.topology);
     let topology = Topology::load(&config.topology)?;
-    let store = Store::open_read_only(&config.database)?;
+    let store = SqliteStore::open_read_only(&config.database)?;
     let (analysis, observations) = analyze_since(&store, &topology, &config, since, matches!(format, Format::Html))?;
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(

@@ -1,12 +1,12 @@
-//! Detection and localization on databases built through the collector's
-//! storage code: a clean run, and one fault of each kind, each named.
+//! Detection and localization on databases built through the storage
+//! library: a clean run, and one fault of each kind, each named.
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::path::Path;
 
 use analyzer::model::load;
 use analyzer::report::{Analysis, analyze};
-use collector::Store;
+use collector_storage::{BatchWriter, SqliteStore};
 use configs::{AnalyzerConfig, Topology};
 use wire_format::{AgentCompleteness, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport, completeness_flags};
 
@@ -50,17 +50,17 @@ fn database(
     windows: u64,
     shows: impl Fn(u64, u32, u32) -> Option<Shows>,
     silent: impl Fn(u64, u32) -> bool,
-) -> Store {
+) -> SqliteStore {
     let path = dir.join("flowmesh.db");
-    let mut store = Store::open(&path).unwrap();
+    let mut store = SqliteStore::open(&path).unwrap();
     fill(&mut store, 0..windows, shows, silent);
     drop(store);
-    Store::open_read_only(&path).unwrap()
+    SqliteStore::open_read_only(&path).unwrap()
 }
 
 /// Stores windows `windows` (by index from T0) as the samplers would.
 fn fill(
-    store: &mut Store,
+    store: &mut dyn BatchWriter,
     windows: std::ops::Range<u64>,
     shows: impl Fn(u64, u32, u32) -> Option<Shows>,
     silent: impl Fn(u64, u32) -> bool,
@@ -100,7 +100,7 @@ fn fill(
     }
 }
 
-fn analysis(store: &Store, windows: u64, judge_from: u64) -> Analysis {
+fn analysis(store: &SqliteStore, windows: u64, judge_from: u64) -> Analysis {
     let obs = load(store, 0, u64::MAX).unwrap();
     analyze(
         &obs,
@@ -492,7 +492,7 @@ fn a_window_with_too_few_probes_pages_no_one() {
 }
 
 /// Three windows in which r3n3 loses half of its probes both ways.
-fn lossy_r3n3(dir: &Path) -> Store {
+fn lossy_r3n3(dir: &Path) -> SqliteStore {
     database(
         dir,
         3,
@@ -689,7 +689,7 @@ fn watch_prints_an_anomaly_when_it_starts_and_when_it_clears() {
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("NEW     host r3n3: 16 of 16 paths bad"), "{first}");
     // Two healthy windows arrive while it waits: the next pass clears it.
-    let mut store = Store::open(&dir.path().join("flowmesh.db")).unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("flowmesh.db")).unwrap();
     fill(&mut store, 3..5, healthy, never);
     drop(store);
     let second = lines.next().unwrap().unwrap();

@@ -4,7 +4,7 @@
 //! columns on one connection (the floor: reading them at all, the simple
 //! way) measured in the same run. Peak RSS comes from GNU time.
 //!
-//! The database is written through the collector's own storage code, one
+//! The database is written through the storage library (collector-storage), one
 //! batch per rack and window as samplers send them. One host is made lossy in
 //! the last windows, and the report must name it: a benchmark of a report
 //! that found nothing would measure the easy case.
@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use collector::Store;
+use collector_storage::{BatchWriter, SqliteStore};
 use wire_format::{AgentCompleteness, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport};
 use wire_format::{encode_histogram, new_rtt_histogram};
 
@@ -130,7 +130,7 @@ fn histogram_pool(probes: u32) -> anyhow::Result<Vec<Pooled>> {
 
 fn generate(o: &Options, db: &Path, end_ns: u64) -> anyhow::Result<u64> {
     let pool = histogram_pool(o.probes_per_path)?;
-    let mut store = Store::open(db)?;
+    let mut store = SqliteStore::open(db)?;
     for rack in 1..=o.racks {
         store.upsert_rack(rack, &format!("rack{rack}"))?;
         for index in 1..=o.nodes_per_rack {
@@ -193,7 +193,8 @@ fn generate(o: &Options, db: &Path, end_ns: u64) -> anyhow::Result<u64> {
 }
 
 /// The floor: the rows the analyzer reads, read by a bare loop that touches
-/// every column (histograms included) and does nothing else.
+/// every column (histograms included) and does nothing else. A baseline, so
+/// it keeps its own SQL on the storage library's schema.
 fn bare_scan(db: &Path) -> anyhow::Result<(Duration, u64)> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let started = Instant::now();

@@ -34,6 +34,7 @@
 //! on Ctrl-C and on failure: processes, namespaces (with their links,
 //! qdiscs and nftables tables) and cgroups.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -44,6 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use collector_storage::{Reader, SqliteStore};
 use configs::tls::DevPki;
 
 /// Options of `flowmesh-bench rack-sim`.
@@ -819,23 +821,22 @@ fn anomalies_after(report: &serde_json::Value, after_ns: u64) -> Vec<(String, St
 /// are per sampler, window and part, so a replayed batch is never stored
 /// twice; a missing one is a gap.
 fn windows_not_once(database: &Path, window_ns: u64) -> anyhow::Result<Vec<String>> {
-    let db = rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut query = db.prepare(
-        "SELECT sampler_id, COUNT(DISTINCT window_start_ns), \
-                (MAX(window_start_ns) - MIN(window_start_ns)) / ?1 + 1 \
-         FROM batches GROUP BY sampler_id",
-    )?;
-    let rows = query.query_map([window_ns as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (sampler, distinct, expected) = row?;
-        if distinct != expected {
-            out.push(format!("{sampler}: {distinct} of {expected}"));
-        }
+    let batches = SqliteStore::open_read_only(database)?.batches(0, u64::MAX)?;
+    // Per sampler: its distinct windows, and its first and last.
+    let mut samplers: BTreeMap<u32, (BTreeSet<u64>, u64, u64)> = BTreeMap::new();
+    for b in &batches {
+        let (windows, first, last) = samplers.entry(b.sampler_id).or_insert((BTreeSet::new(), u64::MAX, 0));
+        windows.insert(b.window_start_ns);
+        *first = (*first).min(b.window_start_ns);
+        *last = (*last).max(b.window_start_ns);
     }
-    Ok(out)
+    Ok(samplers
+        .into_iter()
+        .filter_map(|(sampler, (windows, first, last))| {
+            let expected = (last - first) / window_ns.max(1) + 1;
+            (windows.len() as u64 != expected).then(|| format!("{sampler}: {} of {expected}", windows.len()))
+        })
+        .collect())
 }
 
 /// One fault's outcome.

@@ -1,18 +1,15 @@
-//! flowmesh's collector: the central store of sampler batches.
+//! flowmesh's collector daemon: the QUIC server that takes sampler batches
+//! and hands them to storage.
 //!
-//! [`Store`] owns the SQLite database: schema and versioned migrations,
-//! idempotent storage of validated batches (one transaction per call, the
-//! batch id as the key), racks and nodes, and retention. docs/schema.md
-//! describes every table, view and column.
-//!
-//! [`server`] is the QUIC side: mutual TLS 1.3 ([`configs::tls`]), one batch per
-//! stream, a single writer thread, acknowledgements only after commit.
+//! [`server`] is the QUIC side: mutual TLS 1.3 ([`configs::tls`]), one batch
+//! per stream, a single writer thread that owns a
+//! [`BatchWriter`](collector_storage::BatchWriter), acknowledgements only
+//! after the write is durable. Storage itself — schema, migrations,
+//! idempotent writes, readers, retention — is the `collector-storage` crate
+//! (collector/storage), which the analyzer and the benchmarks use too.
+//! [`query`] prints the canned questions' answers for the `query` command;
+//! [`telemetry`] is the Prometheus endpoint.
 
 pub mod query;
-mod schema;
 pub mod server;
-mod store;
 pub mod telemetry;
-
-pub use schema::SCHEMA_VERSION;
-pub use store::{Store, StoreError, Stored};

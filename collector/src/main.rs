@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use collector::Store;
-use collector::query::{self, Format, Question};
+use collector::query::{self, Format};
 use collector::server::{self, Stats, Writer};
+use collector_storage::{BatchWriter, Question, Reader, SqliteStore};
 use configs::tls::{self, DevPki};
 use configs::{CollectorConfig, ConfigArgs, Topology};
 use tracing::info;
@@ -110,7 +110,7 @@ fn run() -> anyhow::Result<()> {
                     None => return Ok(()),
                 },
             };
-            let store = Store::open_read_only(&database)?;
+            let store = SqliteStore::open_read_only(&database)?;
             let since_ns = since.start_ns(server::now_ns());
             let question = match question {
                 QueryCommand::WorstPaths => Question::WorstPaths,
@@ -118,8 +118,8 @@ fn run() -> anyhow::Result<()> {
                 QueryCommand::Node { node } => Question::Node(node),
                 QueryCommand::Completeness => Question::Completeness,
             };
-            let answer = query::ask(&store, &question, since_ns, limit)?;
-            answer.write(format, &mut std::io::stdout().lock())?;
+            let answer = store.ask(&question, since_ns, limit)?;
+            query::write(&answer, format, &mut std::io::stdout().lock())?;
             Ok(())
         }
         Some(Command::Serve) | None => {
@@ -138,7 +138,7 @@ fn run() -> anyhow::Result<()> {
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start, so an early stop is still clean.
     let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
-    let mut store = Store::open(&config.database)?;
+    let mut store = SqliteStore::open(&config.database)?;
     if let Some(path) = &config.topology {
         let topology = Topology::load(path)?;
         for rack in topology.racks() {
@@ -166,7 +166,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
         let _ = metrics_stopped.await;
     }));
     let (writer, writer_thread) = Writer::spawn(
-        store,
+        Box::new(store),
         config.max_pending_batches,
         config.batches_per_transaction,
         stats.clone(),

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use wire_format::{AckStatus, BatchAck, BatchId, BatchView, DropReason, MAX_BATCH_BYTES};
 use zerocopy::IntoBytes;
 
-use crate::store::{Store, Stored};
+use collector_storage::{BatchWriter, Stored};
 
 /// Counters of what the server did, for metrics and tests.
 #[derive(Debug, Default)]
@@ -72,11 +72,11 @@ pub struct Writer {
 const PRUNE_CHUNK: usize = 100;
 
 impl Writer {
-    /// Starts the writer thread that owns `store`. It commits up to
+    /// Starts the writer thread that owns `store` (any backend). It commits up to
     /// `per_transaction` queued batches at a time and exits, after finishing
     /// its current transaction, once every [`Writer`] handle is dropped.
     pub fn spawn(
-        mut store: Store,
+        mut store: Box<dyn BatchWriter>,
         capacity: usize,
         per_transaction: usize,
         stats: Arc<Stats>,
@@ -88,7 +88,7 @@ impl Writer {
                 let mut batch = Vec::with_capacity(per_transaction);
                 while let Some(job) = queue.blocking_recv() {
                     match job {
-                        Job::Prune { cutoff_ns } => prune(&mut store, cutoff_ns, &queue, &stats),
+                        Job::Prune { cutoff_ns } => prune(store.as_mut(), cutoff_ns, &queue, &stats),
                         Job::Store { bytes, reply } => {
                             batch.push((bytes, reply));
                             // Take whatever else is already queued, up to the cap, into
@@ -96,11 +96,11 @@ impl Writer {
                             while batch.len() < per_transaction {
                                 match queue.try_recv() {
                                     Ok(Job::Store { bytes, reply }) => batch.push((bytes, reply)),
-                                    Ok(Job::Prune { cutoff_ns }) => prune(&mut store, cutoff_ns, &queue, &stats),
+                                    Ok(Job::Prune { cutoff_ns }) => prune(store.as_mut(), cutoff_ns, &queue, &stats),
                                     Err(_) => break,
                                 }
                             }
-                            commit(&mut store, &mut batch, &stats);
+                            commit(store.as_mut(), &mut batch, &stats);
                         }
                     }
                 }
@@ -116,7 +116,7 @@ impl Writer {
     }
 }
 
-fn commit(store: &mut Store, batch: &mut Vec<(Vec<u8>, Reply)>, stats: &Stats) {
+fn commit(store: &mut dyn BatchWriter, batch: &mut Vec<(Vec<u8>, Reply)>, stats: &Stats) {
     let started = std::time::Instant::now();
     // Every batch was validated before it was queued, so parsing cannot fail
     // here; a failure would be answered like a storage error.
@@ -162,7 +162,7 @@ fn commit(store: &mut Store, batch: &mut Vec<(Vec<u8>, Reply)>, stats: &Stats) {
     }
 }
 
-fn prune(store: &mut Store, cutoff_ns: u64, queue: &mpsc::Receiver<Job>, stats: &Stats) {
+fn prune(store: &mut dyn BatchWriter, cutoff_ns: u64, queue: &mpsc::Receiver<Job>, stats: &Stats) {
     loop {
         match store.prune(cutoff_ns, PRUNE_CHUNK) {
             Ok(deleted) => {

@@ -67,12 +67,7 @@ pub fn endpoint(stats: Arc<Stats>, database: &Path) -> Endpoint {
         counter!("flowmesh_collector_connections_refused_total").absolute(Stats::get(&s.connections_refused));
         counter!("flowmesh_collector_transactions_total").absolute(Stats::get(&s.transactions));
         counter!("flowmesh_collector_batches_pruned_total").absolute(Stats::get(&s.batches_pruned));
-        let size = |suffix: &str| {
-            let mut name = database.clone().into_os_string();
-            name.push(suffix);
-            std::fs::metadata(name).map_or(0, |m| m.len())
-        };
-        gauge!("flowmesh_collector_database_bytes").set((size("") + size("-wal")) as f64);
+        gauge!("flowmesh_collector_database_bytes").set(collector_storage::sqlite::database_bytes(&database) as f64);
         handle.render()
     }))
 }

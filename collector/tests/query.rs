@@ -1,13 +1,14 @@
-//! The query CLI's questions on a database built through the store, in each
-//! output format, and the `query` command of the binary end to end.
+//! The query CLI's questions on a database built through the storage
+//! library, in each output format, and the `query` command of the binary end
+//! to end.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::process::Command;
 
-use collector::Store;
-use collector::query::{Answer, Format, Question, Value, ask};
+use collector::query::{Format, write};
 use collector::server::now_ns;
+use collector_storage::{Answer, BatchWriter, Question, Reader, SqliteStore, Value};
 use wire_format::*;
 
 const SECOND: u64 = 1_000_000_000;
@@ -15,7 +16,7 @@ const SECOND: u64 = 1_000_000_000;
 /// A database with two recent windows of rack 1 and one old window.
 fn database(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("flowmesh.db");
-    let mut store = Store::open(&path).unwrap();
+    let mut store = SqliteStore::open(&path).unwrap();
     store.upsert_rack(1, "rack1").unwrap();
     for (id, name) in [(101, "r1n1"), (102, "r1n2"), (201, "r2n1")] {
         store.upsert_node(id, name, if id < 200 { 1 } else { 2 }).unwrap();
@@ -77,8 +78,8 @@ fn column<'a>(answer: &'a Answer, name: &str) -> Vec<&'a Value> {
 #[test]
 fn worst_paths_are_ranked_by_loss_over_the_range() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_read_only(&database(dir.path())).unwrap();
-    let answer = ask(&store, &Question::WorstPaths, since_an_hour_ago(), 10).unwrap();
+    let store = SqliteStore::open_read_only(&database(dir.path())).unwrap();
+    let answer = store.ask(&Question::WorstPaths, since_an_hour_ago(), 10).unwrap();
     assert_eq!(
         column(&answer, "dst_name"),
         [&Value::Text("r2n1".into()), &Value::Text("r1n2".into())]
@@ -86,17 +87,17 @@ fn worst_paths_are_ranked_by_loss_over_the_range() {
     // Two recent windows: (10 + 30) lost of 200; the day-old window is out of range.
     assert_eq!(column(&answer, "loss_rate")[0], &Value::Real(0.2));
     assert_eq!(column(&answer, "windows")[0], &Value::Int(2));
-    let all = ask(&store, &Question::WorstPaths, 0, 10).unwrap();
+    let all = store.ask(&Question::WorstPaths, 0, 10).unwrap();
     assert_eq!(column(&all, "loss_rate")[0], &Value::Real(130.0 / 300.0));
-    let one = ask(&store, &Question::WorstPaths, 0, 1).unwrap();
+    let one = store.ask(&Question::WorstPaths, 0, 1).unwrap();
     assert_eq!(one.rows.len(), 1);
 }
 
 #[test]
 fn top_talkers_expand_sampled_flows_by_weight() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_read_only(&database(dir.path())).unwrap();
-    let answer = ask(&store, &Question::TopTalkers, since_an_hour_ago(), 10).unwrap();
+    let store = SqliteStore::open_read_only(&database(dir.path())).unwrap();
+    let answer = store.ask(&Question::TopTalkers, since_an_hour_ago(), 10).unwrap();
     assert_eq!(answer.rows.len(), 1);
     assert_eq!(column(&answer, "node_name"), [&Value::Text("r1n1".into())]);
     assert_eq!(column(&answer, "est_flows"), [&Value::Int(200)]);
@@ -106,16 +107,20 @@ fn top_talkers_expand_sampled_flows_by_weight() {
 #[test]
 fn node_history_and_completeness() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_read_only(&database(dir.path())).unwrap();
-    let by_name = ask(&store, &Question::Node("r2n1".into()), since_an_hour_ago(), 10).unwrap();
-    let by_id = ask(&store, &Question::Node("201".into()), since_an_hour_ago(), 10).unwrap();
+    let store = SqliteStore::open_read_only(&database(dir.path())).unwrap();
+    let by_name = store
+        .ask(&Question::Node("r2n1".into()), since_an_hour_ago(), 10)
+        .unwrap();
+    let by_id = store
+        .ask(&Question::Node("201".into()), since_an_hour_ago(), 10)
+        .unwrap();
     assert_eq!(by_name, by_id);
     assert_eq!(
         column(&by_name, "loss_rate"),
         [&Value::Real(0.3), &Value::Real(0.1)],
         "newest first"
     );
-    let gaps = ask(&store, &Question::Completeness, since_an_hour_ago(), 10).unwrap();
+    let gaps = store.ask(&Question::Completeness, since_an_hour_ago(), 10).unwrap();
     assert_eq!(
         column(&gaps, "node_name"),
         [&Value::Text("r1n2".into()), &Value::Text("r1n2".into())]
@@ -126,11 +131,11 @@ fn node_history_and_completeness() {
 #[test]
 fn every_format_renders_the_same_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_read_only(&database(dir.path())).unwrap();
-    let answer = ask(&store, &Question::WorstPaths, since_an_hour_ago(), 10).unwrap();
+    let store = SqliteStore::open_read_only(&database(dir.path())).unwrap();
+    let answer = store.ask(&Question::WorstPaths, since_an_hour_ago(), 10).unwrap();
     let render = |format| {
         let mut out = Vec::new();
-        answer.write(format, &mut out).unwrap();
+        write(&answer, format, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     };
     let table = render(Format::Table);
@@ -159,7 +164,7 @@ fn every_format_renders_the_same_answer() {
 fn the_query_command_reads_a_live_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = database(dir.path());
-    let _writer = Store::open(&db).unwrap(); // a collector holding the file open
+    let _writer = SqliteStore::open(&db).unwrap(); // a collector holding the file open
     let output = Command::new(env!("CARGO_BIN_EXE_flowmesh-collector"))
         .args([
             "query",

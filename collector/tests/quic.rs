@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use collector::Store;
 use collector::server::{self, Stats, Writer};
+use collector_storage::{Reader, RowCounts, SqliteStore};
 use configs::TlsFiles;
 use configs::tls::{self, DevPki};
 use wire_format::*;
@@ -52,9 +52,9 @@ struct Server {
 impl Server {
     async fn start(dir: &Path, pki: &DevPki) -> Server {
         let db = dir.join("flowmesh.db");
-        let store = Store::open(&db).unwrap();
+        let store = SqliteStore::open(&db).unwrap();
         let stats = Arc::new(Stats::default());
-        let (writer, _thread) = Writer::spawn(store, 8, 4, stats.clone()).unwrap();
+        let (writer, _thread) = Writer::spawn(Box::new(store), 8, 4, stats.clone()).unwrap();
         let endpoint = quinn::Endpoint::server(
             tls::server_config(&pki.collector()).unwrap(),
             "127.0.0.1:0".parse().unwrap(),
@@ -95,9 +95,19 @@ async fn send(conn: &quinn::Connection, bytes: &[u8]) -> anyhow::Result<BatchAck
     Ok(*BatchAck::parse(&reply)?)
 }
 
-fn count(db: &Path, sql: &str) -> i64 {
-    let store = Store::open_read_only(db).unwrap();
-    store.connection().query_row(sql, [], |r| r.get(0)).unwrap()
+/// Samplers that batches in the database at `db` came from.
+fn distinct_samplers(db: &Path) -> usize {
+    let batches = SqliteStore::open_read_only(db).unwrap().batches(0, u64::MAX).unwrap();
+    batches
+        .iter()
+        .map(|b| b.sampler_id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+/// Rows stored in the database at `db`, read as the analyzer would.
+fn rows(db: &Path) -> RowCounts {
+    SqliteStore::open_read_only(db).unwrap().row_counts().unwrap()
 }
 
 #[tokio::test]
@@ -113,10 +123,10 @@ async fn batches_are_stored_once_and_acknowledged_after_commit() {
     assert_eq!(ack.status(), AckStatus::Stored);
     assert_eq!(ack.batch_id, BatchId::for_window(1, window_start(0), 0));
     // Acknowledged means committed: a separate reader sees it now.
-    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM path_windows"), 3);
+    assert_eq!(rows(&server.db).path_windows, 3);
 
     assert_eq!(send(&conn, &first).await.unwrap().status(), AckStatus::Duplicate);
-    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM batches"), 1);
+    assert_eq!(rows(&server.db).batches, 1);
 
     // Many batches at once on parallel streams: all stored, each once.
     let sends: Vec<_> = (1..=20)
@@ -128,7 +138,7 @@ async fn batches_are_stored_once_and_acknowledged_after_commit() {
     for s in sends {
         assert_eq!(s.await.unwrap(), AckStatus::Stored);
     }
-    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM batches"), 21);
+    assert_eq!(rows(&server.db).batches, 21);
 
     // An invalid batch is rejected with its reason and stores nothing.
     let mut bad = batch(1, 99, 1);
@@ -139,7 +149,7 @@ async fn batches_are_stored_once_and_acknowledged_after_commit() {
         DropReason::from_code(ack.error_code.get()),
         Some(DropReason::UnsupportedVersion)
     );
-    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM batches"), 21);
+    assert_eq!(rows(&server.db).batches, 21);
 
     assert_eq!(Stats::get(&server.stats.batches_stored), 21);
     assert_eq!(Stats::get(&server.stats.batches_duplicate), 1);
@@ -172,7 +182,7 @@ async fn an_unknown_client_certificate_is_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(Stats::get(&server.stats.connections_refused), 1);
-    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM batches"), 0);
+    assert_eq!(rows(&server.db).batches, 0);
     server.stop().await;
 }
 
@@ -275,18 +285,9 @@ async fn sigkill_loses_no_acknowledged_batch() {
     // Every acknowledged batch survived.
     let db = dir.path().join("flowmesh.db");
     for w in &acked {
-        let start = window_start(*w) as i64;
-        let found: i64 = {
-            let store = Store::open(&db).unwrap(); // recovers the WAL as the collector would
-            store
-                .connection()
-                .query_row(
-                    "SELECT COUNT(*) FROM batches WHERE window_start_ns = ?1",
-                    [start],
-                    |r| r.get(0),
-                )
-                .unwrap()
-        };
+        let start = window_start(*w);
+        // Opened for writing: recovers the WAL as the collector would.
+        let found = SqliteStore::open(&db).unwrap().batches(start, start + 1).unwrap().len();
         assert_eq!(found, 1, "acknowledged window {w} is missing after SIGKILL");
     }
 
@@ -303,8 +304,8 @@ async fn sigkill_loses_no_acknowledged_batch() {
         }
     }
     assert!(stored <= total as usize - acked.len());
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM batches"), total as i64);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM path_windows"), total as i64 * 20);
+    assert_eq!(rows(&db).batches, total);
+    assert_eq!(rows(&db).path_windows, total * 20);
 }
 
 /// A plain HTTP/1.1 GET over TCP, as a Prometheus scrape does: (status, body).
@@ -399,9 +400,9 @@ async fn many_samplers_at_once_each_with_its_own_certificate() {
     for sampler in samplers {
         sampler.await.unwrap();
     }
-    assert_eq!(count(&server.db, "SELECT COUNT(DISTINCT sampler_id) FROM batches"), 4);
-    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM batches"), 40);
-    assert_eq!(count(&server.db, "SELECT COUNT(*) FROM path_windows"), 120);
+    assert_eq!(distinct_samplers(&server.db), 4);
+    assert_eq!(rows(&server.db).batches, 40);
+    assert_eq!(rows(&server.db).path_windows, 120);
     server.stop().await;
 }
 
@@ -432,8 +433,5 @@ async fn sigterm_exits_cleanly_after_the_last_commit() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
     // A clean exit checkpoints the log: the main file alone holds every batch.
     assert!(!dir.path().join("flowmesh.db-wal").exists(), "WAL left behind");
-    assert_eq!(
-        count(&dir.path().join("flowmesh.db"), "SELECT COUNT(*) FROM batches"),
-        5
-    );
+    assert_eq!(rows(&dir.path().join("flowmesh.db")).batches, 5);
 }

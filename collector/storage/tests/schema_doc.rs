@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
-use collector::Store;
+use collector_storage::SqliteStore;
 
-const DOC: &str = include_str!("../../docs/schema.md");
+const DOC: &str = include_str!("../../../docs/schema.md");
 
 /// (column, type) rows of the table after the heading "### `name`".
 fn documented(name: &str) -> Vec<(String, String)> {
@@ -25,8 +25,9 @@ fn documented(name: &str) -> Vec<(String, String)> {
 #[test]
 fn every_table_and_view_is_documented_column_for_column() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("doc.db")).unwrap();
-    let conn = store.connection();
+    let path = dir.path().join("doc.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
     let objects: Vec<(String, String)> = conn
         .prepare("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY rowid")
         .unwrap()

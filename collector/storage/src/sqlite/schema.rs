@@ -4,8 +4,14 @@
 //! Migrations are append-only: never edit one that has shipped, add the next.
 //! docs/schema.md documents the result.
 
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
 /// Migration `i` takes a database from version `i` to version `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -241,3 +247,45 @@ ORDER BY a.window_start_ns DESC, completeness;
 /// with `flowmesh-bench collector-ingest`: ceiling 280–300 k → 320–345 k
 /// rows/s).
 const V2: &str = "DROP INDEX path_windows_by_rack;";
+
+/// The database's schema version (`PRAGMA user_version`).
+pub(super) fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+/// Applies migrations until the database is at `target`, each in its own
+/// transaction together with the version bump.
+pub(super) fn migrate(conn: &Connection, path: &Path, target: u32) -> Result<(), StoreError> {
+    let found = version(conn).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for version in found..target {
+        let apply = || -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let result = conn
+                .execute_batch(MIGRATIONS[version as usize])
+                .and_then(|()| conn.execute_batch(&format!("PRAGMA user_version = {}", version + 1)));
+            match result {
+                Ok(()) => conn.execute_batch("COMMIT"),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        };
+        apply().map_err(|source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            version: version + 1,
+            source,
+        })?;
+    }
+    Ok(())
+}
