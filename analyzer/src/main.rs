@@ -80,7 +80,7 @@ enum Format {
 fn main() -> ExitCode {
     match run() {
         Ok(found) if found => ExitCode::from(2),
-        other => configs::endpoint::exit_code("flowmesh-analyzer", other.map(|_| ())),
+        other => configs_runtime::exit_code("flowmesh-analyzer", other.map(|_| ())),
     }
 }
 

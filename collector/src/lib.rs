@@ -1,7 +1,7 @@
 //! flowmesh's collector daemon: the QUIC server that takes sampler batches
 //! and hands them to storage.
 //!
-//! [`server`] is the QUIC side: mutual TLS 1.3 ([`configs::tls`]), one batch
+//! [`server`] is the QUIC side: mutual TLS 1.3 ([`configs_runtime::tls`]), one batch
 //! per stream, a single writer thread that owns a
 //! [`BatchWriter`](collector_storage::BatchWriter), acknowledgements only
 //! after the write is durable. Storage itself — schema, migrations,

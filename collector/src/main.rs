@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use collector::query::{self, Format};
 use collector::server::{self, Stats, Writer};
 use collector_storage::{BatchWriter, Question, Reader, SqliteStore};
-use configs::tls::{self, DevPki};
 use configs::{CollectorConfig, ConfigArgs, Topology};
+use configs_runtime::tls::{self, DevPki};
 use tracing::info;
 
 /// flowmesh collector: a QUIC server that stores rack samplers' batches in
@@ -80,11 +80,11 @@ enum QueryCommand {
 }
 
 fn main() -> ExitCode {
-    configs::endpoint::exit_code("flowmesh-collector", run())
+    configs_runtime::exit_code("flowmesh-collector", run())
 }
 
 fn run() -> anyhow::Result<()> {
-    configs::endpoint::init_logging();
+    configs_runtime::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::DevCerts {
@@ -137,7 +137,7 @@ fn run() -> anyhow::Result<()> {
 
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start, so an early stop is still clean.
-    let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
+    let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
     let mut store = SqliteStore::open(&config.database)?;
     if let Some(path) = &config.topology {
         let topology = Topology::load(path)?;

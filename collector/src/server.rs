@@ -138,7 +138,7 @@ fn commit(store: &mut dyn BatchWriter, batch: &mut Vec<(Vec<u8>, Reply)>, stats:
         Ok((outcomes, rows)) => {
             let elapsed = started.elapsed();
             Stats::add(&stats.transactions, 1);
-            metrics::histogram!(crate::telemetry::WRITE_SECONDS).record(elapsed.as_secs_f64());
+            crate::telemetry::WRITE_SECONDS.record(&[], elapsed.as_secs_f64());
             let new = outcomes.iter().filter(|o| **o == Stored::New).count() as u64;
             Stats::add(&stats.batches_stored, new);
             Stats::add(&stats.batches_duplicate, outcomes.len() as u64 - new);

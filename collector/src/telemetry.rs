@@ -1,73 +1,87 @@
 //! What the collector's Prometheus endpoint reports
-//! ([`configs::endpoint`] serves it): batches by outcome, rows stored,
-//! refused clients, write latency and database size.
+//! ([`configs_runtime::endpoint`] serves it): batches by outcome, rows
+//! stored, refused clients, write latency and database size. Each family is
+//! declared once here and recorded through that declaration.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use configs::endpoint::{Endpoint, prometheus};
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use configs_runtime::endpoint::Endpoint;
+use configs_runtime::metric::Family;
+use metrics::Unit;
 
 use crate::server::Stats;
 
-/// Name of the write-latency histogram.
-pub const WRITE_SECONDS: &str = "flowmesh_collector_write_seconds";
+/// Batches answered, by outcome.
+pub const BATCHES: Family = Family::counter("flowmesh_collector_batches_total", "Batches answered, by outcome.");
+/// Rows written.
+pub const ROWS_STORED: Family = Family::counter(
+    "flowmesh_collector_rows_stored_total",
+    "Rows written to the database, all tables.",
+);
+/// Connections refused.
+pub const CONNECTIONS_REFUSED: Family = Family::counter(
+    "flowmesh_collector_connections_refused_total",
+    "Connections refused during the handshake (unknown certificate, wrong protocol).",
+);
+/// Transactions committed.
+pub const TRANSACTIONS: Family = Family::counter(
+    "flowmesh_collector_transactions_total",
+    "Database transactions committed.",
+);
+/// Batches deleted by retention.
+pub const BATCHES_PRUNED: Family = Family::counter(
+    "flowmesh_collector_batches_pruned_total",
+    "Batches deleted by retention.",
+);
+/// Write latency, recorded by the writer thread.
+pub const WRITE_SECONDS: Family = Family::histogram(
+    "flowmesh_collector_write_seconds",
+    "Time to store and commit one transaction of batches.",
+    &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ],
+)
+.with_unit(Unit::Seconds);
+/// Database size.
+pub const DATABASE_BYTES: Family = Family::gauge(
+    "flowmesh_collector_database_bytes",
+    "Size of the database file and its write-ahead log.",
+)
+.with_unit(Unit::Bytes);
 
-const WRITE_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+/// Every family the collector exports.
+pub const FAMILIES: &[Family] = &[
+    BATCHES,
+    ROWS_STORED,
+    CONNECTIONS_REFUSED,
+    TRANSACTIONS,
+    BATCHES_PRUNED,
+    WRITE_SECONDS,
+    DATABASE_BYTES,
 ];
-
-fn describe() {
-    describe_counter!("flowmesh_collector_batches_total", "Batches answered, by outcome.");
-    describe_counter!(
-        "flowmesh_collector_rows_stored_total",
-        "Rows written to the database, all tables."
-    );
-    describe_counter!(
-        "flowmesh_collector_connections_refused_total",
-        "Connections refused during the handshake (unknown certificate, wrong protocol)."
-    );
-    describe_counter!(
-        "flowmesh_collector_transactions_total",
-        "Database transactions committed."
-    );
-    describe_counter!(
-        "flowmesh_collector_batches_pruned_total",
-        "Batches deleted by retention."
-    );
-    describe_histogram!(
-        WRITE_SECONDS,
-        Unit::Seconds,
-        "Time to store and commit one transaction of batches."
-    );
-    describe_gauge!(
-        "flowmesh_collector_database_bytes",
-        Unit::Bytes,
-        "Size of the database file and its write-ahead log."
-    );
-}
 
 /// The collector's endpoint: its counters in `stats`, the size of the
 /// database file at `database`.
 pub fn endpoint(stats: Arc<Stats>, database: &Path) -> Endpoint {
-    let handle = prometheus(&[(WRITE_SECONDS, WRITE_BUCKETS)]);
-    describe();
     let database = database.to_path_buf();
-    Endpoint::new(Arc::new(move || {
-        let s = &stats;
-        for (outcome, counter) in [
-            ("stored", &s.batches_stored),
-            ("duplicate", &s.batches_duplicate),
-            ("rejected", &s.batches_rejected),
-            ("retry_later", &s.batches_retry),
-        ] {
-            counter!("flowmesh_collector_batches_total", "outcome" => outcome).absolute(Stats::get(counter));
-        }
-        counter!("flowmesh_collector_rows_stored_total").absolute(Stats::get(&s.rows_stored));
-        counter!("flowmesh_collector_connections_refused_total").absolute(Stats::get(&s.connections_refused));
-        counter!("flowmesh_collector_transactions_total").absolute(Stats::get(&s.transactions));
-        counter!("flowmesh_collector_batches_pruned_total").absolute(Stats::get(&s.batches_pruned));
-        gauge!("flowmesh_collector_database_bytes").set(collector_storage::sqlite::database_bytes(&database) as f64);
-        handle.render()
-    }))
+    Endpoint::new(
+        FAMILIES,
+        Arc::new(move || {
+            let s = &stats;
+            for (outcome, counter) in [
+                ("stored", &s.batches_stored),
+                ("duplicate", &s.batches_duplicate),
+                ("rejected", &s.batches_rejected),
+                ("retry_later", &s.batches_retry),
+            ] {
+                BATCHES.absolute(&[("outcome", outcome)], Stats::get(counter));
+            }
+            ROWS_STORED.absolute(&[], Stats::get(&s.rows_stored));
+            CONNECTIONS_REFUSED.absolute(&[], Stats::get(&s.connections_refused));
+            TRANSACTIONS.absolute(&[], Stats::get(&s.transactions));
+            BATCHES_PRUNED.absolute(&[], Stats::get(&s.batches_pruned));
+            DATABASE_BYTES.set(&[], collector_storage::sqlite::database_bytes(&database) as f64);
+        }),
+    )
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use collector::server::{self, Stats, Writer};
 use collector_storage::{Reader, RowCounts, SqliteStore};
 use configs::TlsFiles;
-use configs::tls::{self, DevPki};
+use configs_runtime::tls::{self, DevPki};
 use wire_format::*;
 
 const SECOND: u64 = 1_000_000_000;
@@ -354,7 +354,7 @@ async fn prometheus_scrape_reports_what_happened() {
     assert_eq!(send(&conn, &bytes).await.unwrap().status(), AckStatus::Duplicate);
 
     let (status, body) = http_get(metrics, "/metrics").await.unwrap();
-    configs::endpoint::promtool_check(&body).unwrap();
+    configs_runtime::promtool::promtool_check(&body).unwrap();
     assert_eq!(status, 200);
     let value = |line_start: &str| -> f64 {
         body.lines()

@@ -1,0 +1,180 @@
+//! The HTTP endpoint every daemon serves: `GET /metrics` (Prometheus text
+//! exposition), `/healthz` (the process serves) and `/readyz` (the daemon
+//! says it is ready).
+//!
+//! Daemons keep their counters in atomics and publish them through their
+//! [`Family`]s only when scraped, so counting costs an atomic add on the hot
+//! path and formatting happens once per scrape.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::metric::{Family, Kind};
+
+/// Installs the process-wide Prometheus recorder on first call, with the
+/// buckets of the histogram `families`, and returns its handle. Later calls
+/// return the first handle and ignore their arguments: a process has one
+/// recorder.
+fn prometheus(families: &[Family]) -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let mut builder = PrometheusBuilder::new();
+        let buckets = families.iter().filter_map(|f| match f.kind() {
+            Kind::Histogram(bounds) => Some((f.name(), bounds)),
+            Kind::Counter | Kind::Gauge => None,
+        });
+        for (name, bounds) in buckets {
+            builder = match builder.set_buckets_for_metric(Matcher::Full(name.into()), bounds) {
+                Ok(builder) => builder,
+                // Only empty bounds are refused; such a histogram renders as a summary.
+                Err(_) => PrometheusBuilder::new(),
+            };
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; this handle then
+        // renders nothing, and the process still serves.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// What a scrape runs first: the daemon publishes its counters through its
+/// [`Family`]s.
+pub type Publish = Arc<dyn Fn() + Send + Sync>;
+
+/// The endpoint of one daemon.
+#[derive(Clone)]
+pub struct Endpoint {
+    publish: Publish,
+    handle: &'static PrometheusHandle,
+    ready: Arc<AtomicBool>,
+}
+
+impl Endpoint {
+    /// An endpoint whose `/metrics` page shows `families`, as `publish()`
+    /// sets them at each scrape; not ready until [`Endpoint::set_ready`].
+    pub fn new(families: &[Family], publish: Publish) -> Self {
+        let handle = prometheus(families);
+        for family in families {
+            family.describe();
+        }
+        Endpoint {
+            publish,
+            handle,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The `/metrics` page now: publishes, then renders.
+    pub fn render(&self) -> String {
+        (self.publish)();
+        self.handle.render()
+    }
+
+    /// Marks the daemon ready (or not) for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = Router::new()
+            .route("/metrics", get(metrics_page))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    }
+}
+
+async fn metrics_page(State(endpoint): State<Endpoint>) -> String {
+    endpoint.render()
+}
+
+async fn readyz(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
+    if endpoint.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const REQUESTS: Family = Family::counter("flowmesh_test_requests_total", "Requests, by kind.");
+    const DEPTH: Family = Family::gauge("flowmesh_test_queue_depth", "Items waiting.");
+    const LATENCY: Family =
+        Family::histogram("flowmesh_test_latency_seconds", "Latency.", &[0.1, 1.0]).with_unit(metrics::Unit::Seconds);
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// A scrape publishes the daemon's counters through its families, shows
+    /// each family's HELP and TYPE once, and passes promtool; readiness is
+    /// the daemon's to set.
+    #[tokio::test]
+    async fn serves_what_the_families_declare() {
+        let served = Arc::new(AtomicU64::new(0));
+        let count = served.clone();
+        let endpoint = Endpoint::new(
+            &[REQUESTS, DEPTH, LATENCY],
+            Arc::new(move || {
+                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                REQUESTS.absolute(&[("kind", "scrape")], n);
+                DEPTH.set(&[], 3.0);
+            }),
+        );
+        LATENCY.record(&[], 0.5);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(endpoint.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        endpoint.set_ready(true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/healthz").await.ends_with("ok\n"));
+        get(addr, "/metrics").await;
+        let page = get(addr, "/metrics").await;
+        assert!(
+            page.contains("flowmesh_test_requests_total{kind=\"scrape\"} 2"),
+            "{page}"
+        );
+        assert!(
+            page.contains("# HELP flowmesh_test_queue_depth Items waiting."),
+            "{page}"
+        );
+        assert!(
+            page.contains("flowmesh_test_latency_seconds_bucket{le=\"1\"} 1"),
+            "{page}"
+        );
+        crate::promtool::promtool_check(&page).unwrap();
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,200 @@
+//! Mutual TLS 1.3 for the sampler → collector QUIC link: server and client
+//! configurations from PEM files, and a development PKI (rcgen) for demos
+//! and tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use configs::TlsFiles;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol id of the batch protocol; a peer speaking anything else is
+/// refused during the handshake.
+pub use wire_format::BATCH_ALPN as ALPN;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file is missing, unreadable or holds nothing usable.
+    #[error("{what} {}: {message}; generate development certificates with `flowmesh-collector dev-certs --out DIR`", .path.display())]
+    File {
+        /// Which file it is ("CA certificate", …).
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The certificates or key were refused by rustls.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A verifier could not be built from the CA.
+    #[error("TLS client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// QUIC refused the TLS configuration.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// Certificate generation failed.
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Writing generated files failed.
+    #[error("writing {}: {source}", .path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_error = |message: String| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_error("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+        what: "private key",
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs("CA certificate", path)? {
+        roots.add(cert)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The collector's QUIC server configuration: TLS 1.3 only, its certificate
+/// from `files`, and only clients whose certificate `files.ca` signed.
+pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider.clone()).build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs("certificate", &files.cert)?, key(&files.key)?)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// A sampler's QUIC client configuration: TLS 1.3 only, its client
+/// certificate from `files`, trusting only servers `files.ca` signed.
+pub fn client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(&files.ca)?)
+        .with_client_auth_cert(certs("certificate", &files.cert)?, key(&files.key)?)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// Generated development certificates: a CA, the collector's server
+/// certificate and one client certificate per sampler, in one directory.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    /// Directory holding the files.
+    pub dir: PathBuf,
+}
+
+impl DevPki {
+    /// Writes `ca.pem`, `collector.pem`/`.key` (valid for `server_names`) and
+    /// `<sampler>.pem`/`.key` for each sampler name into `dir`, creating it.
+    /// The CA's key is not kept: re-run to issue more certificates.
+    pub fn generate(dir: &Path, server_names: &[String], samplers: &[String]) -> Result<DevPki, TlsError> {
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "flowmesh development CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let pki = DevPki { dir: dir.to_path_buf() };
+        pki.write("ca.pem", &ca_cert.pem())?;
+
+        let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| -> Result<(), TlsError> {
+            let mut params = CertificateParams::new(sans)?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &issuer)?;
+            pki.write(&format!("{name}.pem"), &cert.pem())?;
+            pki.write(&format!("{name}.key"), &key.serialize_pem())
+        };
+        leaf("collector", server_names.to_vec(), ExtendedKeyUsagePurpose::ServerAuth)?;
+        for sampler in samplers {
+            leaf(sampler, vec![sampler.clone()], ExtendedKeyUsagePurpose::ClientAuth)?;
+        }
+        Ok(pki)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> Result<(), TlsError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(name);
+        // Private keys are readable by their owner only.
+        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut file| file.write_all(contents.as_bytes()))
+            .map_err(|source| TlsError::Write { path, source })
+    }
+
+    /// The files for the collector.
+    pub fn collector(&self) -> TlsFiles {
+        self.files("collector")
+    }
+
+    /// The files for sampler `name`.
+    pub fn sampler(&self, name: &str) -> TlsFiles {
+        self.files(name)
+    }
+
+    fn files(&self, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca: self.dir.join("ca.pem"),
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}.key")),
+        }
+    }
+}
