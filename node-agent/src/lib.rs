@@ -4,9 +4,11 @@
 //!
 //! [`checks`] verifies privileges and kernel features before anything is
 //! loaded; [`tracer`] loads, attaches and reads the programs; [`sender`]
-//! batches records into datagrams; [`probe`] measures the network to the
-//! node's peers with UDP probes, and `rdma` (feature `rdma`) over RDMA UD
-//! where the host has an RDMA NIC.
+//! batches records into datagrams (its logic, [`sender::Batcher`], takes
+//! the time as an argument); [`probe`] measures the network to the node's
+//! peers with UDP probes, and `rdma` (feature `rdma`) over RDMA UD where
+//! the host has an RDMA NIC — both thin drivers of one probe session with
+//! time passed in (the node-agent-probe crate).
 //!
 //! Flows still open are reported every `flows.report_open_secs` from the
 //! kernel's flow table with their current counters from [`sockdiag`];

@@ -5,10 +5,12 @@
 //! A peer's queue-pair number is learnt from its UDP responder
 //! ([`wire_format::EndpointPacket`]) and asked again every
 //! [`RESOLVE_EVERY`], since a restarted agent gets a new queue pair. The
-//! exchange itself (follow-ups carrying the responder's send time, timeouts,
-//! late and duplicate replies) is `node_agent_rdma::Exchange`; this module
+//! exchange itself is `node_agent_rdma::Exchange` — the probe session the
+//! UDP prober also drives (pacing, timeouts, late and duplicate replies),
+//! plus the follow-ups carrying the responder's send time; this module
 //! drives it from the NIC's completions on a thread of its own, since the
-//! verbs calls block.
+//! verbs calls block, and adds what only the hardware needs: the NIC
+//! clock's calibration to wall-clock time and the peers' queue pairs.
 //!
 //! Not exercised end to end here: the machines flowmesh is tested on have
 //! no RDMA NIC, so CI builds this module and runs its "no device" path.
@@ -28,7 +30,7 @@ use wire_format::{ENDPOINT_REPLY, EndpointPacket, ProbeRecord};
 use zerocopy::IntoBytes;
 
 use crate::now_ns;
-use crate::probe::{RdmaEndpoint, Target, per_tick_budget, pinglist};
+use crate::probe::{RdmaEndpoint, Target, pinglist, session_config};
 
 /// How long a peer's learnt queue pair is trusted before asking again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(60);
@@ -120,14 +122,9 @@ impl Driver {
             qpn: qp.qpn(),
             qkey: qp.qkey(),
         };
-        let mut exchange = Exchange::new(me, p.dscp, p.timeout_ms.saturating_mul(1_000_000));
-        let interval = Duration::from_millis(p.interval_ms);
-        let budget = per_tick_budget(p.max_probes_per_sec, interval);
+        let mut exchange = Exchange::new(me, p.dscp, session_config(p), Instant::now());
         let mut resolver = Resolver::default();
         let mut calibration: Option<(Calibration, Instant)> = None;
-        let started = Instant::now();
-        let mut next_tick = Instant::now();
-        let mut cursor = 0usize;
         while !self.stop.load(Ordering::Relaxed) {
             if calibration.is_none_or(|(_, at)| at.elapsed() >= CALIBRATE_EVERY) {
                 calibration = qp
@@ -139,33 +136,26 @@ impl Driver {
                 (Some(t), Some((c, _))) => c.wall_ns(t),
                 _ => now_ns(),
             };
-            if Instant::now() >= next_tick {
-                next_tick += interval;
-                let round = started.elapsed().as_secs() / p.rotate_secs.max(1);
+            let outgoing = exchange.schedule(Instant::now(), now_ns(), |round| {
                 let current = Arc::clone(&self.topology.borrow());
                 let targets: Vec<(Target, [u8; 16])> = pinglist(&current, self.me, p.port, p.inter_rack_peers, round)
                     .into_iter()
                     .filter_map(|t| Some((t, current.node(t.node)?.rdma_gids.first().copied()?)))
                     .collect();
                 resolver.resolve(&targets);
-                let count = targets.len().min(budget);
-                for i in 0..count {
-                    let (target, _) = targets[(cursor + i) % targets.len()];
-                    let Some(to) = resolver.endpoint(target.node) else {
-                        continue;
-                    };
-                    let out = exchange.probe(to, now_ns());
-                    if let Err(e) = qp.send(&out, p.dscp) {
-                        warn!(message = "RDMA probe send failed", node = target.node, error = %e);
-                        // Its completion will never come: settle it as an error.
-                        exchange.sent(out.wr_id, u32::MAX, now_ns());
-                    }
-                }
-                if !targets.is_empty() {
-                    cursor = (cursor + count) % targets.len();
+                // Only peers whose queue pair is known can be probed; the
+                // tick's budget goes to them.
+                targets.iter().filter_map(|(t, _)| resolver.endpoint(t.node)).collect()
+            });
+            for out in outgoing {
+                if let Err(e) = qp.send(&out, p.dscp) {
+                    warn!(message = "RDMA probe send failed", node = out.to.node, error = %e);
+                    // Its completion will never come: settle it as an error.
+                    exchange.sent(Instant::now(), out.wr_id, u32::MAX, now_ns());
                 }
             }
-            let wait = next_tick
+            let wait = exchange
+                .poll_timeout()
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
             let completions = match qp.wait(wait) {
@@ -182,14 +172,15 @@ impl Driver {
                         wr_id,
                         status,
                         timestamp,
-                    } => exchange.sent(wr_id, status, wall(timestamp)),
+                    } => exchange.sent(Instant::now(), wr_id, status, wall(timestamp)),
                     Completion::Received {
                         status: 0,
                         src_qp,
                         timestamp,
                         bytes,
-                    } => grh::split(&bytes, bytes.len())
-                        .and_then(|(gid, payload)| exchange.received(gid, src_qp, payload, wall(timestamp))),
+                    } => grh::split(&bytes, bytes.len()).and_then(|(gid, payload)| {
+                        exchange.received(Instant::now(), gid, src_qp, payload, wall(timestamp))
+                    }),
                     Completion::Received { .. } => None,
                 };
                 if let Some(out) = answer
@@ -198,8 +189,8 @@ impl Driver {
                     warn!(message = "RDMA reply send failed", error = %e);
                 }
             }
-            exchange.expire(now_ns());
-            for record in exchange.take_records() {
+            exchange.expire(Instant::now());
+            for record in exchange.drain_records() {
                 if self.records.blocking_send(record.to_record()).is_err() {
                     return exchange.stats();
                 }

@@ -2,7 +2,15 @@
 //! datagram) and sends them over UDP to the rack's sampler (and the
 //! secondary, with the same sequence number, so either sampler can account
 //! for every datagram).
+//!
+//! [`Batcher`] is the logic, with time passed in and no I/O: records per
+//! datagram (a datagram leaves when full, or when the caller flushes on its
+//! timer), sequence numbers, the datagram rate cap, and heartbeats after a
+//! quiet spell; it is unit-tested on a virtual clock. [`Sender`] is the
+//! thin async shell: it reads the clock, sends whatever the batcher emits
+//! to every sampler and notes whether the primary took it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,18 +47,19 @@ struct RateCap {
 }
 
 impl RateCap {
-    fn new(per_sec: u32) -> RateCap {
+    fn new(per_sec: u32, now: Instant) -> RateCap {
         RateCap {
             per_sec: f64::from(per_sec.max(1)),
             tokens: f64::from(per_sec.max(1)),
-            refilled: Instant::now(),
+            refilled: now,
         }
     }
 
     fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
-        self.refilled = now;
+        // Never backwards: an earlier `now` refills nothing next time either.
+        self.refilled = self.refilled.max(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -60,20 +69,150 @@ impl RateCap {
     }
 }
 
-/// A batcher of flow records for the samplers.
+/// The sender's logic: records into datagrams under the rate cap, with
+/// `now` (monotonic, for the cap and idleness) and `wall_ns` (the
+/// datagram header's send time) passed in. Datagrams to send wait in an
+/// outbox ([`Batcher::poll_transmit`]).
 #[derive(Debug)]
-pub struct Sender {
-    socket: UdpSocket,
-    samplers: Vec<SocketAddr>,
+pub struct Batcher {
     origin: Origin,
     sequence: u32,
     batch_size: usize,
     max_datagram: usize,
     flows: Vec<FlowRecord>,
     probes: Vec<ProbeRecord>,
-    stats: SenderStats,
     cap: RateCap,
     last_sent: Instant,
+    stats: SenderStats,
+    outbox: VecDeque<Vec<u8>>,
+}
+
+impl Batcher {
+    /// A batcher for `origin`, started at `now`: datagrams of at most
+    /// `max_datagram` bytes and `batch_size` records (0: as many as fit),
+    /// at most `max_per_sec` of them a second.
+    pub fn new(origin: Origin, max_datagram: usize, batch_size: usize, max_per_sec: u32, now: Instant) -> Batcher {
+        Batcher {
+            origin,
+            sequence: 0,
+            batch_size,
+            max_datagram,
+            flows: Vec::new(),
+            probes: Vec::new(),
+            cap: RateCap::new(max_per_sec, now),
+            last_sent: now,
+            stats: SenderStats::default(),
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// Records of type `R` per datagram.
+    fn per_datagram<R: Record>(&self) -> usize {
+        let fit = capacity::<R>(self.max_datagram).max(1);
+        if self.batch_size == 0 {
+            fit
+        } else {
+            self.batch_size.min(fit)
+        }
+    }
+
+    /// Queues a flow record; a full datagram goes to the outbox.
+    pub fn push_flow(&mut self, record: FlowRecord, now: Instant, wall_ns: u64) {
+        self.flows.push(record);
+        if self.flows.len() >= self.per_datagram::<FlowRecord>() {
+            let flows = std::mem::take(&mut self.flows);
+            self.emit_all(&flows, now, wall_ns);
+        }
+    }
+
+    /// Queues a probe record; a full datagram goes to the outbox.
+    pub fn push_probe(&mut self, record: ProbeRecord, now: Instant, wall_ns: u64) {
+        self.probes.push(record);
+        if self.probes.len() >= self.per_datagram::<ProbeRecord>() {
+            let probes = std::mem::take(&mut self.probes);
+            self.emit_all(&probes, now, wall_ns);
+        }
+    }
+
+    /// Everything queued to the outbox (the caller's timer, `uplink.flush_ms`).
+    pub fn flush(&mut self, now: Instant, wall_ns: u64) {
+        let flows = std::mem::take(&mut self.flows);
+        self.emit_all(&flows, now, wall_ns);
+        let probes = std::mem::take(&mut self.probes);
+        self.emit_all(&probes, now, wall_ns);
+    }
+
+    /// An empty datagram to the outbox if nothing has been sent for `idle`
+    /// (heartbeats are not rate-capped: at most one per `idle`).
+    pub fn heartbeat_if_idle(&mut self, now: Instant, wall_ns: u64, idle: Duration) {
+        if now.saturating_duration_since(self.last_sent) < idle {
+            return;
+        }
+        if let Some(datagram) = self.build::<ProbeRecord>(&[], wall_ns) {
+            self.outbox.push_back(datagram);
+            self.sent(now, 0);
+            self.stats.heartbeats += 1;
+        }
+    }
+
+    /// The next datagram to send, oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// What has been emitted and dropped (`send_errors` is the shell's).
+    pub fn stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// `pending` in datagrams of at most [`Batcher::per_datagram`] records,
+    /// each under the rate cap.
+    fn emit_all<R: Record>(&mut self, pending: &[R], now: Instant, wall_ns: u64) {
+        for chunk in pending.chunks(self.per_datagram::<R>()) {
+            let Some(datagram) = self.build(chunk, wall_ns) else {
+                return;
+            };
+            if !self.cap.take(now) {
+                // Its sequence number is spent: the samplers see the gap.
+                self.stats.rate_limited_datagrams += 1;
+                self.stats.rate_limited_records += chunk.len() as u64;
+                continue;
+            }
+            self.outbox.push_back(datagram);
+            self.sent(now, chunk.len());
+        }
+    }
+
+    /// A datagram of `records` with the next sequence number; `None` (and
+    /// no sequence number spent) if `max_datagram` cannot hold a header and
+    /// a record.
+    fn build<R: Record>(&mut self, records: &[R], wall_ns: u64) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; self.max_datagram];
+        let mut builder = DatagramBuilder::<R>::new(&mut buf, self.origin)?;
+        for record in records {
+            // `per_datagram` never exceeds the capacity, so this fits.
+            let _ = builder.push(record);
+        }
+        let len = builder.finish(self.sequence, wall_ns).len();
+        buf.truncate(len);
+        self.sequence = self.sequence.wrapping_add(1);
+        Some(buf)
+    }
+
+    fn sent(&mut self, now: Instant, records: usize) {
+        self.last_sent = now;
+        self.stats.datagrams += 1;
+        self.stats.records += records as u64;
+    }
+}
+
+/// A batcher of records for the samplers, sending over UDP.
+#[derive(Debug)]
+pub struct Sender {
+    socket: UdpSocket,
+    samplers: Vec<SocketAddr>,
+    batcher: Batcher,
+    send_errors: u64,
     /// Whether the latest send to the primary sampler succeeded.
     primary_ok: bool,
 }
@@ -93,108 +232,50 @@ impl Sender {
         Sender {
             socket,
             samplers,
-            origin,
-            sequence: 0,
-            batch_size,
-            max_datagram,
-            flows: Vec::new(),
-            probes: Vec::new(),
-            stats: SenderStats::default(),
-            cap: RateCap::new(max_per_sec),
-            last_sent: Instant::now(),
+            batcher: Batcher::new(origin, max_datagram, batch_size, max_per_sec, Instant::now()),
+            send_errors: 0,
             primary_ok: true,
-        }
-    }
-
-    /// Records of type `R` per datagram.
-    fn per_datagram<R: Record>(&self) -> usize {
-        let fit = capacity::<R>(self.max_datagram).max(1);
-        if self.batch_size == 0 {
-            fit
-        } else {
-            self.batch_size.min(fit)
         }
     }
 
     /// Queues a flow record, sending a datagram when one is full.
     pub async fn push_flow(&mut self, record: FlowRecord) {
-        self.flows.push(record);
-        if self.flows.len() >= self.per_datagram::<FlowRecord>() {
-            let mut flows = std::mem::take(&mut self.flows);
-            self.send_all(&mut flows).await;
-        }
+        self.batcher.push_flow(record, Instant::now(), crate::now_ns());
+        self.transmit().await;
     }
 
     /// Queues a probe record, sending a datagram when one is full.
     pub async fn push_probe(&mut self, record: ProbeRecord) {
-        self.probes.push(record);
-        if self.probes.len() >= self.per_datagram::<ProbeRecord>() {
-            let mut probes = std::mem::take(&mut self.probes);
-            self.send_all(&mut probes).await;
-        }
+        self.batcher.push_probe(record, Instant::now(), crate::now_ns());
+        self.transmit().await;
     }
 
     /// Sends everything queued.
     pub async fn flush(&mut self) {
-        let mut flows = std::mem::take(&mut self.flows);
-        self.send_all(&mut flows).await;
-        let mut probes = std::mem::take(&mut self.probes);
-        self.send_all(&mut probes).await;
-    }
-
-    async fn send_all<R: Record>(&mut self, pending: &mut Vec<R>) {
-        let per = self.per_datagram::<R>();
-        while !pending.is_empty() {
-            let take = pending.len().min(per);
-            let mut buf = vec![0u8; self.max_datagram];
-            let Some(mut builder) = DatagramBuilder::<R>::new(&mut buf, self.origin) else {
-                return;
-            };
-            for record in pending.drain(..take) {
-                // `per` never exceeds the capacity, so this fits.
-                let _ = builder.push(&record);
-            }
-            let bytes = builder.finish(self.sequence, crate::now_ns());
-            self.sequence = self.sequence.wrapping_add(1);
-            if !self.cap.take(Instant::now()) {
-                self.stats.rate_limited_datagrams += 1;
-                self.stats.rate_limited_records += take as u64;
-                continue;
-            }
-            self.send_to_samplers(bytes).await;
-            self.stats.records += take as u64;
-        }
-    }
-
-    /// Sends one datagram to every sampler (the same bytes, the same
-    /// sequence number), noting whether the primary took it.
-    async fn send_to_samplers(&mut self, bytes: &[u8]) {
-        for (i, sampler) in self.samplers.iter().enumerate() {
-            let ok = self.socket.send_to(bytes, sampler).await.is_ok();
-            if !ok {
-                self.stats.send_errors += 1;
-            }
-            if i == 0 {
-                self.primary_ok = ok;
-            }
-        }
-        self.last_sent = Instant::now();
-        self.stats.datagrams += 1;
+        self.batcher.flush(Instant::now(), crate::now_ns());
+        self.transmit().await;
     }
 
     /// Sends an empty datagram if nothing has been sent for `idle`.
     pub async fn heartbeat_if_idle(&mut self, idle: Duration) {
-        if self.last_sent.elapsed() < idle {
-            return;
+        self.batcher.heartbeat_if_idle(Instant::now(), crate::now_ns(), idle);
+        self.transmit().await;
+    }
+
+    /// Sends what the batcher emitted to every sampler (the same bytes,
+    /// the same sequence number), noting whether the primary took it.
+    async fn transmit(&mut self) {
+        while let Some(datagram) = self.batcher.poll_transmit() {
+            for (i, sampler) in self.samplers.iter().enumerate() {
+                let ok = self.socket.send_to(&datagram, sampler).await.is_ok();
+                if !ok {
+                    self.send_errors += 1;
+                }
+                if i == 0 {
+                    self.primary_ok = ok;
+                }
+            }
         }
-        let mut buf = vec![0u8; self.max_datagram];
-        let Some(builder) = DatagramBuilder::<ProbeRecord>::new(&mut buf, self.origin) else {
-            return;
-        };
-        let bytes = builder.finish(self.sequence, crate::now_ns());
-        self.sequence = self.sequence.wrapping_add(1);
-        self.send_to_samplers(bytes).await;
-        self.stats.heartbeats += 1;
     }
 
     /// Whether the primary sampler was reachable at the latest send: the
@@ -207,18 +288,27 @@ impl Sender {
 
     /// What has been sent.
     pub fn stats(&self) -> SenderStats {
-        self.stats
+        SenderStats {
+            send_errors: self.send_errors,
+            ..self.batcher.stats()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire_format::RecordKind;
+
+    const ORIGIN: Origin = Origin {
+        node_id: 7,
+        agent_epoch: 1,
+    };
 
     fn record() -> ProbeRecord {
         wire_format::Probe {
             transport: wire_format::Transport::Udp,
-            src: wire_format::ProbeAddr::Ip("127.0.0.1".parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())),
+            src: wire_format::ProbeAddr::Ip(std::net::Ipv4Addr::LOCALHOST.into()),
             dst: wire_format::ProbeAddr::Ip(std::net::Ipv4Addr::LOCALHOST.into()),
             src_port: 1,
             dst_port: 2,
@@ -232,48 +322,173 @@ mod tests {
         .to_record()
     }
 
+    fn flow() -> FlowRecord {
+        wire_format::Flow {
+            flow_id: 1,
+            src: std::net::Ipv4Addr::LOCALHOST.into(),
+            dst: std::net::Ipv4Addr::LOCALHOST.into(),
+            src_port: 1,
+            dst_port: 2,
+            direction: wire_format::Direction::Outbound,
+            end_reason: wire_format::EndReason::Closed,
+            dscp: 0,
+            start_ns: 1,
+            duration_ns: 1,
+            bytes_acked: 1,
+            bytes_received: 1,
+            segs_out: 1,
+            segs_in: 1,
+            retrans_segs: 0,
+            srtt_us: 1,
+            min_rtt_us: 1,
+        }
+        .to_record()
+    }
+
+    /// The sequence numbers and record counts of the datagrams in the outbox.
+    fn drain(batcher: &mut Batcher) -> Vec<(u32, usize, RecordKind)> {
+        std::iter::from_fn(|| batcher.poll_transmit())
+            .map(|bytes| {
+                let datagram = wire_format::parse(&bytes).expect("a valid datagram");
+                (
+                    datagram.header.sequence.get(),
+                    datagram.records.len(),
+                    datagram.header.kind(),
+                )
+            })
+            .collect()
+    }
+
     /// Over the cap, datagrams are dropped and counted, and their sequence
-    /// numbers are used, so the sampler sees the gap; an idle sender
-    /// heartbeats with empty datagrams.
-    #[tokio::test]
-    async fn the_rate_cap_drops_and_counts_and_idle_senders_heartbeat() {
-        let sampler = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sampler.set_nonblocking(true).expect("nonblocking");
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let origin = Origin {
-            node_id: 7,
-            agent_epoch: 1,
-        };
-        let to = vec![sampler.local_addr().expect("addr")];
-        let mut sender = Sender::new(socket, to, origin, 1472, 1, 10);
+    /// numbers are used, so the sampler sees the gap; the bucket refills at
+    /// the cap's rate and holds at most one second's worth.
+    #[test]
+    fn the_rate_cap_drops_and_counts_on_a_virtual_clock() {
+        let t0 = Instant::now();
+        let mut batcher = Batcher::new(ORIGIN, 1472, 1, 10, t0);
         for _ in 0..25 {
+            batcher.push_probe(record(), t0, 1);
+        }
+        let stats = batcher.stats();
+        assert_eq!((stats.datagrams, stats.rate_limited_datagrams), (10, 15), "{stats:?}");
+        assert_eq!((stats.records, stats.rate_limited_records), (10, 15));
+        let sent: Vec<u32> = drain(&mut batcher).into_iter().map(|(seq, ..)| seq).collect();
+        assert_eq!(sent, (0..10).collect::<Vec<u32>>());
+        // Half a second later: five tokens back.
+        for _ in 0..10 {
+            batcher.push_probe(record(), t0 + Duration::from_millis(500), 1);
+        }
+        let sent: Vec<u32> = drain(&mut batcher).into_iter().map(|(seq, ..)| seq).collect();
+        assert_eq!(sent, (25..30).collect::<Vec<u32>>());
+        // A long quiet spell refills one second's worth, not more.
+        for _ in 0..20 {
+            batcher.push_probe(record(), t0 + Duration::from_secs(60), 1);
+        }
+        assert_eq!(drain(&mut batcher).len(), 10);
+        assert_eq!(batcher.stats().rate_limited_datagrams, 15 + 5 + 10);
+        // A clock read out of order refills nothing.
+        batcher.push_probe(record(), t0, 1);
+        assert_eq!(drain(&mut batcher).len(), 0);
+    }
+
+    /// An idle batcher heartbeats with an empty datagram once `idle` has
+    /// passed since the latest datagram, whatever the cap.
+    #[test]
+    fn heartbeats_come_after_a_quiet_spell_only() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(5);
+        let mut batcher = Batcher::new(ORIGIN, 1472, 1, 1, t0);
+        batcher.heartbeat_if_idle(t0 + idle - Duration::from_nanos(1), 1, idle);
+        assert_eq!(batcher.stats().heartbeats, 0, "not idle yet");
+        batcher.push_probe(record(), t0 + Duration::from_secs(3), 1);
+        batcher.heartbeat_if_idle(t0 + idle, 1, idle);
+        assert_eq!(batcher.stats().heartbeats, 0, "sent 2 s ago");
+        // The cap (1/s) is spent; the heartbeat goes all the same.
+        batcher.push_probe(record(), t0 + Duration::from_secs(3), 1);
+        batcher.heartbeat_if_idle(t0 + Duration::from_secs(8), 1, idle);
+        assert_eq!(batcher.stats().heartbeats, 1);
+        assert_eq!(
+            drain(&mut batcher),
+            [(0, 1, RecordKind::Probe), (2, 0, RecordKind::Probe)],
+            "the dropped datagram's sequence number 1 is a gap"
+        );
+        // A heartbeat counts as a send: the next one is `idle` later.
+        batcher.heartbeat_if_idle(t0 + Duration::from_secs(12), 1, idle);
+        assert_eq!(batcher.stats().heartbeats, 1);
+        batcher.heartbeat_if_idle(t0 + Duration::from_secs(13), 1, idle);
+        assert_eq!(batcher.stats().heartbeats, 2);
+        assert_eq!(batcher.stats().datagrams, 3);
+    }
+
+    /// A datagram leaves when full (`batch_size`, or as many records as
+    /// `max_datagram` bytes hold), the rest on flush; flows and probes
+    /// never share a datagram.
+    #[test]
+    fn records_are_batched_by_size_and_flushed_on_demand() {
+        let t0 = Instant::now();
+        // (1472 − 24) / 96 = 15 probe records a datagram.
+        let mut batcher = Batcher::new(ORIGIN, 1472, 0, 1_000, t0);
+        for _ in 0..20 {
+            batcher.push_probe(record(), t0, 1);
+        }
+        batcher.push_flow(flow(), t0, 1);
+        assert_eq!(drain(&mut batcher), [(0, 15, RecordKind::Probe)]);
+        batcher.flush(t0, 1);
+        assert_eq!(
+            drain(&mut batcher),
+            [(1, 1, RecordKind::Flow), (2, 5, RecordKind::Probe)]
+        );
+        batcher.flush(t0, 1);
+        assert!(drain(&mut batcher).is_empty(), "nothing queued, nothing sent");
+        let mut batcher = Batcher::new(ORIGIN, 1472, 4, 1_000, t0);
+        for _ in 0..9 {
+            batcher.push_flow(flow(), t0, 1);
+        }
+        batcher.flush(t0, 1);
+        let sizes: Vec<usize> = drain(&mut batcher).into_iter().map(|(_, n, _)| n).collect();
+        assert_eq!(sizes, [4, 4, 1]);
+        assert_eq!(batcher.stats().records, 9);
+        // Too small for a header and a record: nothing is built.
+        let mut batcher = Batcher::new(ORIGIN, 30, 0, 1_000, t0);
+        batcher.push_probe(record(), t0, 1);
+        batcher.heartbeat_if_idle(t0 + Duration::from_secs(9), 1, Duration::ZERO);
+        assert!(drain(&mut batcher).is_empty());
+    }
+
+    /// The shell sends every datagram to both samplers with the same
+    /// sequence number, heartbeats included.
+    #[tokio::test]
+    async fn both_samplers_get_every_datagram() {
+        let samplers: Vec<std::net::UdpSocket> = (0..2)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+                s
+            })
+            .collect();
+        let to = samplers.iter().map(|s| s.local_addr().expect("addr")).collect();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let mut sender = Sender::new(socket, to, ORIGIN, 1472, 1, 100);
+        for _ in 0..3 {
             sender.push_probe(record()).await;
         }
-        let stats = sender.stats();
-        assert_eq!((stats.datagrams, stats.rate_limited_datagrams), (10, 15), "{stats:?}");
-        assert_eq!(stats.rate_limited_records, 15);
-        let mut buf = [0u8; 2048];
-        let mut sequences = Vec::new();
-        while let Ok(len) = sampler.recv(&mut buf) {
-            let datagram = wire_format::parse(&buf[..len]).expect("valid");
-            sequences.push(datagram.header.sequence.get());
-        }
-        assert_eq!(sequences, (0..10).collect::<Vec<u32>>());
-
-        sender.heartbeat_if_idle(Duration::from_secs(3_600)).await;
-        assert_eq!(sender.stats().heartbeats, 0, "not idle yet");
         sender.heartbeat_if_idle(Duration::ZERO).await;
-        assert_eq!(sender.stats().heartbeats, 1);
-        let len = loop {
-            if let Ok(len) = sampler.recv(&mut buf) {
-                break len;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let heartbeat = wire_format::parse(&buf[..len]).expect("valid");
-        assert!(heartbeat.records.is_empty());
-        // The 15 dropped datagrams used sequence numbers 10..25.
-        assert_eq!(heartbeat.header.sequence.get(), 25);
+        for sampler in &samplers {
+            let mut buf = [0u8; 2048];
+            let received: Vec<(u32, usize)> = (0..4)
+                .map(|_| {
+                    let len = sampler.recv(&mut buf).expect("a datagram within 5 s");
+                    let datagram = wire_format::parse(&buf[..len]).expect("valid");
+                    (datagram.header.sequence.get(), datagram.records.len())
+                })
+                .collect();
+            assert_eq!(received, [(0, 1), (1, 1), (2, 1), (3, 0)]);
+        }
+        let stats = sender.stats();
+        assert_eq!(
+            (stats.datagrams, stats.records, stats.heartbeats, stats.send_errors),
+            (4, 3, 1, 0)
+        );
         assert!(sender.reachable());
     }
 
@@ -282,12 +497,8 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_sampler_is_noticed() {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let origin = Origin {
-            node_id: 7,
-            agent_epoch: 1,
-        };
         let to = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
-        let mut sender = Sender::new(socket, to, origin, 1472, 1, 100);
+        let mut sender = Sender::new(socket, to, ORIGIN, 1472, 1, 100);
         assert!(sender.reachable(), "nothing sent yet");
         sender.push_probe(record()).await;
         assert!(!sender.reachable());

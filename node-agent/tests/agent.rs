@@ -337,6 +337,15 @@ fn agents_probe_each_other_and_a_stopped_responder_times_out() {
         &config(102).replace(&sampler.local_addr().unwrap().to_string(), "127.0.0.1:9"),
     );
 
+    // b's responder is up once its agent has loaded its programs, which
+    // takes a while on a busy host: count from its first answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !probe_records(&sampler, Duration::from_millis(200))
+        .iter()
+        .any(|p| p.dst_node == 102 && p.outcome == wire_format::ProbeOutcome::Ok)
+    {
+        assert!(Instant::now() < deadline, "b never answered");
+    }
     let records = probe_records(&sampler, Duration::from_secs(3));
     let to_b: Vec<_> = records.iter().filter(|p| p.dst_node == 102).collect();
     let to_c: Vec<_> = records.iter().filter(|p| p.dst_node == 201).collect();

@@ -2,7 +2,10 @@
 //! an RDMA NIC.
 //!
 //! - [`exchange`]: the probe exchange as a state machine — what to post,
-//!   and which probe records follow from the completions — with no device.
+//!   and which probe records follow from the completions — with no device;
+//!   a thin layer over the probe session the UDP prober shares
+//!   (node-agent-probe), adding work-request ids and the responder's
+//!   follow-up.
 //! - [`clock`]: NIC completion timestamps (a narrow free-running counter
 //!   at the device's core clock) to nanoseconds and to wall-clock time.
 //! - [`grh`]: the sender's GID and the payload in a UD receive buffer.
