@@ -27,6 +27,7 @@ fn settings() -> Settings {
         sample_one_in: 10,
         rtt_anomaly_ns: 1_000_000,
         max_samples: 1_000,
+        max_batch_bytes: wire_format::MAX_BATCH_BYTES,
     }
 }
 
@@ -417,4 +418,52 @@ fn a_long_pause_catches_up_with_a_bounded_number_of_windows() {
         agg.totals().windows_skipped + windows.len() as u64,
         (later - 2 * SECOND - T0) / W
     );
+}
+
+/// Two windows held when a long pause ends are skipped and merged into the
+/// first window kept: their histograms are added (each holds more values
+/// than a path keeps raw) and their unfinished sampling groups are kept, so
+/// the weights still sum to the records.
+#[test]
+fn a_catch_up_merge_adds_histograms_and_keeps_sample_weights_exact() {
+    let mut agg = aggregator(settings());
+    let mut seq = 0;
+    let mut rtts = Vec::new();
+    for (window, count) in [(T0, 605u64), (T0 + W, 613)] {
+        let records: Vec<_> = (0..count)
+            .map(|i| {
+                let rtt = 50_000 + (window - T0) / W * 7 + i * 311;
+                rtts.push(rtt);
+                probe(101, 102, i, ProbeOutcome::Ok, rtt, 1_000)
+            })
+            .collect();
+        for d in datagrams(101, 1, seq, window + SECOND, &records) {
+            assert!(matches!(agg.ingest(&d, window + SECOND), Ingested::Accepted { .. }));
+            seq += 1;
+        }
+    }
+    let windows = agg.emit_due(T0 + 1_000 * W);
+    let first = &windows[0];
+    assert!(first.start_ns > T0 + W, "both windows were skipped");
+    assert_eq!(first.records, 605 + 613);
+    let view = BatchView::parse(&first.parts[0].1).unwrap();
+    let p = &view.paths[0];
+    assert_eq!(p.probes_sent.get(), 605 + 613);
+    assert_eq!(decode_histogram(view.histogram(p)).unwrap().len(), 605 + 613);
+    rtts.sort_unstable();
+    assert_eq!(
+        (p.rtt_min_ns.get(), p.rtt_max_ns.get()),
+        (rtts[0], rtts[rtts.len() - 1])
+    );
+    let median = rtts[rtts.len() / 2 - 1];
+    assert!(
+        p.rtt_p50_ns.get().abs_diff(median) <= median / 100,
+        "{} vs {median}",
+        p.rtt_p50_ns.get()
+    );
+    // 1 in 10: groups of 10, and each window's final group (5 and 3).
+    let weights: Vec<u32> = view.probes.iter().map(|s| s.meta.weight.get()).collect();
+    assert_eq!(weights.iter().sum::<u32>(), 605 + 613);
+    assert_eq!(weights.iter().filter(|&&w| w != 10).count(), 2, "{weights:?}");
+    assert_eq!(completeness(&view, 101).datagrams_received.get(), seq);
 }

@@ -3,6 +3,11 @@
 //! every batch. Covers exact delivery across a collector outage and a
 //! sampler restart, the malformed-datagram corpus, the Prometheus endpoint
 //! and a refused client certificate.
+//!
+//! Nothing here sleeps for a guessed time: every wait polls an observable
+//! condition (a metric, a batch the stand-in received, the child's exit)
+//! against a deadline. Window and timing logic is tested on the aggregator
+//! with time passed in (tests/aggregate.rs, tests/properties.rs).
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod common;
@@ -210,9 +215,12 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// How long a wait for a condition may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
 /// Polls the metrics endpoint until `ready` holds for the exposition.
 async fn wait_for_metrics(addr: SocketAddr, what: &str, ready: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + DEADLINE;
     loop {
         if let Ok(page) = http_get(addr, "/metrics").await
             && ready(&page)
@@ -222,6 +230,23 @@ async fn wait_for_metrics(addr: SocketAddr, what: &str, ready: impl Fn(&str) -> 
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls what the stand-in collector received until `ready` holds for it.
+async fn wait_for_received(received: &Mutex<Received>, what: &str, ready: impl Fn(&Received) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if ready(&received.lock().unwrap()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Start of the 1 s window (the tests' window length) holding `ns`.
+fn window_of(ns: u64) -> u64 {
+    ns - ns % 1_000_000_000
 }
 
 /// The value of the sample `series` (name with labels, as exposed).
@@ -234,18 +259,22 @@ fn now_ns() -> u64 {
     rack_sampler::now_ns()
 }
 
-/// Sends `count` datagrams of one probe each from agent `node`, 20 ms
-/// apart, numbered from `*seq`; returns how many probes were sent.
-fn send_probes(socket: &UdpSocket, to: SocketAddr, node: u32, seq: &mut u32, count: u32) -> u64 {
+/// Sends `count` datagrams of one probe each from agent `node`, numbered
+/// from `*seq`; returns how many probes were sent and the send time of the
+/// last. They are paced 20 ms apart so that the traffic, like an agent's,
+/// spans more than one window; nothing waits on the pacing.
+fn send_probes(socket: &UdpSocket, to: SocketAddr, node: u32, seq: &mut u32, count: u32) -> (u64, u64) {
+    let mut last_ns = 0;
     for _ in 0..count {
         let record = probe(node, 102, u64::from(*seq), ProbeOutcome::Ok, 150_000, 10_000);
+        last_ns = now_ns();
         socket
-            .send_to(&datagram(node, 1, *seq, now_ns(), &[record]), to)
+            .send_to(&datagram(node, 1, *seq, last_ns, &[record]), to)
             .unwrap();
         *seq += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
-    u64::from(count)
+    (u64::from(count), last_ns)
 }
 
 /// A stand-in collector and a sampler started against it.
@@ -291,7 +320,7 @@ async fn every_window_arrives_once_across_a_collector_outage_and_a_sampler_resta
     let to = s.ingest;
     let mut sent = 0;
     // Phase 1: collector up.
-    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60));
+    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60)).0;
     wait_for_metrics(s.metrics, "a first acknowledged batch", |p| {
         metric(p, "flowmesh_sampler_uplink_batches_acked_total{status=\"stored\"}").unwrap_or(0.0) >= 1.0
     })
@@ -299,18 +328,22 @@ async fn every_window_arrives_once_across_a_collector_outage_and_a_sampler_resta
     // Phase 2: collector down; batches spool.
     stand_in.stop().await;
     let spooled_before = received.lock().unwrap().batches.len();
-    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60));
+    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60)).0;
     wait_for_metrics(s.metrics, "batches waiting in the spool", |p| {
         metric(p, "flowmesh_sampler_spool_batches").unwrap_or(0.0) >= 2.0
     })
     .await;
     // Phase 3: restart the sampler mid-outage; its spool must survive.
+    let stopping_ns = now_ns();
     sampler.stop();
     let spool_files = std::fs::read_dir(dir.path().join("spool")).unwrap().count();
     assert!(spool_files >= 2, "spool is empty after a clean stop");
     let sampler = SamplerProcess::start(&s, "second");
     wait_for_metrics(s.metrics, "the restarted sampler", |_| true).await;
-    sent += tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60));
+    // Its aggregator (and first window) started before its endpoint served.
+    let restarted_ns = now_ns();
+    let (probes, last_sent_ns) = tokio::task::block_in_place(|| send_probes(&agent, to, 101, &mut seq, 60));
+    sent += probes;
     // Phase 4: collector back: every spooled batch is replayed.
     let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
     let done = wait_for_metrics(s.metrics, "the spool to drain", |p| {
@@ -318,10 +351,13 @@ async fn every_window_arrives_once_across_a_collector_outage_and_a_sampler_resta
             && metric(p, "flowmesh_sampler_windows_emitted_total").unwrap_or(0.0) >= 3.0
     })
     .await;
-    // Let the last window with traffic close and be delivered too.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let _ = wait_for_metrics(s.metrics, "the spool to drain again", |p| {
-        metric(p, "flowmesh_sampler_spool_batches") == Some(0.0)
+    // The window of the last probe closes and is delivered too. The spool
+    // sends in window order, so every earlier batch was delivered before it.
+    let last_window = window_of(last_sent_ns);
+    wait_for_received(&received, "the batch of the last probe's window", |r| {
+        r.batches
+            .values()
+            .any(|b| BatchView::parse(b).unwrap().header.window_start_ns.get() >= last_window)
     })
     .await;
     sampler.stop();
@@ -352,17 +388,20 @@ async fn every_window_arrives_once_across_a_collector_outage_and_a_sampler_resta
         weights += view.probes.iter().map(|p| u64::from(p.meta.weight.get())).sum::<u64>();
         assert_eq!(view.completeness.len(), 3);
     }
-    // Windows are contiguous except where no sampler ran at all (the
-    // restart): a sampler does not claim windows it did not observe.
-    let starts: Vec<u64> = windows.keys().copied().collect();
-    let gaps: Vec<u64> = starts
-        .windows(2)
-        .map(|p| (p[1] - p[0]) / 1_000_000_000 - 1)
-        .filter(|&g| g > 0)
+    // Windows are contiguous except where no sampler ran at all: the first
+    // emitted every window up to the one in which it was stopped, the second
+    // every one from the one in which it started. A sampler does not claim
+    // windows it did not observe.
+    let (first, last) = (*windows.keys().next().unwrap(), *windows.keys().next_back().unwrap());
+    let missing: Vec<u64> = (first..=last)
+        .step_by(1_000_000_000)
+        .filter(|w| !windows.contains_key(w))
         .collect();
+    let (stopped, restarted) = (window_of(stopping_ns), window_of(restarted_ns));
     assert!(
-        gaps.len() <= 1 && gaps.iter().all(|&g| g <= 3),
-        "windows missing: {starts:?}"
+        missing.iter().all(|&w| stopped < w && w < restarted),
+        "windows missing outside the restart ({stopped}..{restarted}): {missing:?} of {:?}",
+        windows.keys().collect::<Vec<_>>()
     );
     assert!(windows.values().all(|parts| parts.len() <= 2));
     assert_eq!(probes, sent, "probes lost or counted twice");
@@ -442,21 +481,17 @@ async fn malformed_datagrams_are_counted_by_reason_while_good_traffic_flows() {
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
     // The window's batch reports the refused datagrams upward.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let malformed = loop {
-        let total: u32 = received
-            .lock()
-            .unwrap()
-            .batches
+    let malformed = |r: &Received| -> u32 {
+        r.batches
             .values()
             .map(|b| BatchView::parse(b).unwrap().header.malformed_datagrams.get())
-            .sum();
-        if total == corpus.len() as u32 || Instant::now() > deadline {
-            break total;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            .sum()
     };
-    assert_eq!(malformed, corpus.len() as u32);
+    wait_for_received(&received, "the refused datagrams in a batch", |r| {
+        malformed(r) >= corpus.len() as u32
+    })
+    .await;
+    assert_eq!(malformed(&received.lock().unwrap()), corpus.len() as u32);
     sampler.stop();
     stand_in.stop().await;
 }

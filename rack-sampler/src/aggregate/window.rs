@@ -1,0 +1,134 @@
+//! One open window's state — its paths, its agents' datagram counts, its
+//! samples and its window-level counts — and how a skipped window is merged
+//! into a later one. The [`Aggregator`](super::Aggregator) decides which
+//! window a datagram belongs to; this is what it fills.
+
+use std::collections::{BTreeMap, HashMap};
+
+use wire_format::{AgentCompleteness, FlowRecord, ProbeRecord, completeness_flags};
+
+use super::paths::{PathAgg, PathKey};
+use super::sampling::Sampler;
+
+/// One agent's datagrams in a window.
+#[derive(Debug, Clone, Default)]
+pub(super) struct AgentWindow {
+    /// The agent's epoch (latest run) when last heard in the window.
+    pub(super) epoch: u32,
+    /// Datagrams the sequence numbers say were sent.
+    pub(super) expected: u32,
+    /// Distinct datagrams received.
+    pub(super) received: u32,
+    /// Duplicates dropped.
+    pub(super) duplicate: u32,
+    /// Datagrams that arrived after a later one.
+    pub(super) reordered: u32,
+    /// Records received.
+    pub(super) records: u32,
+    /// The agent restarted in the window.
+    pub(super) restarted: bool,
+}
+
+impl AgentWindow {
+    fn merge(&mut self, other: &AgentWindow) {
+        self.epoch = self.epoch.max(other.epoch);
+        self.expected += other.expected;
+        self.received += other.received;
+        self.duplicate += other.duplicate;
+        self.reordered += other.reordered;
+        self.records += other.records;
+        self.restarted |= other.restarted;
+    }
+}
+
+/// An open window.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    /// Path aggregates, at most `max_paths`.
+    pub(super) paths: HashMap<PathKey, PathAgg>,
+    /// Agents heard in the window.
+    pub(super) agents: BTreeMap<u32, AgentWindow>,
+    /// Flow record samples.
+    pub(super) flows: Sampler<FlowRecord>,
+    /// Probe record samples.
+    pub(super) probes: Sampler<ProbeRecord>,
+    /// Datagrams refused.
+    pub(super) malformed: u32,
+    /// Records (or merged paths) turned away by `max_paths`.
+    pub(super) records_over_capacity: u32,
+    /// Records aggregated.
+    pub(super) records: u64,
+}
+
+impl Window {
+    /// The aggregate of path `key`, created if the window holds fewer than
+    /// `max_paths` paths; `None` (counted) if it is full.
+    pub(super) fn path(&mut self, key: PathKey, max_paths: usize) -> Option<&mut PathAgg> {
+        let full = self.paths.len() >= max_paths;
+        match self.paths.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(_) if full => {
+                self.records_over_capacity += 1;
+                None
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let path = PathAgg::new(e.key());
+                Some(e.insert(path))
+            }
+        }
+    }
+
+    /// Adds a skipped window's counts to this one: paths are summed into the
+    /// same keys (a path the bound turns away counts once in
+    /// `records_over_capacity`), histograms added, samples kept with exact
+    /// weights.
+    pub(super) fn absorb(&mut self, other: Window, max_paths: usize) {
+        self.malformed += other.malformed;
+        self.records_over_capacity += other.records_over_capacity;
+        self.records += other.records;
+        for (key, p) in other.paths {
+            if let Some(t) = self.path(key, max_paths) {
+                t.merge(p);
+            }
+        }
+        for (node, a) in &other.agents {
+            self.agents.entry(*node).or_default().merge(a);
+        }
+        self.flows.absorb(other.flows);
+        self.probes.absorb(other.probes);
+    }
+}
+
+/// Agent `node`'s completeness record for a window in which it sent
+/// `window` (`None`: nothing); `epoch` is its latest run and `last_seen_ns`
+/// its latest arrival, from before or during the window.
+pub(super) fn completeness(
+    node: u32,
+    window: Option<&AgentWindow>,
+    epoch: u32,
+    last_seen_ns: u64,
+) -> AgentCompleteness {
+    let mut c = AgentCompleteness::new(node);
+    c.last_seen_ns = last_seen_ns.into();
+    match window {
+        Some(w) => {
+            c.agent_epoch = w.epoch.into();
+            c.datagrams_expected = w.expected.into();
+            c.datagrams_received = w.received.into();
+            c.datagrams_duplicate = w.duplicate.into();
+            c.datagrams_reordered = w.reordered.into();
+            c.records = w.records.into();
+            if w.restarted {
+                c.flags |= completeness_flags::RESTARTED;
+            }
+            if w.received == 0 {
+                c.flags |= completeness_flags::SILENT;
+            }
+        }
+        None => {
+            c.agent_epoch = epoch.into();
+            c.flags |= completeness_flags::SILENT;
+        }
+    }
+    c
+}
