@@ -24,11 +24,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    configs::endpoint::exit_code("flowmesh-sampler", run())
+    configs_runtime::exit_code("flowmesh-sampler", run())
 }
 
 fn run() -> anyhow::Result<()> {
-    configs::endpoint::init_logging();
+    configs_runtime::init_logging();
     let cli = Cli::parse();
     let Some(config) = cli.config.load_or_print::<SamplerConfig>()? else {
         return Ok(());
@@ -38,7 +38,7 @@ fn run() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?
         .block_on(async {
-            let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
+            let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
             let sampler = Sampler::start(config, shutdown).await?;
             info!(
                 message = "sampler running",

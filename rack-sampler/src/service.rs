@@ -43,7 +43,7 @@ pub enum StartError {
     },
     /// TLS files are unusable.
     #[error(transparent)]
-    Tls(#[from] configs::tls::TlsError),
+    Tls(#[from] configs_runtime::tls::TlsError),
     /// The spool directory is unusable.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -89,7 +89,7 @@ impl Sampler {
                     .join(", "),
             })?
             .id;
-        let client_config = configs::tls::client_config(&config.uplink.tls)?;
+        let client_config = configs_runtime::tls::client_config(&config.uplink.tls)?;
         let spool = Spool::open(&config.uplink.spool_dir, config.uplink.spool_max_bytes)?;
         let mut aggregator = Aggregator::new(Settings::new(&config, rack), topology.clone(), now_ns());
         if let Some((start, part)) = take_resume(&config.uplink.spool_dir) {

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use wire_format::BatchHeader;
 use zerocopy::{FromBytes as _, IntoBytes as _};
 
@@ -73,13 +74,32 @@ pub struct Pushed {
     pub refused: bool,
 }
 
+/// Most bytes of spooled batches also held in memory: the oldest batches
+/// are the next the uplink sends, and a window's batches of a large rack
+/// are a few MiB, so this holds several windows in the normal case and
+/// bounds memory when the collector is away and the spool grows.
+pub const CACHE_BYTES: u64 = 64 << 20;
+
+/// One spooled batch.
+#[derive(Debug)]
+struct Entry {
+    /// Its size on disk.
+    len: u64,
+    /// Its bytes, if held in memory.
+    cached: Option<Bytes>,
+}
+
 /// A bounded on-disk queue of batches.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
-    entries: BTreeMap<SpoolKey, u64>,
+    entries: BTreeMap<SpoolKey, Entry>,
     bytes: u64,
+    /// Bytes of the entries held in memory.
+    cached_bytes: u64,
+    /// At most this many ([`CACHE_BYTES`]; tests lower it).
+    cache_bytes: u64,
     /// Drops not yet written into a spooled batch.
     unreported: u32,
     dropped_total: u64,
@@ -104,7 +124,7 @@ impl Spool {
             }
             if let Some(key) = SpoolKey::parse(name) {
                 let len = entry.metadata().map_err(io(&entry.path()))?.len();
-                entries.insert(key, len);
+                entries.insert(key, Entry { len, cached: None });
                 bytes += len;
             }
         }
@@ -113,6 +133,8 @@ impl Spool {
             max_bytes,
             entries,
             bytes,
+            cached_bytes: 0,
+            cache_bytes: CACHE_BYTES,
             unreported: 0,
             dropped_total: 0,
         })
@@ -156,9 +178,12 @@ impl Spool {
         };
         write().map_err(io(&path))?;
         self.unreported = 0;
-        if let Some(old) = self.entries.insert(key, len) {
-            self.bytes -= old;
+        self.forget(key);
+        let cached = (self.cached_bytes + len <= self.cache_bytes).then(|| Bytes::from(batch));
+        if cached.is_some() {
+            self.cached_bytes += len;
         }
+        self.entries.insert(key, Entry { len, cached });
         self.bytes += len;
         Ok(Pushed {
             dropped,
@@ -166,14 +191,28 @@ impl Spool {
         })
     }
 
-    /// The oldest batch: its key and bytes.
-    pub fn oldest(&self) -> Result<Option<(SpoolKey, Vec<u8>)>, SpoolError> {
-        let Some((&key, _)) = self.entries.first_key_value() else {
+    /// The oldest batch: its key and bytes (shared with the spool when it
+    /// holds them in memory, else read from disk).
+    pub fn oldest(&self) -> Result<Option<(SpoolKey, Bytes)>, SpoolError> {
+        let Some((&key, entry)) = self.entries.first_key_value() else {
             return Ok(None);
         };
+        if let Some(bytes) = &entry.cached {
+            return Ok(Some((key, bytes.clone())));
+        }
         let path = self.dir.join(key.file_name());
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        Ok(Some((key, bytes)))
+        Ok(Some((key, Bytes::from(bytes))))
+    }
+
+    /// Takes `key` out of the queue's accounting.
+    fn forget(&mut self, key: SpoolKey) {
+        if let Some(entry) = self.entries.remove(&key) {
+            self.bytes -= entry.len;
+            if entry.cached.is_some() {
+                self.cached_bytes -= entry.len;
+            }
+        }
     }
 
     /// Deletes an acknowledged batch.
@@ -184,9 +223,7 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&path)(e)),
         }
-        if let Some(len) = self.entries.remove(&key) {
-            self.bytes -= len;
-        }
+        self.forget(key);
         Ok(())
     }
 
@@ -197,9 +234,7 @@ impl Spool {
         let from = self.dir.join(key.file_name());
         let to = rejected.join(key.file_name());
         std::fs::rename(&from, &to).map_err(io(&from))?;
-        if let Some(len) = self.entries.remove(&key) {
-            self.bytes -= len;
-        }
+        self.forget(key);
         Ok(to)
     }
 
@@ -298,6 +333,30 @@ mod tests {
         spool.push(key(5), batch(5, 2)).unwrap();
         let latest = std::fs::read(dir.path().join(key(5).file_name())).unwrap();
         assert_eq!(BatchView::parse(&latest).unwrap().header.spool_dropped_batches.get(), 2);
+    }
+
+    /// A batch spooled in this run is handed out from memory, the very
+    /// buffer written (no copy), and equals the file; past the cache bound,
+    /// batches come from disk; removing a batch releases its memory.
+    #[test]
+    fn spooled_batches_are_shared_from_memory_up_to_the_cache_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.cache_bytes = 4096;
+        spool.push(key(1), batch(1, 3)).unwrap();
+        let (_, first) = spool.oldest().unwrap().unwrap();
+        let (_, again) = spool.oldest().unwrap().unwrap();
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same buffer, not a copy");
+        assert_eq!(first, std::fs::read(dir.path().join(key(1).file_name())).unwrap());
+        assert_eq!(spool.cached_bytes, first.len() as u64);
+
+        // Fill the cache: the next batch is spooled but read from disk.
+        spool.push(key(2), vec![0u8; 4096]).unwrap();
+        assert_eq!(spool.cached_bytes, first.len() as u64, "over the bound: not held");
+        spool.remove(key(1)).unwrap();
+        assert_eq!(spool.cached_bytes, 0);
+        let (k, from_disk) = spool.oldest().unwrap().unwrap();
+        assert_eq!((k, from_disk.len()), (key(2), 4096));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 use wire_format::{AckStatus, BatchAck, BatchView, DropReason};
@@ -159,11 +160,13 @@ fn classify(target: &Target, source: quinn::ConnectionError) -> UplinkError {
 pub async fn send_batch(
     connection: &quinn::Connection,
     target: &Target,
-    batch: &[u8],
+    batch: Bytes,
 ) -> Result<AckStatus, UplinkError> {
+    let sent_id = BatchView::parse(&batch).map(|v| v.header.batch_id);
     let exchange = async {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| classify(target, e))?;
-        send.write_all(batch)
+        // The spool's buffer itself: QUIC keeps a reference, no copy.
+        send.write_chunk(batch)
             .await
             .map_err(|e| stream_error(target, e.to_string(), connection))?;
         send.finish().map_err(|e| UplinkError::Stream(e.to_string()))?;
@@ -175,7 +178,6 @@ pub async fn send_batch(
         .await
         .map_err(|_| UplinkError::AckTimeout(target.ack_timeout))??;
     let ack = BatchAck::parse(&answer).map_err(|e| UplinkError::Protocol(e.to_string()))?;
-    let sent_id = BatchView::parse(batch).map(|v| v.header.batch_id);
     if sent_id.is_ok_and(|id| id != ack.batch_id) {
         return Err(UplinkError::Protocol(format!(
             "acknowledgement names batch {}, not the one sent",
@@ -290,7 +292,7 @@ async fn drain(
             continue;
         };
         stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-        let status = send_batch(connection, target, &batch).await?;
+        let status = send_batch(connection, target, batch).await?;
         if !announced {
             stats.connected.store(true, Ordering::Relaxed);
             info!(message = "connected to the collector", addr = %target.addr);

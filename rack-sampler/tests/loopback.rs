@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{datagram, probe};
 use configs::TlsFiles;
-use configs::tls::{self, DevPki};
+use configs_runtime::tls::{self, DevPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire_format::{AckStatus, BatchAck, BatchId, BatchView, ProbeOutcome};
 use zerocopy::IntoBytes;
@@ -474,7 +474,7 @@ async fn malformed_datagrams_are_counted_by_reason_while_good_traffic_flows() {
         "every reason is exposed, zero included"
     );
     assert!(page.contains("# HELP flowmesh_sampler_datagrams_dropped_total"));
-    configs::endpoint::promtool_check(&page).unwrap();
+    configs_runtime::promtool::promtool_check(&page).unwrap();
     let health = http_get(s.metrics, "/healthz").await.unwrap();
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let ready = http_get(s.metrics, "/readyz").await.unwrap();
