@@ -11,7 +11,7 @@ use node_agent::checks::{self, CheckError};
 use node_agent::probe::{self, ProbeStats, ProberSettings, RdmaEndpoint};
 use node_agent::sender::Sender;
 use node_agent::telemetry::{self, AgentStats};
-use node_agent::tracer::{self, Tracer};
+use node_agent::tracer::Tracer;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -109,14 +109,14 @@ fn main() -> ExitCode {
                 eprintln!("flowmesh-agent: {check}");
                 return ExitCode::from(check.exit_code());
             }
-            configs::endpoint::exit_code("flowmesh-agent", Err(error))
+            configs_runtime::exit_code("flowmesh-agent", Err(error))
         }
         Ok(()) => ExitCode::SUCCESS,
     }
 }
 
 fn run() -> anyhow::Result<()> {
-    configs::endpoint::init_logging();
+    configs_runtime::init_logging();
     let cli = Cli::parse();
     let Some(config) = cli.config.load_or_print::<AgentConfig>()? else {
         return Ok(());
@@ -196,7 +196,7 @@ fn node_id(config: &AgentConfig) -> anyhow::Result<u32> {
 
 async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: DebugOutput) -> anyhow::Result<()> {
     config.node_id = node_id(&config)?;
-    let shutdown = configs::endpoint::shutdown_signal().context("installing the SIGTERM handler")?;
+    let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
     // Installed whatever the configuration, so a SIGHUP never kills the agent.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
@@ -366,14 +366,13 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
     let mut open_tick = tokio::time::interval_at(tokio::time::Instant::now() + report_open, report_open);
     let mut last_sweep = std::time::Instant::now();
     tokio::pin!(shutdown);
-    let clock = tracer.clock();
     loop {
         tokio::select! {
-            events = tracer.next_events() => {
-                let events = events?;
-                stats.lock().unwrap_or_else(|p| p.into_inner()).flows += events.len() as u64;
-                for event in events {
-                    report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
+            flows = tracer.next_flows() => {
+                let flows = flows?;
+                stats.lock().unwrap_or_else(|p| p.into_inner()).flows += flows.len() as u64;
+                for flow in flows {
+                    report_flow(flow, debug, sender.as_mut()).await;
                 }
             }
             Some(record) = probe_rx.recv() => {
@@ -385,15 +384,15 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
             _ = open_tick.tick() => {
                 let open = tracer.open_flows(report_open.as_nanos() as u64);
                 stats.lock().unwrap_or_else(|p| p.into_inner()).open_reports += open.len() as u64;
-                for event in open {
-                    report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
+                for flow in open {
+                    report_flow(flow, debug, sender.as_mut()).await;
                 }
             }
             _ = flush.tick() => {
-                let events = tracer.take_events();
-                stats.lock().unwrap_or_else(|p| p.into_inner()).flows += events.len() as u64;
-                for event in events {
-                    report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
+                let flows = tracer.take_flows();
+                stats.lock().unwrap_or_else(|p| p.into_inner()).flows += flows.len() as u64;
+                for flow in flows {
+                    report_flow(flow, debug, sender.as_mut()).await;
                 }
                 if let Some(sender) = sender.as_mut() {
                     sender.flush().await;
@@ -409,6 +408,7 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
                 });
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                 s.kernel_drops = tracer.drops();
+                s.invalid_events = tracer.invalid_events();
                 if let Some(connects) = connects {
                     s.connects = connects;
                 }
@@ -421,8 +421,8 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
         task.abort();
     }
     // Flows that ended since the last drain still go out.
-    for event in tracer.take_events() {
-        report_flow(tracer::flow(&event, clock), debug, sender.as_mut()).await;
+    for flow in tracer.take_flows() {
+        report_flow(flow, debug, sender.as_mut()).await;
     }
     // Its thread may be waiting to hand over records: let go of them first.
     drop(probe_rx);
@@ -437,13 +437,15 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
         info!(message = "probes", ?stats);
     }
     let drops = tracer.drops();
-    if drops.iter().any(|&d| d > 0) {
+    let invalid = tracer.invalid_events();
+    if drops.iter().any(|&d| d > 0) || invalid > 0 {
         warn!(
             message = "kernel-side drops",
             ring_full = drops[0],
             flows_full = drops[1],
             untracked_end = drops[2],
-            procs_full = drops[3]
+            procs_full = drops[3],
+            invalid_event = invalid
         );
     }
     metrics.set_ready(false);

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use configs::{Probing, Topology};
+use node_agent_probe::drain_ready;
 use node_agent_rdma::verbs::{Completion, UdQueuePair};
 use node_agent_rdma::{Calibration, Endpoint, Exchange, ExchangeStats, grh};
 use tokio::sync::{mpsc, watch};
@@ -38,6 +39,8 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 const CALIBRATE_EVERY: Duration = Duration::from_secs(10);
 /// Endpoint queries per probe tick, so resolving never stalls probing.
 const RESOLVES_PER_TICK: usize = 4;
+/// Polls of up to 32 completions each before probes are expired.
+const MAX_POLLS: usize = 256;
 
 /// The running RDMA prober; dropping it stops the thread.
 pub struct RdmaProber {
@@ -158,38 +161,25 @@ impl Driver {
                 .poll_timeout()
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(50));
-            let completions = match qp.wait(wait) {
-                Ok(c) => c,
+            match qp.wait(wait) {
+                Ok(completions) => handle(&mut exchange, &mut qp, completions, p.dscp, wall),
                 Err(e) => {
                     warn!(message = "RDMA completion queue", error = %e);
                     std::thread::sleep(wait);
-                    Vec::new()
-                }
-            };
-            for completion in completions {
-                let answer = match completion {
-                    Completion::Sent {
-                        wr_id,
-                        status,
-                        timestamp,
-                    } => exchange.sent(Instant::now(), wr_id, status, wall(timestamp)),
-                    Completion::Received {
-                        status: 0,
-                        src_qp,
-                        timestamp,
-                        bytes,
-                    } => grh::split(&bytes, bytes.len()).and_then(|(gid, payload)| {
-                        exchange.received(Instant::now(), gid, src_qp, payload, wall(timestamp))
-                    }),
-                    Completion::Received { .. } => None,
-                };
-                if let Some(out) = answer
-                    && let Err(e) = qp.send(&out, p.dscp)
-                {
-                    warn!(message = "RDMA reply send failed", error = %e);
                 }
             }
-            exchange.expire(Instant::now());
+            // Every completion already queued is handled before probes are
+            // expired: a reply is in time by its completion timestamp, so
+            // a thread stalled past the timeout must not time out probes
+            // whose replies wait in the queue.
+            let drained_at = drain_ready(MAX_POLLS, Instant::now, || match qp.wait(Duration::ZERO) {
+                Ok(completions) if !completions.is_empty() => {
+                    handle(&mut exchange, &mut qp, completions, p.dscp, wall);
+                    true
+                }
+                _ => false,
+            });
+            exchange.expire(drained_at);
             for record in exchange.drain_records() {
                 if self.records.blocking_send(record.to_record()).is_err() {
                     return exchange.stats();
@@ -197,6 +187,39 @@ impl Driver {
             }
         }
         exchange.stats()
+    }
+}
+
+/// Hands `completions` to the exchange, posting the replies and follow-ups
+/// it asks for; `wall` turns a completion timestamp into wall-clock ns.
+fn handle(
+    exchange: &mut Exchange,
+    qp: &mut UdQueuePair,
+    completions: Vec<Completion>,
+    dscp: u8,
+    wall: impl Fn(Option<u64>) -> u64,
+) {
+    for completion in completions {
+        let answer = match completion {
+            Completion::Sent {
+                wr_id,
+                status,
+                timestamp,
+            } => exchange.sent(Instant::now(), wr_id, status, wall(timestamp)),
+            Completion::Received {
+                status: 0,
+                src_qp,
+                timestamp,
+                bytes,
+            } => grh::split(&bytes, bytes.len())
+                .and_then(|(gid, payload)| exchange.received(Instant::now(), gid, src_qp, payload, wall(timestamp))),
+            Completion::Received { .. } => None,
+        };
+        if let Some(out) = answer
+            && let Err(e) = qp.send(&out, dscp)
+        {
+            warn!(message = "RDMA reply send failed", error = %e);
+        }
     }
 }
 

@@ -9,11 +9,23 @@
 //! quiet spell; it is unit-tested on a virtual clock. [`Sender`] is the
 //! thin async shell: it reads the clock, sends whatever the batcher emits
 //! to every sampler and notes whether the primary took it.
+//!
+//! Datagram buffers: the batcher writes each datagram once, in place, into
+//! a [`BytesMut`] arena with room for many datagrams, and cuts it off as a
+//! [`Bytes`] (`split().freeze()`: a reference into the arena, no copy)
+//! that the shell hands to the socket for every sampler. Once the shell
+//! has sent and dropped the datagrams, the arena is theirs no more, and the
+//! next datagram that does not fit in what is left reclaims it from the
+//! start (`BytesMut::reserve` on a buffer no `Bytes` points into any
+//! more), so a sender that keeps up allocates nothing per datagram — the
+//! previous design allocated a `Vec` for each. A new arena is allocated
+//! only while datagrams cut from the old one are still held.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use tokio::net::UdpSocket;
 use wire_format::{DatagramBuilder, FlowRecord, Origin, ProbeRecord, Record, capacity};
 
@@ -69,6 +81,10 @@ impl RateCap {
     }
 }
 
+/// Bytes of datagram arena allocated at a time (at least one datagram):
+/// 44 datagrams of the default 1 472 bytes.
+const ARENA_BYTES: usize = 64 * 1024;
+
 /// The sender's logic: records into datagrams under the rate cap, with
 /// `now` (monotonic, for the cap and idleness) and `wall_ns` (the
 /// datagram header's send time) passed in. Datagrams to send wait in an
@@ -84,7 +100,9 @@ pub struct Batcher {
     cap: RateCap,
     last_sent: Instant,
     stats: SenderStats,
-    outbox: VecDeque<Vec<u8>>,
+    /// Where datagrams are built, one after the other (see the module doc).
+    arena: BytesMut,
+    outbox: VecDeque<Bytes>,
 }
 
 impl Batcher {
@@ -102,6 +120,7 @@ impl Batcher {
             cap: RateCap::new(max_per_sec, now),
             last_sent: now,
             stats: SenderStats::default(),
+            arena: BytesMut::new(),
             outbox: VecDeque::new(),
         }
     }
@@ -155,8 +174,9 @@ impl Batcher {
         }
     }
 
-    /// The next datagram to send, oldest first.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+    /// The next datagram to send, oldest first: a view into the batcher's
+    /// arena, to drop once sent so the arena can be reused.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.outbox.pop_front()
     }
 
@@ -186,17 +206,25 @@ impl Batcher {
     /// A datagram of `records` with the next sequence number; `None` (and
     /// no sequence number spent) if `max_datagram` cannot hold a header and
     /// a record.
-    fn build<R: Record>(&mut self, records: &[R], wall_ns: u64) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; self.max_datagram];
-        let mut builder = DatagramBuilder::<R>::new(&mut buf, self.origin)?;
+    fn build<R: Record>(&mut self, records: &[R], wall_ns: u64) -> Option<Bytes> {
+        if self.arena.capacity() < self.max_datagram {
+            // Reclaims the arena if every datagram cut from it is gone,
+            // else allocates the next one.
+            self.arena.reserve(ARENA_BYTES.max(self.max_datagram));
+        }
+        self.arena.resize(self.max_datagram, 0);
+        let Some(mut builder) = DatagramBuilder::<R>::new(&mut self.arena, self.origin) else {
+            self.arena.clear();
+            return None;
+        };
         for record in records {
             // `per_datagram` never exceeds the capacity, so this fits.
             let _ = builder.push(record);
         }
         let len = builder.finish(self.sequence, wall_ns).len();
-        buf.truncate(len);
+        self.arena.truncate(len);
         self.sequence = self.sequence.wrapping_add(1);
-        Some(buf)
+        Some(self.arena.split().freeze())
     }
 
     fn sent(&mut self, now: Instant, records: usize) {
@@ -453,6 +481,58 @@ mod tests {
         batcher.push_probe(record(), t0, 1);
         batcher.heartbeat_if_idle(t0 + Duration::from_secs(9), 1, Duration::ZERO);
         assert!(drain(&mut batcher).is_empty());
+    }
+
+    /// Datagrams are cut one after the other from one allocation, which is
+    /// reused once they have been sent and dropped: no allocation per
+    /// datagram.
+    #[test]
+    fn datagrams_share_one_reused_allocation() {
+        let t0 = Instant::now();
+        let mut batcher = Batcher::new(ORIGIN, 1472, 1, 1_000_000, t0);
+        for _ in 0..3 {
+            batcher.push_probe(record(), t0, 1);
+        }
+        let held: Vec<Bytes> = std::iter::from_fn(|| batcher.poll_transmit()).collect();
+        let start = held[0].as_ptr() as usize;
+        let one = held[0].len();
+        assert_eq!(one, 24 + 96);
+        // Back to back in the arena: no copy, no allocation of their own.
+        let addrs: Vec<usize> = held.iter().map(|d| d.as_ptr() as usize).collect();
+        assert_eq!(addrs, [start, start + one, start + 2 * one]);
+        drop(held);
+        // Many arenas' worth, each sent and dropped at once: every datagram
+        // lies in the first arena, reclaimed from its start when full.
+        let arena = start..start + ARENA_BYTES;
+        let mut wrapped = 0;
+        let mut previous = start + 2 * one;
+        for _ in 0..3 * ARENA_BYTES / one {
+            batcher.push_probe(record(), t0, 1);
+            let datagram = batcher.poll_transmit().expect("a datagram");
+            let at = datagram.as_ptr() as usize;
+            assert!(
+                arena.contains(&at) && arena.contains(&(at + one - 1)),
+                "a new allocation"
+            );
+            wire_format::parse(&datagram).expect("a valid datagram");
+            if at == start {
+                wrapped += 1;
+            } else {
+                assert_eq!(at, previous + one);
+            }
+            previous = at;
+        }
+        assert!(wrapped >= 3, "reclaimed {wrapped} times");
+        // While a datagram is held, the next arena is a new allocation.
+        for _ in 0..ARENA_BYTES / one {
+            batcher.push_probe(record(), t0, 1);
+        }
+        let held: Vec<Bytes> = std::iter::from_fn(|| batcher.poll_transmit()).collect();
+        assert!(held.iter().any(|d| !arena.contains(&(d.as_ptr() as usize))));
+        assert_eq!(
+            batcher.stats().datagrams as usize,
+            3 + 3 * ARENA_BYTES / one + ARENA_BYTES / one
+        );
     }
 
     /// The shell sends every datagram to both samplers with the same

@@ -1,17 +1,101 @@
-//! What the agent's Prometheus endpoint reports ([`configs::endpoint`]
-//! serves it): flows traced, the kernel side's drops by reason, datagrams
-//! and records sent, probe outcomes.
+//! What the agent's Prometheus endpoint reports
+//! ([`configs_runtime::endpoint`] serves it): flows traced, the kernel
+//! side's drops by reason, datagrams and records sent, probe outcomes.
+//! Each family is declared once here, as a `const` [`Family`], and both
+//! described and recorded through that declaration.
 
 use std::sync::{Arc, Mutex};
 
-use configs::endpoint::{Endpoint, prometheus};
-use metrics::{counter, describe_counter};
+use configs_runtime::endpoint::Endpoint;
+use configs_runtime::metric::Family;
 
 use crate::probe::ProbeStats;
 use crate::sender::SenderStats;
 
-/// Labels of [`AgentStats::kernel_drops`], in the eBPF drop counters' order.
-pub const KERNEL_DROP_REASONS: [&str; 4] = ["ring_full", "flows_full", "untracked_end", "procs_full"];
+/// Flows the kernel side reported.
+pub const FLOWS: Family = Family::counter("flowmesh_agent_flows_total", "TCP flows the eBPF program reported.");
+/// TCP connects by command name.
+pub const CONNECTS: Family = Family::counter(
+    "flowmesh_agent_connects_total",
+    "TCP connect() calls by command name (the first 32 names seen; the rest as other).",
+);
+/// Reports of flows still open.
+pub const OPEN_FLOW_REPORTS: Family = Family::counter(
+    "flowmesh_agent_open_flow_reports_total",
+    "Reports of TCP flows still open (every flows.report_open_secs).",
+);
+/// Kernel events lost, by reason.
+pub const KERNEL_DROPS: Family = Family::counter(
+    "flowmesh_agent_kernel_drops_total",
+    "Events the eBPF programs could not deliver, by reason (ring buffer full, flow table full, flow ended untracked, process table full, event invalid to the agent).",
+);
+/// Datagrams sent.
+pub const DATAGRAMS_SENT: Family =
+    Family::counter("flowmesh_agent_datagrams_sent_total", "Datagrams sent to the samplers.");
+/// Records sent.
+pub const RECORDS_SENT: Family = Family::counter("flowmesh_agent_records_sent_total", "Records sent to the samplers.");
+/// Failed sends.
+pub const SEND_ERRORS: Family = Family::counter(
+    "flowmesh_agent_send_errors_total",
+    "Datagram sends that failed, per sampler.",
+);
+/// Datagrams not sent, by reason.
+pub const DATAGRAMS_DROPPED: Family = Family::counter(
+    "flowmesh_agent_datagrams_dropped_total",
+    "Datagrams not sent, by reason (rate_limit: over uplink.max_datagrams_per_sec).",
+);
+/// Records in datagrams not sent, by reason.
+pub const RECORDS_DROPPED: Family = Family::counter(
+    "flowmesh_agent_records_dropped_total",
+    "Records in datagrams not sent, by reason.",
+);
+/// Heartbeats.
+pub const HEARTBEATS: Family = Family::counter(
+    "flowmesh_agent_heartbeats_total",
+    "Empty datagrams sent after a quiet spell.",
+);
+/// Probes by outcome.
+pub const PROBES: Family = Family::counter(
+    "flowmesh_agent_probes_total",
+    "Probes by outcome (sent, answered, timed_out, late, duplicate, rate_limited).",
+);
+/// Malformed packets on the probe sockets.
+pub const PROBE_PACKETS_MALFORMED: Family = Family::counter(
+    "flowmesh_agent_probe_packets_malformed_total",
+    "Packets on the probe sockets that were not valid probes.",
+);
+/// Probe requests answered.
+pub const PROBE_REQUESTS_ANSWERED: Family = Family::counter(
+    "flowmesh_agent_probe_requests_answered_total",
+    "Probe requests this agent answered.",
+);
+
+/// Every family the agent exports.
+pub const FAMILIES: &[Family] = &[
+    FLOWS,
+    CONNECTS,
+    OPEN_FLOW_REPORTS,
+    KERNEL_DROPS,
+    DATAGRAMS_SENT,
+    RECORDS_SENT,
+    SEND_ERRORS,
+    DATAGRAMS_DROPPED,
+    RECORDS_DROPPED,
+    HEARTBEATS,
+    PROBES,
+    PROBE_PACKETS_MALFORMED,
+    PROBE_REQUESTS_ANSWERED,
+];
+
+/// Labels of [`AgentStats::kernel_drops`], in the eBPF drop counters' order
+/// (node-ebpf-common's `drops`).
+pub const KERNEL_DROP_REASONS: [&str; KERNEL_DROP_COUNTERS] =
+    ["ring_full", "flows_full", "untracked_end", "procs_full"];
+/// The label of [`AgentStats::invalid_events`] beside them: events the
+/// programs delivered that the agent could not read (`tracer::InvalidEvent`).
+pub const INVALID_EVENT_REASON: &str = "invalid_event";
+/// Number of the eBPF programs' drop counters.
+const KERNEL_DROP_COUNTERS: usize = node_ebpf_common::drops::COUNT as usize;
 
 /// Most command names with a label of their own on the connect counter;
 /// the rest are counted under `other`, so a host running thousands of
@@ -56,7 +140,10 @@ pub struct AgentStats {
     /// Reports of flows still open (`flows.report_open_secs`).
     pub open_reports: u64,
     /// The kernel side's drops, by [`KERNEL_DROP_REASONS`].
-    pub kernel_drops: [u64; 4],
+    pub kernel_drops: [u64; KERNEL_DROP_COUNTERS],
+    /// Kernel events refused as invalid (short, or a value the shared
+    /// definition does not have), by [`INVALID_EVENT_REASON`].
+    pub invalid_events: u64,
     /// TCP connects by command name since start.
     pub connects: std::collections::BTreeMap<String, u64>,
     /// The sender's counters.
@@ -67,95 +154,106 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// The agent's endpoint.
+/// The agent's endpoint: its counters in `stats` and `probes`, published
+/// at each scrape.
 pub fn endpoint(stats: Arc<Mutex<AgentStats>>, probes: Arc<Mutex<ProbeStats>>) -> Endpoint {
-    let handle = prometheus(&[]);
-    for (name, help) in [
-        ("flowmesh_agent_flows_total", "TCP flows the eBPF program reported."),
-        (
-            "flowmesh_agent_connects_total",
-            "TCP connect() calls by command name (the first 32 names seen; the rest as other).",
-        ),
-        (
-            "flowmesh_agent_open_flow_reports_total",
-            "Reports of TCP flows still open (every flows.report_open_secs).",
-        ),
-        (
-            "flowmesh_agent_kernel_drops_total",
-            "Events the eBPF programs could not deliver, by reason (ring buffer full, flow table full, flow ended untracked, process table full).",
-        ),
-        ("flowmesh_agent_datagrams_sent_total", "Datagrams sent to the samplers."),
-        ("flowmesh_agent_records_sent_total", "Records sent to the samplers."),
-        (
-            "flowmesh_agent_send_errors_total",
-            "Datagram sends that failed, per sampler.",
-        ),
-        (
-            "flowmesh_agent_datagrams_dropped_total",
-            "Datagrams not sent, by reason (rate_limit: over uplink.max_datagrams_per_sec).",
-        ),
-        (
-            "flowmesh_agent_records_dropped_total",
-            "Records in datagrams not sent, by reason.",
-        ),
-        (
-            "flowmesh_agent_heartbeats_total",
-            "Empty datagrams sent after a quiet spell.",
-        ),
-        (
-            "flowmesh_agent_probes_total",
-            "Probes by outcome (sent, answered, timed_out, late, duplicate, rate_limited).",
-        ),
-        (
-            "flowmesh_agent_probe_packets_malformed_total",
-            "Packets on the probe sockets that were not valid probes.",
-        ),
-        (
-            "flowmesh_agent_probe_requests_answered_total",
-            "Probe requests this agent answered.",
-        ),
-    ] {
-        describe_counter!(name, help);
-    }
     let labels = Mutex::new(ConnectLabels::default());
-    Endpoint::new(Arc::new(move || {
-        let s = lock(&stats).clone();
-        let p = *lock(&probes);
-        counter!("flowmesh_agent_flows_total").absolute(s.flows);
-        counter!("flowmesh_agent_open_flow_reports_total").absolute(s.open_reports);
-        for (comm, count) in lock(&labels).series(&s.connects) {
-            counter!("flowmesh_agent_connects_total", "comm" => comm).absolute(count);
-        }
-        for (reason, count) in KERNEL_DROP_REASONS.iter().zip(s.kernel_drops) {
-            counter!("flowmesh_agent_kernel_drops_total", "reason" => *reason).absolute(count);
-        }
-        counter!("flowmesh_agent_datagrams_sent_total").absolute(s.sender.datagrams);
-        counter!("flowmesh_agent_records_sent_total").absolute(s.sender.records);
-        counter!("flowmesh_agent_send_errors_total").absolute(s.sender.send_errors);
-        counter!("flowmesh_agent_datagrams_dropped_total", "reason" => "rate_limit")
-            .absolute(s.sender.rate_limited_datagrams);
-        counter!("flowmesh_agent_records_dropped_total", "reason" => "rate_limit")
-            .absolute(s.sender.rate_limited_records);
-        counter!("flowmesh_agent_heartbeats_total").absolute(s.sender.heartbeats);
-        for (outcome, count) in [
-            ("sent", p.sent),
-            ("answered", p.answered),
-            ("timed_out", p.timed_out),
-            ("late", p.late),
-            ("duplicate", p.duplicate),
-            ("rate_limited", p.rate_limited),
-        ] {
-            counter!("flowmesh_agent_probes_total", "outcome" => outcome).absolute(count);
-        }
-        counter!("flowmesh_agent_probe_packets_malformed_total").absolute(p.malformed);
-        counter!("flowmesh_agent_probe_requests_answered_total").absolute(p.responded);
-        handle.render()
-    }))
+    Endpoint::new(
+        FAMILIES,
+        Arc::new(move || {
+            let s = lock(&stats).clone();
+            let p = *lock(&probes);
+            FLOWS.absolute(&[], s.flows);
+            OPEN_FLOW_REPORTS.absolute(&[], s.open_reports);
+            for (comm, count) in lock(&labels).series(&s.connects) {
+                CONNECTS.absolute(&[("comm", &comm)], count);
+            }
+            for (reason, count) in KERNEL_DROP_REASONS.iter().zip(s.kernel_drops) {
+                KERNEL_DROPS.absolute(&[("reason", reason)], count);
+            }
+            KERNEL_DROPS.absolute(&[("reason", INVALID_EVENT_REASON)], s.invalid_events);
+            DATAGRAMS_SENT.absolute(&[], s.sender.datagrams);
+            RECORDS_SENT.absolute(&[], s.sender.records);
+            SEND_ERRORS.absolute(&[], s.sender.send_errors);
+            DATAGRAMS_DROPPED.absolute(&[("reason", "rate_limit")], s.sender.rate_limited_datagrams);
+            RECORDS_DROPPED.absolute(&[("reason", "rate_limit")], s.sender.rate_limited_records);
+            HEARTBEATS.absolute(&[], s.sender.heartbeats);
+            for (outcome, count) in [
+                ("sent", p.sent),
+                ("answered", p.answered),
+                ("timed_out", p.timed_out),
+                ("late", p.late),
+                ("duplicate", p.duplicate),
+                ("rate_limited", p.rate_limited),
+            ] {
+                PROBES.absolute(&[("outcome", outcome)], count);
+            }
+            PROBE_PACKETS_MALFORMED.absolute(&[], p.malformed);
+            PROBE_REQUESTS_ANSWERED.absolute(&[], p.responded);
+        }),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every family shows on the page with its help and type, each series
+    /// with the value its counter holds, in a form promtool accepts.
+    #[test]
+    fn the_page_shows_every_family_as_declared() {
+        let stats = AgentStats {
+            flows: 11,
+            open_reports: 2,
+            kernel_drops: [1, 2, 3, 4],
+            invalid_events: 5,
+            connects: [("curl".to_string(), 7)].into_iter().collect(),
+            sender: SenderStats {
+                datagrams: 12,
+                records: 13,
+                send_errors: 14,
+                rate_limited_datagrams: 15,
+                rate_limited_records: 16,
+                heartbeats: 17,
+            },
+        };
+        let probes = ProbeStats {
+            sent: 21,
+            late: 22,
+            malformed: 23,
+            responded: 24,
+            ..ProbeStats::default()
+        };
+        let page = endpoint(Arc::new(Mutex::new(stats)), Arc::new(Mutex::new(probes))).render();
+        for family in FAMILIES {
+            let (name, help) = (family.name(), family.help());
+            assert!(page.contains(&format!("# HELP {name} {help}\n")), "{name}:\n{page}");
+            assert!(page.contains(&format!("# TYPE {name} counter\n")), "{name}:\n{page}");
+        }
+        for series in [
+            "flowmesh_agent_flows_total 11",
+            "flowmesh_agent_open_flow_reports_total 2",
+            "flowmesh_agent_connects_total{comm=\"curl\"} 7",
+            "flowmesh_agent_connects_total{comm=\"other\"} 0",
+            "flowmesh_agent_kernel_drops_total{reason=\"ring_full\"} 1",
+            "flowmesh_agent_kernel_drops_total{reason=\"procs_full\"} 4",
+            "flowmesh_agent_kernel_drops_total{reason=\"invalid_event\"} 5",
+            "flowmesh_agent_datagrams_sent_total 12",
+            "flowmesh_agent_records_sent_total 13",
+            "flowmesh_agent_send_errors_total 14",
+            "flowmesh_agent_datagrams_dropped_total{reason=\"rate_limit\"} 15",
+            "flowmesh_agent_records_dropped_total{reason=\"rate_limit\"} 16",
+            "flowmesh_agent_heartbeats_total 17",
+            "flowmesh_agent_probes_total{outcome=\"sent\"} 21",
+            "flowmesh_agent_probes_total{outcome=\"late\"} 22",
+            "flowmesh_agent_probes_total{outcome=\"answered\"} 0",
+            "flowmesh_agent_probe_packets_malformed_total 23",
+            "flowmesh_agent_probe_requests_answered_total 24",
+        ] {
+            assert!(page.lines().any(|l| l == series), "{series} missing from\n{page}");
+        }
+        configs_runtime::promtool::promtool_check(&page).unwrap();
+    }
 
     #[test]
     fn connect_labels_are_bounded_and_every_series_only_grows() {

@@ -1,5 +1,15 @@
 //! Loads the sock_ops program, attaches it to a cgroup v2 and turns its
 //! ring-buffer events into wire-format flow records.
+//!
+//! The kernel/user boundary is crossed in one place: [`read_event`] reads a
+//! [`FlowEvent`] from a ring-buffer item or map value (zerocopy, via
+//! node-ebpf-common's `user` feature), and [`flow`] converts it into a
+//! wire-format [`Flow`]. Either refuses what does not fit the shared
+//! definition — a short item, an unknown direction, end reason or address
+//! family — with an [`InvalidEvent`]; the [`Tracer`] counts those
+//! ([`Tracer::invalid_events`], exported as
+//! `flowmesh_agent_kernel_drops_total{reason="invalid_event"}`) and drops
+//! them, rather than reporting a flow with a made-up value.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -8,11 +18,13 @@ use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use node_ebpf_common::{
-    AF_INET6, CONNECT_PROGRAMS, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FlowEvent, PROCS_MAP, ProcessConnects,
-    SOCK_OPS_PROGRAM, drops, end_reason,
+    AF_INET, AF_INET6, CONNECT_PROGRAMS, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FlowEvent, PROCS_MAP, ProcessConnects,
+    SOCK_OPS_PROGRAM, direction, drops, end_reason,
 };
 use tokio::io::unix::AsyncFd;
+use tracing::warn;
 use wire_format::{Direction, EndReason, Flow};
+use zerocopy::FromBytes;
 
 /// The compiled eBPF object, built by build.rs from ../node-ebpf.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmesh-flows"));
@@ -59,15 +71,77 @@ pub struct Tracer {
     _ebpf: Ebpf,
     events: AsyncFd<RingBuf<MapData>>,
     flows: HashMap<MapData, u64, [u8; FLOW_EVENT_LEN]>,
-    procs: PerCpuHashMap<MapData, u32, [u8; 24]>,
+    procs: PerCpuHashMap<MapData, u32, [u8; PROCESS_CONNECTS_LEN]>,
     drops: PerCpuArray<MapData, u64>,
     clock: Clock,
+    invalid: InvalidEvents,
     /// Connects of processes that have exited, by command name.
     retired: std::collections::BTreeMap<String, u64>,
 }
 
-/// Bytes of a [`FlowEvent`] as the programs store it.
+/// Bytes of a [`FlowEvent`] as the programs store it. (aya reads map values
+/// into its own `Pod` types; a byte array is one, and zerocopy reads the
+/// event from it, since the workspace forbids an `unsafe impl Pod`.)
 const FLOW_EVENT_LEN: usize = std::mem::size_of::<FlowEvent>();
+/// Bytes of a [`ProcessConnects`] as the programs store it.
+const PROCESS_CONNECTS_LEN: usize = std::mem::size_of::<ProcessConnects>();
+
+/// Why a kernel event did not become a flow record: it does not fit the
+/// definition the programs and the agent share (node-ebpf-common). Only a
+/// program and an agent built from different sources, or a bug, produce
+/// one; the event is counted and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    /// A ring-buffer item or map value of the wrong size.
+    #[error(
+        "flow event of {0} bytes, not {FLOW_EVENT_LEN}: the eBPF programs and the agent disagree on FlowEvent; build both from one source"
+    )]
+    Length(usize),
+    /// A direction node-ebpf-common does not define.
+    #[error(
+        "flow event with direction {0} (node-ebpf-common defines 1 and 2): the eBPF programs and the agent disagree; build both from one source"
+    )]
+    Direction(u8),
+    /// An end reason node-ebpf-common does not define.
+    #[error(
+        "flow event with end reason {0} (node-ebpf-common defines 0 to 2): the eBPF programs and the agent disagree; build both from one source"
+    )]
+    EndReason(u8),
+    /// An address family other than `AF_INET` and `AF_INET6`.
+    #[error(
+        "flow event with address family {0} (AF_INET 2 or AF_INET6 10 expected): the eBPF programs and the agent disagree; build both from one source"
+    )]
+    Family(u16),
+}
+
+/// Kernel events refused with an [`InvalidEvent`]: counted, and the first
+/// one logged (a mismatch repeats for every event; the counter says how
+/// often).
+#[derive(Debug, Default)]
+pub struct InvalidEvents {
+    count: u64,
+}
+
+impl InvalidEvents {
+    /// The flow, or `None` when the event was invalid (counted).
+    pub fn keep(&mut self, converted: Result<Flow, InvalidEvent>) -> Option<Flow> {
+        match converted {
+            Ok(flow) => Some(flow),
+            Err(error) => {
+                if self.count == 0 {
+                    warn!(message = "dropping an invalid flow event from the kernel; further ones are only counted", %error);
+                }
+                self.count += 1;
+                None
+            }
+        }
+    }
+
+    /// Events refused so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
 
 /// `CLOCK_BOOTTIME` now, ns: the clock the programs stamp with.
 fn boot_ns() -> u64 {
@@ -187,47 +261,54 @@ impl Tracer {
             procs,
             drops,
             clock: Clock::now(),
+            invalid: InvalidEvents::default(),
             retired: std::collections::BTreeMap::new(),
         })
     }
 
     /// Waits until the programs wake the agent (an eighth of the ring
-    /// waits) and returns the events available (at least one).
-    pub async fn next_events(&mut self) -> Result<Vec<FlowEvent>, TracerError> {
+    /// waits) and returns the flows that ended (at least one event read;
+    /// invalid ones are counted and dropped, so the result may be empty).
+    pub async fn next_flows(&mut self) -> Result<Vec<Flow>, TracerError> {
         loop {
             let mut guard = self.events.readable_mut().await?;
-            let out = drain(guard.get_inner_mut());
+            let (flows, read) = drain(guard.get_inner_mut(), self.clock, &mut self.invalid);
             guard.clear_ready();
-            if !out.is_empty() {
-                return Ok(out);
+            if read > 0 {
+                return Ok(flows);
             }
         }
     }
 
-    /// The events waiting now, without waiting for a wakeup: the programs
-    /// only wake the agent for a batch, so it calls this on a timer too.
-    pub fn take_events(&mut self) -> Vec<FlowEvent> {
-        drain(self.events.get_mut())
+    /// The flows that ended and wait in the ring now, without waiting for a
+    /// wakeup: the programs only wake the agent for a batch, so it calls
+    /// this on a timer too.
+    pub fn take_flows(&mut self) -> Vec<Flow> {
+        drain(self.events.get_mut(), self.clock, &mut self.invalid).0
     }
 
     /// The flows open now that have been open for at least `min_age_ns`
-    /// (`end_reason` [`end_reason::OPEN`]), with their current counters
-    /// from sock_diag where this network namespace has the socket, else as
-    /// the flow table last saw them.
-    pub fn open_flows(&self, min_age_ns: u64) -> Vec<FlowEvent> {
+    /// (end reason open), with their current counters from sock_diag where
+    /// this network namespace has the socket, else as the flow table last
+    /// saw them.
+    pub fn open_flows(&mut self, min_age_ns: u64) -> Vec<Flow> {
         let now = boot_ns();
-        let mut open: Vec<FlowEvent> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter_map(|(_, bytes)| FlowEvent::from_bytes(&bytes))
-            .filter(|e| now.saturating_sub(e.start_boot_ns) >= min_age_ns)
-            .collect();
+        let mut open = Vec::new();
+        for (_, bytes) in self.flows.iter().filter_map(Result::ok) {
+            match read_event(&bytes) {
+                Ok(event) if now.saturating_sub(event.start_boot_ns) >= min_age_ns => open.push(event),
+                Ok(_) => {}
+                Err(invalid) => {
+                    self.invalid.keep(Err(invalid));
+                }
+            }
+        }
         if open.is_empty() {
-            return open;
+            return Vec::new();
         }
         let current = crate::sockdiag::tcp_counters().unwrap_or_default();
-        for event in &mut open {
+        let mut flows = Vec::with_capacity(open.len());
+        for mut event in open {
             event.end_boot_ns = now;
             if let Some(c) = current.get(&event.cookie) {
                 event.bytes_acked = c.bytes_acked;
@@ -238,8 +319,15 @@ impl Tracer {
                 event.srtt_us = c.srtt_us;
                 event.rtt_min_us = c.min_rtt_us;
             }
+            flows.extend(self.invalid.keep(flow(&event, self.clock)));
         }
-        open
+        flows
+    }
+
+    /// Kernel events refused since start (short items, unknown values):
+    /// counted and dropped, never reported with a made-up value.
+    pub fn invalid_events(&self) -> u64 {
+        self.invalid.count()
     }
 
     /// TCP connects by command name since the agent started: the live
@@ -254,7 +342,7 @@ impl Tracer {
             .filter_map(Result::ok)
             .map(|(pid, slots)| {
                 let mut total = ProcessConnects::default();
-                for slot in slots.iter().map(ProcessConnects::from_bytes) {
+                for slot in slots.iter().filter_map(|b| ProcessConnects::read_from_bytes(b).ok()) {
                     total.connects += slot.connects;
                     if total.comm[0] == 0 {
                         total.comm = slot.comm;
@@ -291,43 +379,57 @@ impl Tracer {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<FlowEvent> {
-    let mut out = Vec::new();
+/// The flows in the ring buffer's items, and how many items were read;
+/// invalid ones are counted in `invalid` and dropped.
+fn drain(ring: &mut RingBuf<MapData>, clock: Clock, invalid: &mut InvalidEvents) -> (Vec<Flow>, usize) {
+    let mut flows = Vec::new();
+    let mut read = 0;
     while let Some(item) = ring.next() {
-        if let Some(event) = FlowEvent::from_bytes(&item) {
-            out.push(event);
-        }
+        read += 1;
+        flows.extend(invalid.keep(read_event(&item).and_then(|event| flow(&event, clock))));
     }
-    out
+    (flows, read)
 }
 
-fn address(family: u16, bytes: &[u8; 16]) -> IpAddr {
-    if family == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*bytes))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+/// A [`FlowEvent`] from the bytes of a ring-buffer item or map value
+/// (native byte order, node-ebpf-common's layout).
+pub fn read_event(bytes: &[u8]) -> Result<FlowEvent, InvalidEvent> {
+    FlowEvent::read_from_bytes(bytes).map_err(|_| InvalidEvent::Length(bytes.len()))
+}
+
+fn address(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, InvalidEvent> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        other => Err(InvalidEvent::Family(other)),
     }
 }
 
-/// The wire-format flow for a kernel event.
-pub fn flow(event: &FlowEvent, clock: Clock) -> Flow {
-    Flow {
+/// The wire-format flow for a kernel event, its boot-time stamps converted
+/// with `clock`: the one conversion from the kernel's numbering to the
+/// wire's. A value node-ebpf-common does not define is an error, never
+/// mapped to a default.
+pub fn flow(event: &FlowEvent, clock: Clock) -> Result<Flow, InvalidEvent> {
+    let direction = match event.direction {
+        direction::OUTBOUND => Direction::Outbound,
+        direction::INBOUND => Direction::Inbound,
+        other => return Err(InvalidEvent::Direction(other)),
+    };
+    let end_reason = match event.end_reason {
+        end_reason::OPEN => EndReason::Open,
+        end_reason::CLOSED => EndReason::Closed,
+        end_reason::RESET => EndReason::Reset,
+        other => return Err(InvalidEvent::EndReason(other)),
+    };
+    Ok(Flow {
         flow_id: event.cookie,
-        src: address(event.family, &event.local_addr),
-        dst: address(event.family, &event.remote_addr),
+        src: address(event.family, &event.local_addr)?,
+        dst: address(event.family, &event.remote_addr)?,
         src_port: event.local_port,
         dst_port: event.remote_port,
         dscp: (event.tos >> 2) as u8 & 0x3f,
-        direction: if event.direction == node_ebpf_common::direction::INBOUND {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        },
-        end_reason: match event.end_reason {
-            end_reason::RESET => EndReason::Reset,
-            end_reason::OPEN => EndReason::Open,
-            _ => EndReason::Closed,
-        },
+        direction,
+        end_reason,
         start_ns: clock.wall_ns(event.start_boot_ns),
         duration_ns: event.end_boot_ns.saturating_sub(event.start_boot_ns),
         bytes_acked: event.payload_acked(),
@@ -337,5 +439,225 @@ pub fn flow(event: &FlowEvent, clock: Clock) -> Flow {
         retrans_segs: event.total_retrans,
         srtt_us: event.srtt_us,
         min_rtt_us: event.rtt_min_us,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use node_ebpf_common::tcp_state;
+    use wire_format::{Record, WireEnum};
+    use zerocopy::IntoBytes;
+
+    use super::*;
+
+    /// Boot time 0 is this wall-clock instant.
+    const BOOTED_AT_NS: u64 = 1_700_000_000_000_000_000;
+
+    fn clock() -> Clock {
+        Clock {
+            offset_ns: i128::from(BOOTED_AT_NS),
+        }
+    }
+
+    /// A closed IPv4 flow as the programs write it: 100 payload bytes sent
+    /// (plus the SYN and the FIN), 2 000 received (plus the peer's FIN).
+    fn event() -> FlowEvent {
+        let mut event = FlowEvent {
+            cookie: 0x1234_5678_9abc_def0,
+            start_boot_ns: 5_000_000_000,
+            end_boot_ns: 5_250_000_000,
+            bytes_acked: 7 + 100 + 1,
+            bytes_received: 2_000 + 1,
+            local_port: 40_000,
+            remote_port: 443,
+            family: AF_INET,
+            direction: direction::OUTBOUND,
+            end_reason: end_reason::CLOSED,
+            segs_out: 12,
+            segs_in: 9,
+            total_retrans: 3,
+            srtt_us: 250,
+            rtt_min_us: 80,
+            // DSCP 46 (EF) with ECN bits set, which do not leak into it.
+            tos: (46 << 2) | 0b11,
+            old_state: tcp_state::TIME_WAIT,
+            start_bytes_acked: 7,
+            ..FlowEvent::default()
+        };
+        event.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        event.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        event
+    }
+
+    /// The kernel's numbers are the wire's: a program writing a wire value
+    /// needs no translation table, and none can drift.
+    #[test]
+    fn the_shared_constants_are_the_wire_enums_numbers() {
+        assert_eq!(end_reason::OPEN, u8::from(EndReason::Open));
+        assert_eq!(end_reason::CLOSED, u8::from(EndReason::Closed));
+        assert_eq!(end_reason::RESET, u8::from(EndReason::Reset));
+        assert_eq!(direction::OUTBOUND, u8::from(Direction::Outbound));
+        assert_eq!(direction::INBOUND, u8::from(Direction::Inbound));
+        // Every direction the wire defines is one the kernel can write.
+        assert_eq!(Direction::ALL, [Direction::Outbound, Direction::Inbound]);
+    }
+
+    #[test]
+    fn every_field_of_a_flow_comes_from_its_event_exactly() {
+        let flow = flow(&event(), clock()).expect("a valid event");
+        assert_eq!(
+            flow,
+            Flow {
+                flow_id: 0x1234_5678_9abc_def0,
+                src: "10.0.0.1".parse().unwrap(),
+                dst: "10.0.0.2".parse().unwrap(),
+                src_port: 40_000,
+                dst_port: 443,
+                dscp: 46,
+                direction: Direction::Outbound,
+                end_reason: EndReason::Closed,
+                start_ns: BOOTED_AT_NS + 5_000_000_000,
+                duration_ns: 250_000_000,
+                bytes_acked: 100,
+                bytes_received: 2_000,
+                segs_out: 12,
+                segs_in: 9,
+                retrans_segs: 3,
+                srtt_us: 250,
+                min_rtt_us: 80,
+            }
+        );
+        flow.to_record().validate().expect("a valid wire record");
+    }
+
+    #[test]
+    fn every_known_direction_end_reason_and_family_converts() {
+        let v6: std::net::Ipv6Addr = "fd00::1:2".parse().unwrap();
+        for (d, want_d) in [
+            (direction::OUTBOUND, Direction::Outbound),
+            (direction::INBOUND, Direction::Inbound),
+        ] {
+            for (r, want_r) in [
+                (end_reason::OPEN, EndReason::Open),
+                (end_reason::CLOSED, EndReason::Closed),
+                (end_reason::RESET, EndReason::Reset),
+            ] {
+                for family in [AF_INET, AF_INET6] {
+                    let mut e = FlowEvent {
+                        direction: d,
+                        end_reason: r,
+                        family,
+                        ..event()
+                    };
+                    if family == AF_INET6 {
+                        e.local_addr = v6.octets();
+                    }
+                    let flow = flow(&e, clock()).expect("a known event");
+                    assert_eq!((flow.direction, flow.end_reason), (want_d, want_r));
+                    let src = if family == AF_INET6 {
+                        IpAddr::V6(v6)
+                    } else {
+                        "10.0.0.1".parse().unwrap()
+                    };
+                    assert_eq!(SocketAddr::new(flow.src, flow.src_port), SocketAddr::new(src, 40_000));
+                    let record = flow.to_record();
+                    record.validate().expect("a valid wire record");
+                    assert!(record.direction().is_known() && record.end_reason().is_known());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_values_are_refused_not_mapped_to_a_default() {
+        let with = |f: fn(&mut FlowEvent)| {
+            let mut e = event();
+            f(&mut e);
+            flow(&e, clock())
+        };
+        assert_eq!(with(|e| e.direction = 0), Err(InvalidEvent::Direction(0)));
+        assert_eq!(with(|e| e.direction = 3), Err(InvalidEvent::Direction(3)));
+        // 3 is the wire's Timeout, which the programs never write: refused.
+        assert_eq!(with(|e| e.end_reason = 3), Err(InvalidEvent::EndReason(3)));
+        assert_eq!(with(|e| e.end_reason = 255), Err(InvalidEvent::EndReason(255)));
+        assert_eq!(with(|e| e.family = 0), Err(InvalidEvent::Family(0)));
+        assert_eq!(with(|e| e.family = 17), Err(InvalidEvent::Family(17)));
+    }
+
+    #[test]
+    fn events_are_read_from_exactly_their_bytes() {
+        let e = event();
+        let bytes = e.as_bytes();
+        assert_eq!(bytes.len(), FLOW_EVENT_LEN);
+        assert_eq!(read_event(bytes), Ok(e));
+        assert_eq!(read_event(&bytes[..111]), Err(InvalidEvent::Length(111)));
+        assert_eq!(read_event(&[]), Err(InvalidEvent::Length(0)));
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert_eq!(read_event(&long), Err(InvalidEvent::Length(113)));
+        // The layout is node-ebpf-common's: the cookie first, native order.
+        assert_eq!(bytes[..8], e.cookie.to_ne_bytes());
+        assert_eq!(bytes[78..80], [direction::OUTBOUND, end_reason::CLOSED]);
+        let p = ProcessConnects {
+            connects: 7,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let read = ProcessConnects::read_from_bytes(p.as_bytes()).unwrap();
+        assert_eq!((read.connects, read.comm_str()), (7, "curl"));
+    }
+
+    /// What the ring buffer's drain does with each item: short items and
+    /// unknown values are counted and dropped, the rest become flows.
+    #[test]
+    fn invalid_events_are_counted_and_dropped() {
+        let good = event();
+        let mut unknown_direction = event();
+        unknown_direction.direction = 9;
+        let items: [&[u8]; 4] = [
+            good.as_bytes(),
+            &good.as_bytes()[..64],
+            unknown_direction.as_bytes(),
+            good.as_bytes(),
+        ];
+        let mut invalid = InvalidEvents::default();
+        let flows: Vec<Flow> = items
+            .iter()
+            .filter_map(|item| invalid.keep(read_event(item).and_then(|e| flow(&e, clock()))))
+            .collect();
+        assert_eq!(flows.len(), 2);
+        assert_eq!(invalid.count(), 2);
+    }
+
+    #[test]
+    fn payload_bytes_leave_out_the_syn_and_fins() {
+        // Open: only the SYN is in bytes_acked.
+        let open = FlowEvent {
+            old_state: 0,
+            end_reason: end_reason::OPEN,
+            bytes_acked: 7 + 100,
+            bytes_received: 2_000,
+            ..event()
+        };
+        let f = flow(&open, clock()).unwrap();
+        assert_eq!((f.bytes_acked, f.bytes_received), (100, 2_000));
+        // Reset from ESTABLISHED: no FIN either way.
+        let reset = FlowEvent {
+            old_state: tcp_state::ESTABLISHED,
+            end_reason: end_reason::RESET,
+            bytes_acked: 7 + 100,
+            bytes_received: 2_000,
+            ..event()
+        };
+        let f = flow(&reset, clock()).unwrap();
+        assert_eq!((f.bytes_acked, f.bytes_received), (100, 2_000));
+        // Closed from CLOSE_WAIT's successor LAST_ACK: both FINs counted.
+        let closed = FlowEvent {
+            old_state: tcp_state::LAST_ACK,
+            ..event()
+        };
+        let f = flow(&closed, clock()).unwrap();
+        assert_eq!((f.bytes_acked, f.bytes_received), (100, 2_000));
     }
 }

@@ -11,11 +11,13 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
 use aya_ebpf::maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
-use node_ebpf_common::{AF_INET, AF_INET6, FlowEvent, ProcessConnects, direction, drops, end_reason};
+use node_ebpf_common::{AF_INET, AF_INET6, FlowEvent, ProcessConnects, direction, drops, end_reason, tcp_state};
 
 // Sizes here are defaults; the agent sets them from its configuration at
-// load time.
-#[map(name = "FLOW_EVENTS")]
+// load time. Each map is named after its static (node_ebpf_common's
+// EVENTS_MAP, FLOWS_MAP, PROCS_MAP, DROPS_MAP), as the programs are after
+// their functions: that is how the agent finds them.
+#[map]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// The agent is woken only once this many bytes of events wait (it also
@@ -41,28 +43,22 @@ fn in_scope(cookie: u64) -> bool {
 /// its latest retransmission. The agent reports flows that stay open from
 /// it (with current counters from sock_diag), and the close event is built
 /// from it.
-#[map(name = "FLOWS")]
+#[map]
 static FLOWS: HashMap<u64, FlowEvent> = HashMap::with_max_entries(65_536, 0);
 
 /// TCP connects per process (tgid), per CPU so counting needs no atomics
 /// (the BPF target has no 64-bit fetch-add in Rust); the agent sums the
 /// CPUs and sweeps out exited processes.
-#[map(name = "PROCS")]
+#[map]
 static PROCS: PerCpuHashMap<u32, ProcessConnects> = PerCpuHashMap::with_max_entries(4_096, 0);
 
-#[map(name = "DROPS")]
+#[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drops::COUNT, 0);
 
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_RETRANS_CB: u32 = 9;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
-
-const TCP_ESTABLISHED: u32 = 1;
-const TCP_SYN_SENT: u32 = 2;
-const TCP_SYN_RECV: u32 = 3;
-const TCP_CLOSE: u32 = 7;
-const TCP_CLOSE_WAIT: u32 = 8;
 
 const SOL_IP: i32 = 0;
 const IP_TOS: i32 = 1;
@@ -76,7 +72,7 @@ pub fn flowmesh_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, direction::OUTBOUND),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, direction::INBOUND),
         BPF_SOCK_OPS_RETRANS_CB => refresh(&ctx),
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => closed(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == tcp_state::CLOSE => closed(&ctx),
         _ => {}
     }
     1
@@ -204,7 +200,7 @@ fn closed(ctx: &SockOpsContext) {
     // Straight from an open state to closed is a reset or an abort;
     // through FIN states it is an orderly close.
     event.end_reason = match old_state {
-        TCP_ESTABLISHED | TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE_WAIT => end_reason::RESET,
+        tcp_state::ESTABLISHED | tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::CLOSE_WAIT => end_reason::RESET,
         _ => end_reason::CLOSED,
     };
     event.old_state = old_state;

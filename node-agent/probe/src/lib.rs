@@ -27,4 +27,5 @@ pub mod session;
 pub use pace::{Pacer, per_tick_budget};
 pub use session::{
     EXPIRED_MEMORY, Local, Peer, ProbeKey, ProbeSession, Request, ResponderSendTime, SessionConfig, SessionStats,
+    drain_ready,
 };

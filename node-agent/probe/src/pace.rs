@@ -74,7 +74,7 @@ impl Pacer {
         Some(self.round(now))
     }
 
-    /// This tick's slice of `targets` — the next [`Pacer::budget`] of them
+    /// This tick's slice of `targets` — the next [`per_tick_budget`] of them
     /// after the previous tick's, wrapping — and how many were left out to
     /// stay under the cap.
     pub fn pick<T: Copy>(&mut self, targets: &[T]) -> (Vec<T>, usize) {

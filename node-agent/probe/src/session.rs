@@ -11,7 +11,9 @@
 //!   (t1), or [`ProbeSession::send_failed`];
 //! - [`ProbeSession::on_reply`] for every packet arriving on the probing
 //!   side, with the time the transport received it (t4);
-//! - [`ProbeSession::expire`] to settle probes past their deadline;
+//! - [`ProbeSession::expire`] to settle probes past their deadline — after
+//!   handing the session every packet the transport already holds, with
+//!   the moment the transport was found drained ([`drain_ready`]);
 //! - [`ProbeSession::drain_records`] to take the settled probes' records.
 //!
 //! A probe is settled (one record, exactly once) when its send time, its
@@ -22,6 +24,17 @@
 //! a probe that timed out recently is late, any other unmatched reply a
 //! duplicate. Deadlines are monotonic ([`Instant`]); the four timestamps
 //! in records are wall-clock ns, as the samplers compare them.
+//!
+//! Whether a reply came in time is the transport's verdict, not the
+//! driver's: a reply the kernel (or the NIC) received less than `timeout`
+//! after t1 is answered however late the agent reads it, and one received
+//! at or after t1 + `timeout` is late however early it is read. The
+//! driver's reading time decides nothing, so an agent stalled for longer
+//! than the timeout (a busy host, a CPU hog) does not report its own stall
+//! as network loss — provided it drains its socket or completion queue
+//! before it expires probes, which [`drain_ready`] makes a one-liner. Where
+//! the transport gives no receive time, the driver's reading time stands
+//! in for it, and the verdict falls back to when the reply was read.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -114,9 +127,10 @@ pub struct SessionStats {
     pub sent: u64,
     /// Probes answered in time.
     pub answered: u64,
-    /// Probes without a reply in time.
+    /// Probes without a reply in time (by the transport's receive time).
     pub timed_out: u64,
-    /// Replies that came after their probe had timed out.
+    /// Replies the transport received at or after their probe's deadline
+    /// (t1 + timeout); their probes count as timed out.
     pub late: u64,
     /// Replies for a probe already answered (or never sent).
     pub duplicate: u64,
@@ -284,12 +298,14 @@ impl<P: Peer> ProbeSession<P> {
         self.push_record(&probe.peer, key.seq, ProbeOutcome::Error, error_code, ts);
     }
 
-    /// A packet arrived on the probing side at `now`; the transport
-    /// received it at `received_ns` (wall clock, t4 if it is a reply).
-    /// Probes past their deadline at `now` are settled first, so a reply
-    /// after the deadline is late however the driver orders its calls.
-    pub fn on_reply(&mut self, now: Instant, packet: &[u8], received_ns: u64) {
-        self.expire(now);
+    /// A packet arrived on the probing side; the transport received it at
+    /// `received_ns` (wall clock: the kernel's or the NIC's receive time,
+    /// t4 if it is a reply). Whether a reply is in time is decided by that
+    /// time against its probe's t1, not by when the driver reads it: a
+    /// reply received before t1 + timeout is answered even when the driver
+    /// reads it after the probe's deadline, as long as it does so before
+    /// [`ProbeSession::expire`] settles that probe.
+    pub fn on_reply(&mut self, packet: &[u8], received_ns: u64) {
         let Ok(packet) = ProbePacket::parse(packet) else {
             self.stats.malformed += 1;
             return;
@@ -326,6 +342,11 @@ impl<P: Peer> ProbeSession<P> {
     /// Settles the probes whose deadline is at or before `now`: unanswered
     /// ones time out; answered ones still waiting for their send time or
     /// follow-up are recorded with what is known.
+    ///
+    /// A reply still waiting in the transport when its probe is expired
+    /// counts as late, whenever it was received; so a driver passes, as
+    /// `now`, the moment it last found the transport empty, after handing
+    /// every packet it held to [`ProbeSession::on_reply`] ([`drain_ready`]).
     pub fn expire(&mut self, now: Instant) {
         while self.deadlines.first().is_some_and(|&(deadline, _)| deadline <= now) {
             let Some((_, key)) = self.deadlines.pop_first() else {
@@ -334,20 +355,7 @@ impl<P: Peer> ProbeSession<P> {
             let Some(probe) = self.in_flight.remove(&key) else {
                 continue;
             };
-            if probe.reply.is_some() {
-                self.answer(key, &probe);
-                continue;
-            }
-            self.stats.timed_out += 1;
-            let ts = ProbeTimestamps {
-                requester_send_ns: probe.t1.unwrap_or(probe.scheduled_ns),
-                ..ProbeTimestamps::default()
-            };
-            self.push_record(&probe.peer, key.seq, ProbeOutcome::Timeout, 0, ts);
-            self.expired.push_back(key);
-            if self.expired.len() > EXPIRED_MEMORY {
-                self.expired.pop_front();
-            }
+            self.settle(key, &probe);
         }
     }
 
@@ -369,14 +377,44 @@ impl<P: Peer> ProbeSession<P> {
             .get(&key)
             .is_some_and(|p| p.t1.is_some() && p.reply.is_some() && (p.t3.is_some() || !needs_t3));
         if complete && let Some(probe) = self.remove(key) {
-            self.answer(key, &probe);
+            self.settle(key, &probe);
         }
     }
 
-    fn answer(&mut self, key: ProbeKey, probe: &InFlight<P>) {
-        let (t2, t4) = probe.reply.unwrap_or_default();
+    /// The record of a probe leaving flight: answered if its reply was
+    /// received before t1 + timeout (by the transport's clock), timed out
+    /// otherwise — and late too if a reply came after all.
+    fn settle(&mut self, key: ProbeKey, probe: &InFlight<P>) {
+        let t1 = probe.t1.unwrap_or(probe.scheduled_ns);
+        let timeout_ns = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+        match probe.reply {
+            // A receive time before t1 (the wall clock stepped back) is in
+            // time: only a reply known to be past the deadline is late.
+            Some((t2, t4)) if t4.saturating_sub(t1) < timeout_ns => self.answer(key, probe, t1, t2, t4),
+            Some(_) => {
+                self.stats.late += 1;
+                self.time_out(key, probe, t1);
+            }
+            None => self.time_out(key, probe, t1),
+        }
+    }
+
+    fn time_out(&mut self, key: ProbeKey, probe: &InFlight<P>, t1: u64) {
+        self.stats.timed_out += 1;
         let ts = ProbeTimestamps {
-            requester_send_ns: probe.t1.unwrap_or(probe.scheduled_ns),
+            requester_send_ns: t1,
+            ..ProbeTimestamps::default()
+        };
+        self.push_record(&probe.peer, key.seq, ProbeOutcome::Timeout, 0, ts);
+        self.expired.push_back(key);
+        if self.expired.len() > EXPIRED_MEMORY {
+            self.expired.pop_front();
+        }
+    }
+
+    fn answer(&mut self, key: ProbeKey, probe: &InFlight<P>, t1: u64, t2: u64, t4: u64) {
+        let ts = ProbeTimestamps {
+            requester_send_ns: t1,
             responder_receive_ns: t2,
             // Without t3 the responder's hold is unknown (0), so the
             // record's network RTT is the whole round trip. A t3 before t2
@@ -407,6 +445,36 @@ impl<P: Peer> ProbeSession<P> {
             timestamps: ts,
         });
     }
+}
+
+/// Reads what a transport already holds before the driver expires probes:
+/// calls `read_one` (which hands one packet, or one batch of completions,
+/// to the session and says whether there was any) until it finds nothing
+/// or has read `max_reads` times, and returns the moment the transport was
+/// found empty — `clock` read just before that last read. Everything the
+/// transport received before that moment has been handed over, so it is
+/// the `now` for [`ProbeSession::expire`]: no reply that arrived in time
+/// is left waiting while its probe is expired, however long the driver was
+/// stalled before it got here.
+///
+/// A transport still not empty after `max_reads` (a flood of packets)
+/// gives the moment before the first read instead, so expiry is never put
+/// off for good; a reply queued behind such a flood may then count as
+/// late.
+pub fn drain_ready(
+    max_reads: usize,
+    mut clock: impl FnMut() -> Instant,
+    mut read_one: impl FnMut() -> bool,
+) -> Instant {
+    let started = clock();
+    let mut before = started;
+    for _ in 0..max_reads {
+        if !read_one() {
+            return before;
+        }
+        before = clock();
+    }
+    started
 }
 
 #[cfg(test)]
@@ -486,7 +554,7 @@ mod tests {
             (1, 2)
         );
         assert!(s.drain_records().is_empty());
-        s.on_reply(t0 + MS, &reply(&request, 9_000, 9_500), 5_000);
+        s.on_reply(&reply(&request, 9_000, 9_500), 5_000);
         let records = s.drain_records();
         assert_eq!(records.len(), 1);
         let probe = records[0];
@@ -531,25 +599,130 @@ mod tests {
         assert_eq!(s.poll_timeout(), t0 + 300 * MS, "the next tick");
     }
 
+    /// t1 of the probes in the kernel-clock tests: wall-clock ns.
+    const T1: u64 = 1_700_000_000_000_000_000;
+
+    fn ns(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap()
+    }
+
     #[test]
-    fn a_reply_after_the_deadline_is_late_whatever_the_call_order() {
+    fn a_reply_received_after_the_deadline_is_late_whatever_the_call_order() {
         let t0 = Instant::now();
         let mut s = session(t0);
-        let request = probe_one(&mut s, t0, 2, 1_000);
-        // No expire() in between: the reply itself finds the probe overdue.
-        s.on_reply(t0 + TIMEOUT, &reply(&request, 9_000, 9_500), 5_000);
+        let request = probe_one(&mut s, t0, 2, T1);
+        // Read at once, long before the probe's deadline on the agent's
+        // clock, but the kernel received it at t1 + timeout: late.
+        s.on_reply(&reply(&request, 9_000, 9_500), T1 + ns(TIMEOUT));
         let records = s.drain_records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].outcome, ProbeOutcome::Timeout);
+        assert_eq!(records[0].timestamps.requester_send_ns, T1);
+        records[0].to_record().validate().expect("valid");
         let stats = s.stats();
         assert_eq!(
             (stats.timed_out, stats.late, stats.answered, stats.duplicate),
             (1, 1, 0, 0)
         );
         // Once more: still late, and no second record.
-        s.on_reply(t0 + 2 * TIMEOUT, &reply(&request, 9_000, 9_500), 5_000);
+        s.on_reply(&reply(&request, 9_000, 9_500), T1 + ns(TIMEOUT));
         assert_eq!(s.stats().late, 2);
         assert!(s.drain_records().is_empty());
+        // Expired first, then read: late as well.
+        let request = probe_one(&mut s, t0 + 100 * MS, 3, T1);
+        s.expire(t0 + 100 * MS + TIMEOUT);
+        s.on_reply(&reply(&request, 9_000, 9_500), T1 + ns(MS));
+        assert_eq!(s.drain_records()[0].outcome, ProbeOutcome::Timeout);
+        assert_eq!((s.stats().timed_out, s.stats().late), (2, 3));
+    }
+
+    /// An agent stalled for 3 s (a busy host) reads replies the kernel
+    /// received long before: the received time decides, not the reading
+    /// time, so the stall is not reported as network loss.
+    #[test]
+    fn a_reply_read_3_s_late_but_received_in_time_is_answered() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let requests = s.schedule(t0, T1 - 10, |_| vec![Node(2), Node(3), Node(4)]);
+        for r in &requests {
+            s.sent(r.key, T1);
+        }
+        // The agent wakes 3 s later and drains its socket before expiring:
+        // the kernel received node 2's reply 1 ms after t1, node 3's 1 ns
+        // before its deadline, node 4's at its deadline.
+        let read_at = t0 + Duration::from_secs(3);
+        s.on_reply(&reply(&requests[0], 9_000, 9_500), T1 + ns(MS));
+        s.on_reply(&reply(&requests[1], 9_000, 9_500), T1 + ns(TIMEOUT) - 1);
+        s.on_reply(&reply(&requests[2], 9_000, 9_500), T1 + ns(TIMEOUT));
+        s.expire(read_at);
+        let mut records = s.drain_records();
+        records.sort_by_key(|r| r.dst_node);
+        let outcomes: Vec<(u32, ProbeOutcome)> = records.iter().map(|r| (r.dst_node, r.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [(2, ProbeOutcome::Ok), (3, ProbeOutcome::Ok), (4, ProbeOutcome::Timeout)]
+        );
+        // The network RTT is the kernel's: 1 ms less the responder's hold.
+        assert_eq!(records[0].to_record().network_rtt_ns(), Some(ns(MS) - 500));
+        assert_eq!(records[0].timestamps.requester_receive_ns, T1 + ns(MS));
+        let stats = s.stats();
+        assert_eq!(
+            (stats.answered, stats.timed_out, stats.late, s.in_flight()),
+            (2, 1, 1, 0)
+        );
+    }
+
+    /// Over RDMA UD the reply may come before the send completion gives
+    /// t1: the verdict waits for it, and is the NIC clock's too.
+    #[test]
+    fn with_follow_ups_lateness_is_judged_against_the_send_completion() {
+        let t0 = Instant::now();
+        let mut s: ProbeSession<Node> = ProbeSession::new(local(ResponderSendTime::InFollowUp), config(100, 1_000), t0);
+        let requests = s.schedule(t0, T1 - 1_000, |_| vec![Node(2), Node(3)]);
+        let (a, b) = (requests[0], requests[1]);
+        for (r, received) in [(a, T1 + ns(TIMEOUT) - 1), (b, T1 + ns(TIMEOUT))] {
+            let reply = r.packet.reply(9_000, 0);
+            s.on_reply(reply.as_bytes(), received);
+            s.on_reply(reply.follow_up(9_100).as_bytes(), received + 5);
+        }
+        assert!(s.drain_records().is_empty(), "t1 not known yet");
+        s.sent(a.key, T1);
+        s.sent(b.key, T1);
+        let outcomes: Vec<ProbeOutcome> = s.drain_records().iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [ProbeOutcome::Ok, ProbeOutcome::Timeout]);
+        assert_eq!((s.stats().answered, s.stats().late, s.stats().timed_out), (1, 1, 1));
+    }
+
+    #[test]
+    fn the_transport_is_drained_up_to_the_read_that_found_it_empty() {
+        // A virtual clock that moves 1 ms per reading.
+        let t0 = Instant::now();
+        let mut ticks = 0u32;
+        let mut clock = || {
+            ticks += 1;
+            t0 + ticks * MS
+        };
+        let mut queued = 3;
+        let mut read = 0;
+        let drained = drain_ready(10, &mut clock, || {
+            read += 1;
+            queued > 0 && {
+                queued -= 1;
+                true
+            }
+        });
+        // Readings: 1 ms before the first read, 2, 3, 4 ms before the
+        // second, third and fourth; the fourth found nothing.
+        assert_eq!((read, drained), (4, t0 + 4 * MS));
+        // Still not empty after the bound: the moment before the first read.
+        let mut read = 0;
+        let flooded = drain_ready(5, &mut clock, || {
+            read += 1;
+            true
+        });
+        assert_eq!((read, flooded), (5, t0 + 5 * MS));
+        // Nothing to read: the moment of the only read.
+        assert_eq!(drain_ready(5, &mut clock, || false), t0 + 11 * MS);
     }
 
     #[test]
@@ -571,8 +744,8 @@ mod tests {
         assert_eq!(s.stats().timed_out as usize, requests.len());
         let oldest = &requests[0];
         let newest = &requests[requests.len() - 1];
-        s.on_reply(now + TIMEOUT, &reply(newest, 1, 2), 3);
-        s.on_reply(now + TIMEOUT, &reply(oldest, 1, 2), 3);
+        s.on_reply(&reply(newest, 1, 2), 3);
+        s.on_reply(&reply(oldest, 1, 2), 3);
         assert_eq!((s.stats().late, s.stats().duplicate), (1, 1));
     }
 
@@ -581,14 +754,14 @@ mod tests {
         let t0 = Instant::now();
         let mut s = session(t0);
         let request = probe_one(&mut s, t0, 2, 1_000);
-        s.on_reply(t0 + MS, &reply(&request, 9_000, 9_500), 5_000);
-        s.on_reply(t0 + 2 * MS, &reply(&request, 9_000, 9_500), 5_001);
+        s.on_reply(&reply(&request, 9_000, 9_500), 5_000);
+        s.on_reply(&reply(&request, 9_000, 9_500), 5_001);
         assert_eq!((s.stats().answered, s.stats().duplicate), (1, 1));
         assert_eq!(s.drain_records().len(), 1);
         // A reply to a probe never sent (seq 7) is a duplicate too, not late.
         let mut stray = request.packet.reply(1, 2);
         stray.seq = 7.into();
-        s.on_reply(t0 + 3 * MS, stray.as_bytes(), 5_002);
+        s.on_reply(stray.as_bytes(), 5_002);
         assert_eq!((s.stats().duplicate, s.stats().late), (2, 0));
     }
 
@@ -597,15 +770,15 @@ mod tests {
         let t0 = Instant::now();
         let mut s = session(t0);
         let request = probe_one(&mut s, t0, 2, 1_000);
-        s.on_reply(t0, b"not a probe", 1);
+        s.on_reply(b"not a probe", 1);
         // A request arriving at the prober.
-        s.on_reply(t0, request.packet.as_bytes(), 1);
+        s.on_reply(request.packet.as_bytes(), 1);
         // A reply to someone else's probe.
         let mut other = request.packet.reply(1, 2);
         other.requester_node = 9.into();
-        s.on_reply(t0, other.as_bytes(), 1);
+        s.on_reply(other.as_bytes(), 1);
         // A follow-up where t3 comes in the reply.
-        s.on_reply(t0, request.packet.reply(1, 2).follow_up(3).as_bytes(), 1);
+        s.on_reply(request.packet.reply(1, 2).follow_up(3).as_bytes(), 1);
         assert_eq!(s.stats().malformed, 4);
         assert_eq!((s.stats().answered, s.in_flight()), (0, 1));
     }
@@ -640,8 +813,8 @@ mod tests {
         let (a, b) = (requests[0], requests[1]);
         // a: follow-up first, then the reply, then the send completion.
         let a_reply = a.packet.reply(9_000, 0);
-        s.on_reply(t0 + MS, a_reply.follow_up(9_040).as_bytes(), 0);
-        s.on_reply(t0 + MS, a_reply.as_bytes(), 1_200);
+        s.on_reply(a_reply.follow_up(9_040).as_bytes(), 0);
+        s.on_reply(a_reply.as_bytes(), 1_200);
         assert!(s.drain_records().is_empty(), "t1 not known yet");
         s.sent(a.key, 110);
         let records = s.drain_records();
@@ -651,7 +824,7 @@ mod tests {
         // b: sent and answered, the follow-up lost: recorded at the deadline
         // with the whole round trip.
         s.sent(b.key, 120);
-        s.on_reply(t0 + MS, b.packet.reply(9_000, 0).as_bytes(), 1_120);
+        s.on_reply(b.packet.reply(9_000, 0).as_bytes(), 1_120);
         assert!(s.drain_records().is_empty());
         s.expire(t0 + TIMEOUT);
         let records = s.drain_records();
@@ -662,7 +835,7 @@ mod tests {
         let stats = s.stats();
         assert_eq!((stats.answered, stats.follow_ups_missing, stats.timed_out), (2, 1, 0));
         // Its follow-up, coming after all, changes nothing.
-        s.on_reply(t0 + TIMEOUT, b.packet.reply(9_000, 0).follow_up(9_100).as_bytes(), 0);
+        s.on_reply(b.packet.reply(9_000, 0).follow_up(9_100).as_bytes(), 0);
         assert_eq!(s.stats(), stats);
     }
 
@@ -735,8 +908,9 @@ mod tests {
         Sent(usize),
         /// The i-th (mod) request fails to send.
         Fail(usize),
-        /// A reply to the i-th (mod) request arrives.
-        Reply(usize),
+        /// A reply to the i-th (mod) request arrives, received in time or
+        /// (true) after its deadline by the transport's clock.
+        Reply(usize, bool),
         /// Deadlines are checked.
         Expire,
     }
@@ -747,7 +921,7 @@ mod tests {
             (0u8..8).prop_map(Step::Schedule),
             any::<usize>().prop_map(Step::Sent),
             any::<usize>().prop_map(Step::Fail),
-            any::<usize>().prop_map(Step::Reply),
+            (any::<usize>(), any::<bool>()).prop_map(|(i, late)| Step::Reply(i, late)),
             Just(Step::Expire),
         ]
     }
@@ -771,11 +945,12 @@ mod tests {
                     }
                     Step::Sent(i) if !requests.is_empty() => s.sent(requests[i % requests.len()].key, 2),
                     Step::Fail(i) if !requests.is_empty() => s.send_failed(requests[i % requests.len()].key, 1),
-                    Step::Reply(i) if !requests.is_empty() => {
-                        s.on_reply(now, &reply(&requests[i % requests.len()], 3, 4), 5);
+                    Step::Reply(i, late) if !requests.is_empty() => {
+                        let received = if late { 2 + ns(TIMEOUT) } else { 5 };
+                        s.on_reply(&reply(&requests[i % requests.len()], 3, 4), received);
                     }
                     Step::Expire => s.expire(now),
-                    Step::Sent(_) | Step::Fail(_) | Step::Reply(_) => {}
+                    Step::Sent(_) | Step::Fail(_) | Step::Reply(..) => {}
                 }
                 records.extend(s.drain_records());
             }
@@ -792,6 +967,12 @@ mod tests {
             prop_assert!(stats.sent as usize <= requests.len());
             for record in &records {
                 prop_assert!(record.to_record().validate().is_ok());
+                // Only replies the transport received in time answer.
+                let ts = record.timestamps;
+                prop_assert!(
+                    record.outcome != ProbeOutcome::Ok
+                        || ts.requester_receive_ns - ts.requester_send_ns < ns(TIMEOUT)
+                );
             }
         }
     }

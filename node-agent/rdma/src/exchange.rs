@@ -203,10 +203,13 @@ impl Exchange {
         }
     }
 
-    /// A packet of `payload` bytes arrived at `at_ns` (seen by the driver
-    /// at `now`) from the QP `from_qpn` at `from_gid`; returns the reply to
-    /// post when it is a request for this node. Anything else goes to the
-    /// session as a reply, follow-up or malformed packet.
+    /// A packet of `payload` bytes arrived at `at_ns` (its receive
+    /// completion time; seen by the driver at `now`) from the QP `from_qpn`
+    /// at `from_gid`; returns the reply to post when it is a request for
+    /// this node. Anything else goes to the session as a reply, follow-up
+    /// or malformed packet; a reply is in time if `at_ns` is less than the
+    /// timeout after its request's send completion, however late the
+    /// driver polls it (before [`Exchange::expire`] settles its probe).
     pub fn received(
         &mut self,
         now: Instant,
@@ -228,13 +231,16 @@ impl Exchange {
             let reply = request.reply(at_ns, 0);
             return Some(self.post(to, reply, Purpose::Reply { to, reply }, now));
         }
-        self.session.on_reply(now, payload, at_ns);
+        self.session.on_reply(payload, at_ns);
         None
     }
 
     /// Settles probes past their deadline at `now` (unanswered ones time
     /// out; answered ones still missing their follow-up are recorded
-    /// without it), and forgets sends whose completion never came.
+    /// without it), and forgets sends whose completion never came. `now`
+    /// is the moment the driver last found the completion queue empty
+    /// (node_agent_probe::drain_ready), so that no completion waiting there
+    /// is judged by the driver's stall rather than its timestamp.
     pub fn expire(&mut self, now: Instant) {
         self.session.expire(now);
         let keep = self.timeout.saturating_mul(4);
@@ -393,6 +399,34 @@ mod tests {
         let stats = a.stats().probes;
         assert_eq!((stats.late, stats.duplicate, stats.timed_out), (1, 0, 1));
         assert!(a.drain_records().is_empty());
+    }
+
+    /// A driver stalled for 3 s polls completions the NIC timestamped long
+    /// before: the completion times decide, as for UDP the kernel's.
+    #[test]
+    fn a_reply_polled_3_s_late_but_completed_in_time_is_answered() {
+        let t0 = Instant::now();
+        let mut a = exchange(1, 0, t0);
+        let timeout_ns = TIMEOUT.as_nanos() as u64;
+        let requests = a.schedule(t0, 100, |_| vec![endpoint(2), endpoint(3)]);
+        let polled = t0 + Duration::from_secs(3);
+        // Node 2's reply completed 1 ns before the deadline, node 3's at it.
+        for (request, t4) in [(requests[0], 1_000 + timeout_ns - 1), (requests[1], 1_000 + timeout_ns)] {
+            let peer = request.to;
+            let mut responder = exchange(peer.node, 0, t0);
+            a.sent(polled, request.wr_id, 0, 1_000);
+            let reply = responder
+                .received(t0, endpoint(1).gid, 0x101, request.packet.as_bytes(), 500)
+                .unwrap();
+            let follow_up = responder.sent(t0, reply.wr_id, 0, 600).unwrap();
+            a.received(polled, peer.gid, peer.qpn, reply.packet.as_bytes(), t4);
+            a.received(polled, peer.gid, peer.qpn, follow_up.packet.as_bytes(), t4 + 1);
+        }
+        a.expire(polled);
+        let outcomes: Vec<ProbeOutcome> = a.drain_records().iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [ProbeOutcome::Ok, ProbeOutcome::Timeout]);
+        let stats = a.stats().probes;
+        assert_eq!((stats.answered, stats.timed_out, stats.late), (1, 1, 1));
     }
 
     #[test]

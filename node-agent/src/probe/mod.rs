@@ -17,7 +17,9 @@
 //! kernel's (`SO_TIMESTAMPNS`): the moment the packet reached the socket,
 //! not the moment the agent got round to reading it, so the agent's own
 //! scheduling delay stays out of the network RTT — on the responder it is
-//! part of the responder delay, where it belongs. Send times (t1, t3) are
+//! part of the responder delay, where it belongs — and out of timeouts: a
+//! reply the kernel received within the timeout is answered however late
+//! the prober reads it. Send times (t1, t3) are
 //! taken just before the send system call. Probe packets carry the
 //! configured DSCP in their TOS byte (IPv4) or traffic class (IPv6), so
 //! they see the queues of the traffic class they measure.
@@ -37,5 +39,5 @@ pub use pinglist::{Target, pinglist, session_config};
 pub use prober::{ProberSettings, probe};
 pub use reload::reload_on_sighup;
 pub use responder::{RdmaEndpoint, respond};
-pub use socket::{bind, recv_stamped};
+pub use socket::{bind, recv_stamped, try_recv_stamped};
 pub use stats::ProbeStats;

@@ -35,6 +35,23 @@ pub async fn recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result
     socket.async_io(Interest::READABLE, || recv_now(fd, buf)).await
 }
 
+/// Receives one datagram if one is waiting, without waiting: as
+/// [`recv_stamped`], or a `WouldBlock` error when the socket is empty.
+///
+/// It asks the kernel even when tokio has not seen the socket become
+/// readable yet: a driver that was stalled runs its timers and reads in
+/// whatever order the runtime wakes it, and must find every datagram the
+/// kernel already holds before it expires probes. The read through
+/// `try_io` comes first so that tokio forgets a readiness the socket no
+/// longer has (`readable()` would otherwise wake the driver for nothing).
+pub fn try_recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, u64)> {
+    let fd = socket.as_raw_fd();
+    match socket.try_io(Interest::READABLE, || recv_now(fd, buf)) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => recv_now(fd, buf),
+        received => received,
+    }
+}
+
 fn recv_now(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, u64)> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);

@@ -1,6 +1,27 @@
-//! Types shared by flowmesh's eBPF programs (node-ebpf) and the agent that
-//! loads them (node-agent): defined once, `#[repr(C)]` with explicit
-//! padding, so both sides agree byte for byte.
+//! Types and constants shared by flowmesh's eBPF programs (node-ebpf) and
+//! the agent that loads them (node-agent), defined here once: the records
+//! the programs write ([`FlowEvent`], [`ProcessConnects`]), the numbers in
+//! their fields ([`direction`], [`end_reason`], [`tcp_state`], the address
+//! families), the drop counters' indexes ([`drops`]) and the names the agent
+//! finds the maps and programs by.
+//!
+//! The records are `#[repr(C)]` without padding, so both sides agree byte
+//! for byte. With the `user` feature (the agent's; the kernel build leaves
+//! it off and compiles no zerocopy) they derive zerocopy's `FromBytes`,
+//! `IntoBytes`, `Immutable` and `KnownLayout`: the compiler proves there is
+//! no padding, and the agent reads them from the maps' bytes with zerocopy
+//! instead of a hand-written parser.
+//!
+//! [`direction`] and [`end_reason`] are numbered as wire-format's
+//! `Direction` and `EndReason` (the agent's tests check it), so the kernel's
+//! numbers are the wire's. The agent converts a [`FlowEvent`] into a
+//! wire-format flow through one function (node-agent's `tracer::flow`),
+//! which refuses — counts and drops — any value not defined here.
+//!
+//! The map and program names below are the identifiers of the statics and
+//! functions in node-ebpf (aya names a map or program after its
+//! identifier); the agent looks each one up at load and refuses to start
+//! without it, and its integration tests load the real object.
 #![no_std]
 
 /// Name of the ring buffer map carrying [`FlowEvent`]s.
@@ -22,6 +43,10 @@ pub const CONNECT_PROGRAMS: [&str; 2] = ["flowmesh_connect4", "flowmesh_connect6
 /// A process's TCP `connect()` calls.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
 pub struct ProcessConnects {
     /// Calls counted.
     pub connects: u64,
@@ -32,18 +57,6 @@ pub struct ProcessConnects {
 const _: () = assert!(core::mem::size_of::<ProcessConnects>() == 24);
 
 impl ProcessConnects {
-    /// Reads an entry from the map's bytes (native byte order).
-    pub fn from_bytes(bytes: &[u8; 24]) -> ProcessConnects {
-        let mut connects = [0u8; 8];
-        connects.copy_from_slice(&bytes[..8]);
-        let mut comm = [0u8; 16];
-        comm.copy_from_slice(&bytes[8..]);
-        ProcessConnects {
-            connects: u64::from_ne_bytes(connects),
-            comm,
-        }
-    }
-
     /// The command name as text.
     pub fn comm_str(&self) -> &str {
         let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
@@ -67,7 +80,7 @@ pub mod drops {
     pub const COUNT: u32 = 4;
 }
 
-/// Direction of a flow's open.
+/// Direction of a flow's open, numbered as wire-format's `Direction`.
 pub mod direction {
     /// This host connected (active open).
     pub const OUTBOUND: u8 = 1;
@@ -75,20 +88,25 @@ pub mod direction {
     pub const INBOUND: u8 = 2;
 }
 
-/// How a flow ended, as the wire format numbers it.
+/// How a flow ended, numbered as wire-format's `EndReason` (whose
+/// `Timeout` the programs cannot tell apart from a reset, so never write).
 pub mod end_reason {
+    /// Still open: a map entry, or a periodic report of it.
+    pub const OPEN: u8 = 0;
     /// Closed by FIN exchange.
     pub const CLOSED: u8 = 1;
     /// Reset or aborted (closed straight from an open state).
     pub const RESET: u8 = 2;
-    /// Still open: a map entry, or a periodic report of it.
-    pub const OPEN: u8 = 3;
 }
 
 /// One TCP flow as the sock_ops program saw it: at close (in the ring
 /// buffer), or as of its latest refresh while open (in the flow map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
 pub struct FlowEvent {
     /// The kernel's socket cookie: unique while the kernel runs, so a new
     /// connection reusing addresses and ports is a new flow.
@@ -109,7 +127,7 @@ pub struct FlowEvent {
     pub local_port: u16,
     /// Remote port, host order.
     pub remote_port: u16,
-    /// `AF_INET` (2) or `AF_INET6` (10).
+    /// [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
     /// [`direction`].
     pub direction: u8,
@@ -180,54 +198,7 @@ impl FlowEvent {
     }
 }
 
-/// Address family numbers.
+/// Address family of an IPv4 socket (`AF_INET`, as Linux numbers it).
 pub const AF_INET: u16 = 2;
-/// Address family numbers.
+/// Address family of an IPv6 socket (`AF_INET6`).
 pub const AF_INET6: u16 = 10;
-
-impl FlowEvent {
-    /// Reads an event from the bytes the ring buffer delivered (native
-    /// byte order, the layout above); `None` if they are too short.
-    pub fn from_bytes(bytes: &[u8]) -> Option<FlowEvent> {
-        if bytes.len() < core::mem::size_of::<FlowEvent>() {
-            return None;
-        }
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_ne_bytes(b)
-        };
-        let u32_at = |at: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&bytes[at..at + 4]);
-            u32::from_ne_bytes(b)
-        };
-        let u16_at = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
-        let mut local_addr = [0u8; 16];
-        local_addr.copy_from_slice(&bytes[40..56]);
-        let mut remote_addr = [0u8; 16];
-        remote_addr.copy_from_slice(&bytes[56..72]);
-        Some(FlowEvent {
-            cookie: u64_at(0),
-            start_boot_ns: u64_at(8),
-            end_boot_ns: u64_at(16),
-            bytes_acked: u64_at(24),
-            bytes_received: u64_at(32),
-            local_addr,
-            remote_addr,
-            local_port: u16_at(72),
-            remote_port: u16_at(74),
-            family: u16_at(76),
-            direction: bytes[78],
-            end_reason: bytes[79],
-            segs_out: u32_at(80),
-            segs_in: u32_at(84),
-            total_retrans: u32_at(88),
-            srtt_us: u32_at(92),
-            rtt_min_us: u32_at(96),
-            tos: u32_at(100),
-            old_state: u32_at(104),
-            start_bytes_acked: u32_at(108),
-        })
-    }
-}
