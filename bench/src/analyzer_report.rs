@@ -18,6 +18,8 @@ use collector_storage::{BatchWriter, SqliteStore};
 use wire_format::{AgentCompleteness, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport};
 use wire_format::{encode_histogram, new_rtt_histogram};
 
+use crate::harness::sibling_binary;
+
 const SECOND: u64 = 1_000_000_000;
 
 /// Options of `flowmesh-bench analyzer-report`.
@@ -261,12 +263,7 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         o.racks >= LOSSY_RACK && o.nodes_per_rack >= LOSSY_INDEX,
         "the lossy host r{LOSSY_RACK}n{LOSSY_INDEX} must exist"
     );
-    let analyzer = std::env::current_exe()?.with_file_name("flowmesh-analyzer");
-    ensure!(
-        analyzer.exists(),
-        "{} not found: build it with `cargo build --release -p bench -p analyzer`",
-        analyzer.display()
-    );
+    let analyzer = sibling_binary("flowmesh-analyzer", "cargo build --release -p bench -p analyzer")?;
     let dir = tempfile::tempdir()?;
     let topology = dir.path().join("topology.toml");
     std::fs::write(&topology, topology_file(o))?;

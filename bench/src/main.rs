@@ -24,8 +24,12 @@
 //! `flowmesh-bench rack-sim` runs the whole pipeline on racks of simulated
 //! hosts in network namespaces, injects each fault class and checks the
 //! analyzer names it within two windows ([`rack_sim`]).
+//!
+//! The benchmarks start, watch and stop flowmesh's daemons through one set
+//! of process helpers ([`harness`]).
 
 mod analyzer_report;
+mod harness;
 mod pipeline;
 mod rack_sim;
 mod sampler_ingest;

@@ -9,14 +9,19 @@
 //! CPU 1; the collector and the sender (this process) share CPU 0.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use configs::tls::DevPki;
 
-use crate::sampler_ingest::{
-    self, ChildGuard, Kind, blast, build_traffic, cpu_seconds, free_port, metric, scrape, start_daemon,
+use crate::harness::{
+    ChildGuard, CollectorToml, cpu_seconds, free_local_addr, metric, pinned, scrape, sibling_binary, start_daemon,
 };
+use crate::sampler_ingest::{self, Kind, RECEIVER_CPU, blast, build_traffic};
+
+/// The CPU the collector shares with the sender (this process).
+const COLLECTOR_CPU: u32 = 0;
+/// How to build what this benchmark runs.
+const BUILD: &str = "cargo build --release -p collector -p rack-sampler -p bench";
 
 /// Options of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,34 +84,24 @@ impl Tiers {
 }
 
 fn start(dir: &std::path::Path, traffic_opts: &sampler_ingest::Options) -> anyhow::Result<Tiers> {
-    let collector_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let collector_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let sampler_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let collector_addr = free_local_addr()?;
+    let collector_metrics = free_local_addr()?;
+    let ingest = free_local_addr()?;
+    let sampler_metrics = free_local_addr()?;
+    // Also writes the topology and the PKI the collector's configuration
+    // names.
     let sampler_config = sampler_ingest::write_setup(dir, traffic_opts, ingest, sampler_metrics, Some(collector_addr))?;
-    let pki = dir.join("pki");
     let collector_config = dir.join("collector.toml");
-    std::fs::write(
-        &collector_config,
-        format!(
-            "listen = \"{collector_addr}\"\ndatabase = \"{}\"\ntopology = \"{}\"\n\
-             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metrics]\nlisten = \"{collector_metrics}\"\n",
-            dir.join("flowmesh.db").display(),
-            dir.join("topology.toml").display(),
-            pki.join("ca.pem").display(),
-            pki.join("collector.pem").display(),
-            pki.join("collector.key").display(),
-        ),
-    )?;
-    let collector_bin = std::env::current_exe()?.with_file_name("flowmesh-collector");
-    if !collector_bin.exists() {
-        bail!(
-            "{} not found; build it first: cargo build --release -p collector -p rack-sampler -p bench",
-            collector_bin.display()
-        );
-    }
-    let mut collector = Command::new("taskset");
-    collector.args(["-c", "0"]).arg(&collector_bin).env("RUST_LOG", "error");
+    let collector_toml = CollectorToml {
+        listen: collector_addr,
+        metrics: collector_metrics,
+        database: &dir.join("flowmesh.db"),
+        topology: &dir.join("topology.toml"),
+        tls: &DevPki { dir: dir.join("pki") }.collector(),
+    };
+    std::fs::write(&collector_config, collector_toml.render())?;
+    let mut collector = pinned(COLLECTOR_CPU, &sibling_binary("flowmesh-collector", BUILD)?);
+    collector.env("RUST_LOG", "error");
     let collector = start_daemon(
         collector,
         &collector_config,
@@ -114,7 +109,7 @@ fn start(dir: &std::path::Path, traffic_opts: &sampler_ingest::Options) -> anyho
         collector_metrics,
         "flowmesh-collector",
     )?;
-    let mut sampler = sampler_ingest::pinned(&sampler_ingest::sampler_binary()?);
+    let mut sampler = pinned(RECEIVER_CPU, &sibling_binary("flowmesh-sampler", BUILD)?);
     sampler.env("RUST_LOG", "error");
     let sampler = start_daemon(
         sampler,

@@ -12,7 +12,7 @@
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -21,6 +21,17 @@ use wire_format::{
     DatagramBuilder, Direction, EndReason, Flow, Origin, Probe, ProbeAddr, ProbeOutcome, ProbeTimestamps, Record,
     Transport,
 };
+
+use crate::harness::{
+    ChildGuard, SamplerToml, cpu_seconds, free_local_addr, metric, peak_rss_kib, pinned, scrape, sibling_binary,
+    start_daemon,
+};
+
+/// The CPU the receivers (the sampler, the bare loop) are pinned to; the
+/// sender runs on the other.
+pub(crate) const RECEIVER_CPU: u32 = 1;
+/// How to build what this benchmark runs.
+const BUILD: &str = "cargo build --release -p rack-sampler -p bench";
 
 /// What to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,28 +100,6 @@ pub(crate) fn udp_sink(listen: SocketAddr, seconds: u64) -> anyhow::Result<()> {
         println!("{datagrams} {}", cpu_seconds("self")?);
         anyhow::Ok(())
     })
-}
-
-/// A live process's peak resident set (VmHWM), KiB.
-pub(crate) fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0))
-}
-
-/// CPU time (user + system) the process `pid` ("self" for this one) has
-/// used, seconds.
-pub(crate) fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields overall, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc stat format")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("/proc stat field")?.parse::<f64>()?) };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// Pre-built datagrams, one set per agent, whose sequence number and send
@@ -282,61 +271,13 @@ pub(crate) fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: O
     Ok(sent)
 }
 
-pub(crate) struct ChildGuard(pub(crate) Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Starts a flowmesh daemon: `command` (program and environment set) with
-/// `--config config`, its stderr in `log`; returns once its metrics
-/// endpoint answers, or fails after 20 s with the log's text.
-pub(crate) fn start_daemon(
-    mut command: Command,
-    config: &Path,
-    log: &Path,
-    metrics: SocketAddr,
-    what: &str,
-) -> anyhow::Result<ChildGuard> {
-    let child = ChildGuard(
-        command
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(log)?))
-            .spawn()
-            .with_context(|| format!("starting {what}"))?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while scrape(metrics).is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not start: {}", std::fs::read_to_string(log)?);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(child)
-}
-
-pub(crate) fn pinned(program: &Path) -> Command {
-    let mut command = Command::new("taskset");
-    command.args(["-c", "1"]).arg(program);
-    command
-}
-
 /// The baseline: datagrams a bare loop receives, and the CPU seconds it
 /// used.
 fn baseline(traffic: &mut Traffic, seconds: u64) -> anyhow::Result<(u64, u64, f64)> {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let addr = free_local_addr()?;
     let exe = std::env::current_exe()?;
     let mut child = ChildGuard(
-        pinned(&exe)
+        pinned(RECEIVER_CPU, &exe)
             .args(["udp-sink", "--listen", &addr.to_string(), "--seconds"])
             .arg((seconds + 2).to_string())
             .stdout(Stdio::piped())
@@ -367,18 +308,6 @@ struct SamplerRun {
     cpu_seconds: f64,
 }
 
-pub(crate) fn sampler_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name("flowmesh-sampler");
-    if !path.exists() {
-        bail!(
-            "{} not found; build it first: cargo build --release -p rack-sampler -p bench",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// Writes the topology, a development PKI and the sampler's configuration
 /// into `dir`; the sampler uplinks to `collector`, or to an unreachable
 /// address (its batches spool) when `None`.
@@ -407,49 +336,32 @@ pub(crate) fn write_setup(
     }
     std::fs::write(dir.join("topology.toml"), topology)?;
     let pki = DevPki::generate(&dir.join("pki"), &["localhost".into()], &["bench".into()])?;
-    let tls = pki.sampler("bench");
-    // Without a collector, an unreachable address: batches spool.
-    let collector = match collector {
-        Some(addr) => addr.to_string(),
-        None => format!("127.0.0.1:{}", free_port()?),
+    let config = SamplerToml {
+        id: 1,
+        rack: "bench",
+        topology: &dir.join("topology.toml"),
+        ingest,
+        window_secs: opts.window_secs,
+        grace_ms: 200,
+        // Without a collector, an unreachable address: batches spool.
+        collector: match collector {
+            Some(addr) => addr,
+            None => free_local_addr()?,
+        },
+        spool: &dir.join("spool"),
+        tls: &pki.sampler("bench"),
+        metrics,
     };
-    let config = format!(
-        "sampler_id = 1\nrack = \"bench\"\ntopology = \"{topology}\"\n\n[ingest]\nlisten = [\"{ingest}\"]\n\n\
-         [aggregate]\nwindow_secs = {window}\ngrace_ms = 200\n\n[uplink]\ncollector = \"{collector}\"\n\
-         server_name = \"localhost\"\nspool_dir = \"{spool}\"\n\
-         tls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}\n\n[metrics]\nlisten = \"{metrics}\"\n",
-        topology = dir.join("topology.toml").display(),
-        spool = dir.join("spool").display(),
-        ca = tls.ca.display(),
-        cert = tls.cert.display(),
-        key = tls.key.display(),
-        window = opts.window_secs,
-    );
     let path = dir.join("sampler.toml");
-    std::fs::write(&path, config)?;
+    std::fs::write(&path, config.render())?;
     Ok(path)
 }
 
-pub(crate) fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-    let mut page = String::new();
-    stream.read_to_string(&mut page)?;
-    Ok(page)
-}
-
-pub(crate) fn metric(page: &str, series: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 fn run_sampler(dir: &Path, opts: &Options, traffic: &mut Traffic, rate: Option<f64>) -> anyhow::Result<SamplerRun> {
-    let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let ingest = free_local_addr()?;
+    let metrics = free_local_addr()?;
     let config = write_setup(dir, opts, ingest, metrics, None)?;
-    let mut sampler = pinned(&sampler_binary()?);
+    let mut sampler = pinned(RECEIVER_CPU, &sibling_binary("flowmesh-sampler", BUILD)?);
     sampler.env(
         "RUST_LOG",
         std::env::var("FLOWMESH_BENCH_SAMPLER_LOG").unwrap_or_else(|_| "error".into()),

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::sampler_ingest::{ChildGuard, cpu_seconds, free_port, metric, peak_rss_kib, scrape, start_daemon};
+use crate::harness::{
+    ChildGuard, cgroup_root, cpu_seconds, free_local_addr, metric, peak_rss_kib, scrape, sibling_binary, start_daemon,
+    wait_for,
+};
 
 /// Options of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -144,7 +147,7 @@ struct OwnCgroup {
 
 impl OwnCgroup {
     fn enter() -> anyhow::Result<OwnCgroup> {
-        let root = crate::rack_sim::cgroup_root()?;
+        let root = cgroup_root()?;
         let own = std::fs::read_to_string("/proc/self/cgroup")?;
         let relative = own
             .lines()
@@ -172,17 +175,11 @@ struct Agent {
 }
 
 fn start_agent(dir: &Path, cgroup: &Path) -> anyhow::Result<Agent> {
-    let agent = std::env::current_exe()?.with_file_name("flowmesh-agent");
-    if !agent.exists() {
-        bail!(
-            "{} not found; build it first: cargo build --release -p node-agent -p bench",
-            agent.display()
-        );
-    }
+    let agent = sibling_binary("flowmesh-agent", "cargo build --release -p node-agent -p bench")?;
     // The agent sends its datagrams here; nothing reads them (the kernel
     // drops what overflows the buffer), as a sampler elsewhere would.
     let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let metrics = free_local_addr()?;
     std::fs::write(
         dir.join("topology.toml"),
         "[[racks]]\nid = 1\nname = \"r\"\n[[nodes]]\nid = 1\nname = \"n\"\nrack = \"r\"\naddresses = [\"127.0.0.1\"]\n",
@@ -250,15 +247,14 @@ fn start_bpftrace(dir: &Path) -> anyhow::Result<ChildGuard> {
             .context("starting bpftrace (Debian package bpftrace; scripts/setup installs it)")?,
     );
     // Attached once it says so.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(dir.join("bpftrace.out"))?.contains("Attaching") {
-        if Instant::now() > deadline {
-            bail!(
-                "bpftrace did not attach: {}",
-                std::fs::read_to_string(dir.join("bpftrace.log"))?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let attached = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        Ok(std::fs::read_to_string(dir.join("bpftrace.out"))?.contains("Attaching"))
+    })?;
+    if !attached {
+        bail!(
+            "bpftrace did not attach: {}",
+            std::fs::read_to_string(dir.join("bpftrace.log"))?
+        );
     }
     Ok(child)
 }

@@ -1,0 +1,201 @@
+//! `flowmesh-bench rack-sim`: racks of simulated hosts on one machine, the
+//! whole pipeline running on them, faults injected one at a time, and the
+//! analyzer's verdict checked for each.
+//!
+//! Every node runs a `flowmesh-agent` and a traffic generator, every rack a
+//! `flowmesh-sampler`, the spine the `flowmesh-collector` on an SQLite file.
+//! After a clean period, which must yield no anomaly, each fault must be
+//! named by `flowmesh-analyzer` within two aggregation windows of its
+//! injection; the time it took is printed. Everything is removed on exit,
+//! on Ctrl-C and on failure: processes, namespaces (with their links,
+//! qdiscs and nftables tables) and cgroups.
+//!
+//! Where things live:
+//! - [`namespaces`]: the network — namespaces, bridges, veths, the spine,
+//!   the address plan — and the guard that removes it;
+//! - [`daemons`]: the processes — configurations, PKI, starting the agents,
+//!   samplers, collector and Prometheus, the guard that stops them;
+//! - [`traffic`](mod@traffic): the traffic generator those nodes run;
+//! - [`faults`]: each fault class, injected and cleared;
+//! - [`scenario`]: the clean period, the fault loop and every check;
+//! - here: the options, the order of it all, and Ctrl-C.
+
+mod daemons;
+mod faults;
+mod namespaces;
+mod scenario;
+mod traffic;
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use self::daemons::Daemons;
+use self::faults::FaultKind;
+use self::namespaces::{Network, SIMULATED};
+pub(crate) use self::traffic::{TrafficOptions, traffic};
+use crate::harness::sibling_binary;
+
+/// Options of `flowmesh-bench rack-sim`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Racks (3 or more, so a rack's uplink and a pair of racks differ).
+    #[arg(long, default_value_t = 3)]
+    racks: u32,
+    /// Nodes per rack.
+    #[arg(long, default_value_t = 3)]
+    nodes_per_rack: u32,
+    /// Aggregation window of the samplers, seconds.
+    #[arg(long, default_value_t = 5)]
+    window_secs: u64,
+    /// Seconds of clean running, after warm-up, that must yield no anomaly.
+    #[arg(long, default_value_t = 120)]
+    clean_secs: u64,
+    /// Faults to inject, in order (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    faults: Vec<FaultKind>,
+    /// Keep each fault at least this long, seconds (it is cleared once
+    /// named, or after two windows, whichever is later).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
+    /// During the clean period, stop the collector for two windows and
+    /// restart it: the samplers spool and replay, and the end checks that
+    /// every window is stored exactly once.
+    #[arg(long)]
+    collector_outage: bool,
+    /// Run a Prometheus server (on the spine) scraping every daemon, and
+    /// check at the end that all are up and `promtool check metrics`
+    /// accepts each exposition.
+    #[arg(long)]
+    prometheus: bool,
+    /// At the end, print the analyzer's report over the whole run and
+    /// write report.json and report.html into the directory.
+    #[arg(long)]
+    report: bool,
+    /// Keep the working directory (database, configs, logs) here; default:
+    /// a temporary directory removed at the end.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The simulated network and what runs on it. Fields drop in declaration
+/// order: the processes stop before the namespaces they run in go.
+struct Simulation {
+    daemons: Daemons,
+    net: Network,
+}
+
+/// Set by SIGINT/SIGTERM: every wait checks it, so the simulation stops and
+/// tears down promptly.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// When the run started: every line printed says how long ago.
+static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Sleeps for `d`, failing at once on Ctrl-C or SIGTERM so the guards clean
+/// up.
+fn pause(d: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if STOP.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        std::thread::sleep(
+            until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100)),
+        );
+    }
+    Ok(())
+}
+
+/// Prints a line of progress with the seconds since the start.
+fn say(what: impl std::fmt::Display) {
+    println!("[{:>6.1} s] {what}", STARTED.elapsed().as_secs_f64());
+}
+
+/// Starts the clock and a thread that sets [`STOP`] on SIGINT or SIGTERM.
+fn install_stop_handler() -> anyhow::Result<()> {
+    LazyLock::force(&STARTED);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        runtime.block_on(async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            STOP.store(true, Ordering::Relaxed);
+        });
+    })?;
+    Ok(())
+}
+
+/// Runs the simulation: build, start, then the scenario.
+pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
+    if options.racks < 3 {
+        bail!("--racks must be 3 or more: with two, a rack's uplink and the pair of racks are the same evidence");
+    }
+    let faults = if options.faults.is_empty() {
+        FaultKind::ALL.to_vec()
+    } else {
+        options.faults.clone()
+    };
+    install_stop_handler()?;
+    // Declared before the simulation, so dropped after it: the processes
+    // stop before their working directory goes.
+    let temp = tempfile::tempdir()?;
+    let dir = match &options.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.canonicalize()?
+        }
+        None => temp.path().to_path_buf(),
+    };
+    for needed in [
+        "flowmesh-agent",
+        "flowmesh-sampler",
+        "flowmesh-collector",
+        "flowmesh-analyzer",
+    ] {
+        sibling_binary(
+            needed,
+            "cargo build -p node-agent -p rack-sampler -p collector -p analyzer",
+        )?;
+    }
+    let bin = std::env::current_exe()?
+        .parent()
+        .context("the binary's directory")?
+        .to_path_buf();
+    let mut sim = Simulation {
+        daemons: Daemons::new(dir.clone(), bin),
+        net: Network::build(options.racks, options.nodes_per_rack)?,
+    };
+    say(format!(
+        "built {} racks × {} nodes in network namespaces {}* ({SIMULATED})",
+        options.racks, options.nodes_per_rack, sim.net.tag
+    ));
+    sim.daemons.start(&sim.net, options.window_secs)?;
+    // The agents attach to their cgroups before traffic starts, so every
+    // flow is traced from its first segment.
+    pause(Duration::from_secs(2))?;
+    traffic::start_generators(&sim.net, &mut sim.daemons)?;
+    sim.daemons.check_alive()?;
+    if options.prometheus {
+        sim.daemons.start_prometheus(&sim.net)?;
+    }
+    say(format!(
+        "started {} agents, {} samplers ({} s windows), 1 collector, {} traffic generators; SQLite at {}",
+        sim.net.nodes.len(),
+        options.racks,
+        options.window_secs,
+        sim.net.nodes.len(),
+        dir.join("flowmesh.db").display()
+    ));
+    scenario::run(&mut sim, options, &faults)
+}

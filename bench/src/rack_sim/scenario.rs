@@ -1,0 +1,426 @@
+//! What a run does once the simulation is up, and how it is judged: a
+//! clean period (with the collector stopped for two windows when asked),
+//! which must yield no anomaly; then each fault in turn, injected, polled
+//! for in the analyzer's JSON report until it is named — the right kind of
+//! element and the right host, rack or rack pair — within two aggregation
+//! windows, and cleared; then the end checks: every sampler's windows in
+//! the database exactly once, Prometheus's and promtool's verdicts, the
+//! analyzer's report when asked, and the table of detection latencies.
+//!
+//! The lines printed here are read by bench/tests/rack_sim.rs (", 0
+//! anomalies" in the clean-period line; a table row per fault starting
+//! with its name and ending in "windows)" when detected) and by people
+//! running scripts/demo: change them together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use collector_storage::{Reader, SqliteStore};
+use rack_sampler::now_ns;
+
+use super::daemons::{Daemons, metrics_targets};
+use super::faults::{Expected, FaultKind};
+use super::{Options, Simulation, pause, say};
+
+/// An anomaly of the analyzer's report: kind, element, and its symptoms
+/// ("loss×3 rtt×1").
+type Named = (String, String, String);
+
+/// One fault's outcome.
+struct Outcome {
+    fault: FaultKind,
+    expected: Expected,
+    /// Time from injection to the analyzer naming it, if it did.
+    latency: Option<Duration>,
+    /// What the analyzer named at the last look.
+    named: Vec<Named>,
+}
+
+/// `flowmesh-analyzer` on the simulation's database.
+struct Analyzer {
+    program: PathBuf,
+    config: PathBuf,
+}
+
+impl Analyzer {
+    /// Writes the analyzer's configuration into the working directory.
+    fn configure(daemons: &Daemons) -> anyhow::Result<Analyzer> {
+        // A shared 2-core machine schedules nine agents, traffic and the
+        // pipeline: its RTTs jitter by milliseconds, which is no fault. The
+        // faults' symptoms are loss, retransmissions and tens of ms of
+        // queueing.
+        let config = daemons.write(
+            "analyzer.toml",
+            &format!(
+                "database = \"{}\"\ntopology = \"{}\"\n[detect]\np99_rtt_us = 5000\nrtt_baseline_min_increase_us = 5000\n\
+                 p99_responder_delay_us = 50000\n",
+                daemons.dir.join("flowmesh.db").display(),
+                daemons.dir.join("topology.toml").display()
+            ),
+        )?;
+        Ok(Analyzer {
+            program: daemons.bin.join("flowmesh-analyzer"),
+            config,
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.arg("--config").arg(&self.config);
+        command
+    }
+
+    /// The JSON report over the last `since`.
+    fn json(&self, since: Duration) -> anyhow::Result<serde_json::Value> {
+        let out = self
+            .command()
+            .args([
+                "report",
+                "--format",
+                "json",
+                "--since",
+                &format!("{}s", since.as_secs().max(1)),
+            ])
+            .output()
+            .context("running flowmesh-analyzer")?;
+        // Exit 2 means "anomalies found": a normal outcome here.
+        if !matches!(out.status.code(), Some(0 | 2)) {
+            bail!("flowmesh-analyzer: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        serde_json::from_slice(&out.stdout).context("reading the analyzer's JSON report")
+    }
+
+    /// Writes report.json and report.html over `since` into `dir`, then
+    /// prints the terminal report.
+    fn write_and_print(&self, since: &str, dir: &Path) -> anyhow::Result<()> {
+        for (format, file) in [("json", "report.json"), ("html", "report.html")] {
+            self.command()
+                .args(["report", "--since", since, "--format", format, "--output"])
+                .arg(dir.join(file))
+                .stderr(Stdio::null())
+                .status()?;
+        }
+        println!();
+        self.command()
+            .args(["report", "--since", since])
+            .stderr(Stdio::null())
+            .status()?;
+        Ok(())
+    }
+}
+
+/// Runs the scenario on a started simulation: clean period, each of
+/// `faults`, end checks. Fails if any check does.
+pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind]) -> anyhow::Result<()> {
+    let window = Duration::from_secs(options.window_secs);
+    let window_ns = options.window_secs * 1_000_000_000;
+    let analyzer = Analyzer::configure(&sim.daemons)?;
+    let dir = sim.daemons.dir.clone();
+    // Warm-up: agents' first probes meet responders not yet started.
+    pause(window * 2)?;
+    let clean_from = now_ns().div_ceil(window_ns) * window_ns;
+    let clean = clean_period(sim, options, &analyzer, clean_from)?;
+    let mut outcomes = Vec::new();
+    for &fault in faults {
+        outcomes.push(detect(sim, fault, options, &analyzer)?);
+    }
+    // The last windows reach the database.
+    pause(window + Duration::from_secs(4))?;
+    let mut failures = Vec::new();
+    let missing = windows_not_once(&dir.join("flowmesh.db"), window_ns)?;
+    if missing.is_empty() {
+        say("every sampler's windows are in the database exactly once");
+    } else {
+        failures.push(format!(
+            "windows missing or repeated (sampler: present of expected): {missing:?}"
+        ));
+    }
+    if options.prometheus {
+        let (up, rejected) = sim.daemons.check_prometheus(&sim.net)?;
+        let all = metrics_targets(&sim.net).len();
+        if up == all && rejected.is_empty() {
+            say(format!(
+                "Prometheus scraped all {all} daemons (up = 1); promtool accepts every exposition"
+            ));
+        } else {
+            failures.push(format!(
+                "Prometheus sees {up} of {all} daemons up; promtool rejects {rejected:?}"
+            ));
+        }
+    }
+    if options.report {
+        let since = format!("{}s", (now_ns() - clean_from) / 1_000_000_000 + options.window_secs);
+        analyzer.write_and_print(&since, &dir)?;
+    }
+    println!("\nfault              expected               detection latency");
+    for o in &outcomes {
+        println!("{}", outcome_row(o, window));
+    }
+    let missed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.latency.is_none())
+        .map(|o| format!("{:?} (named {:?})", o.fault, o.named))
+        .collect();
+    if !clean.is_empty() {
+        failures.push(format!("clean-period anomalies {clean:?}"));
+    }
+    if !missed.is_empty() {
+        failures.push(format!("faults not named within two windows: {missed:?}"));
+    }
+    if options.dir.is_some() {
+        println!("database:    {}", dir.join("flowmesh.db").display());
+        if options.report {
+            println!("HTML report: {}", dir.join("report.html").display());
+        }
+        println!("logs and configurations: {}", dir.display());
+    }
+    if !failures.is_empty() {
+        bail!("rack-sim failed: {}", failures.join("; "));
+    }
+    println!("rack-sim: the clean period had no anomaly and every fault was named within two windows");
+    Ok(())
+}
+
+/// The clean period from window `clean_from` on, with the collector outage
+/// when asked; returns the anomalies the analyzer found in it.
+fn clean_period(
+    sim: &mut Simulation,
+    options: &Options,
+    analyzer: &Analyzer,
+    clean_from: u64,
+) -> anyhow::Result<Vec<Named>> {
+    let window = Duration::from_secs(options.window_secs);
+    say(format!("clean running for {} s", options.clean_secs));
+    let clean_started = Instant::now();
+    if options.collector_outage {
+        pause(Duration::from_secs(5))?;
+        sim.daemons.stop_collector()?;
+        say(format!(
+            "stopped the collector for {} s: the samplers spool their windows",
+            2 * options.window_secs
+        ));
+        pause(window * 2)?;
+        sim.daemons.start_collector(&sim.net)?;
+        say("restarted the collector: the samplers replay their spools");
+    }
+    let clean_until = Duration::from_secs(options.clean_secs) + window + Duration::from_secs(3);
+    while let Some(left) = clean_until
+        .checked_sub(clean_started.elapsed())
+        .filter(|d| !d.is_zero())
+    {
+        say(format!("running clean: {} s left", left.as_secs()));
+        pause(left.min(Duration::from_secs(15)))?;
+    }
+    sim.daemons.check_alive()?;
+    let since = Duration::from_nanos(now_ns() - clean_from) + window;
+    let report = analyzer.json(since)?;
+    let clean = anomalies_after(&report, clean_from);
+    let clean_windows = report["windows"].as_u64().unwrap_or(0);
+    say(format!(
+        "clean period: {clean_windows} windows, {} judged path windows, {} anomalies{}",
+        report["judged_paths"],
+        clean.len(),
+        if clean.is_empty() {
+            String::new()
+        } else {
+            format!(": {clean:?}")
+        }
+    ));
+    Ok(clean)
+}
+
+/// Injects `fault`, polls the analyzer until it names the fault or two
+/// windows (and 4 s) have passed, keeps it for `--hold-secs`, clears it and
+/// lets two clean windows pass.
+fn detect(sim: &mut Simulation, fault: FaultKind, options: &Options, analyzer: &Analyzer) -> anyhow::Result<Outcome> {
+    let window = Duration::from_secs(options.window_secs);
+    let window_ns = options.window_secs * 1_000_000_000;
+    let injected = now_ns();
+    let started = Instant::now();
+    let expected = fault.inject(&sim.net, &mut sim.daemons)?;
+    say(format!("injected {fault:?}; expecting {expected}"));
+    let deadline = window * 2 + Duration::from_secs(4);
+    let from_window = injected / window_ns * window_ns;
+    let mut outcome = Outcome {
+        fault,
+        expected: expected.clone(),
+        latency: None,
+        named: Vec::new(),
+    };
+    while started.elapsed() < deadline {
+        pause(Duration::from_millis(500))?;
+        let report = analyzer.json(started.elapsed() + window * 2)?;
+        outcome.named = anomalies_after(&report, from_window);
+        if outcome
+            .named
+            .iter()
+            .any(|(kind, element, _)| kind == expected.kind && *element == expected.element)
+        {
+            outcome.latency = Some(started.elapsed());
+            break;
+        }
+    }
+    match outcome.latency {
+        Some(latency) => say(format!(
+            "  named {expected} after {:.1} s ({:.1} windows): {:?}",
+            latency.as_secs_f64(),
+            latency.as_secs_f64() / window.as_secs_f64(),
+            outcome.named
+        )),
+        None => say(format!(
+            "  NOT named within {:.0} s; the analyzer said {:?}",
+            deadline.as_secs_f64(),
+            outcome.named
+        )),
+    }
+    pause(Duration::from_secs(options.hold_secs).saturating_sub(started.elapsed()))?;
+    fault.clear(&sim.net, &mut sim.daemons)?;
+    say(format!("cleared {fault:?}"));
+    sim.daemons.check_alive()?;
+    // Recovery: the next fault starts from clean windows.
+    pause(window * 2)?;
+    Ok(outcome)
+}
+
+/// A row of the final table: fault, expected element, detection latency
+/// (or NOT DETECTED).
+fn outcome_row(o: &Outcome, window: Duration) -> String {
+    let latency = o.latency.map_or("NOT DETECTED".to_string(), |l| {
+        format!(
+            "{:.1} s ({:.1} windows)",
+            l.as_secs_f64(),
+            l.as_secs_f64() / window.as_secs_f64()
+        )
+    });
+    format!(
+        "{:<18} {:<22} {latency}",
+        format!("{:?}", o.fault),
+        o.expected.to_string()
+    )
+}
+
+/// Anomalies of a report whose last window ends after `after_ns`, as
+/// "kind element (symptoms)".
+fn anomalies_after(report: &serde_json::Value, after_ns: u64) -> Vec<Named> {
+    report["anomalies"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|a| a["last_window_ns"].as_u64().unwrap_or(0) >= after_ns)
+                .map(|a| {
+                    let symptoms = a["symptoms"]
+                        .as_object()
+                        .map(|s| s.iter().map(|(k, v)| format!("{k}×{v}")).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default();
+                    (
+                        a["kind"].as_str().unwrap_or("?").to_string(),
+                        a["element"].as_str().unwrap_or("?").to_string(),
+                        symptoms,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Samplers whose windows, from their first to their last, are not each
+/// in the database exactly once ("sampler: present of expected"). Batch ids
+/// are per sampler, window and part, so a replayed batch is never stored
+/// twice; a missing one is a gap.
+fn windows_not_once(database: &Path, window_ns: u64) -> anyhow::Result<Vec<String>> {
+    let batches = SqliteStore::open_read_only(database)?.batches(0, u64::MAX)?;
+    // Per sampler: its distinct windows, and its first and last.
+    let mut samplers: BTreeMap<u32, (BTreeSet<u64>, u64, u64)> = BTreeMap::new();
+    for b in &batches {
+        let (windows, first, last) = samplers.entry(b.sampler_id).or_insert((BTreeSet::new(), u64::MAX, 0));
+        windows.insert(b.window_start_ns);
+        *first = (*first).min(b.window_start_ns);
+        *last = (*last).max(b.window_start_ns);
+    }
+    Ok(samplers
+        .into_iter()
+        .filter_map(|(sampler, (windows, first, last))| {
+            let expected = (last - first) / window_ns.max(1) + 1;
+            (windows.len() as u64 != expected).then(|| format!("{sampler}: {} of {expected}", windows.len()))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic is how a test fails
+    use collector_storage::BatchWriter;
+    use wire_format::{BatchBuilder, BatchInfo, BatchView};
+
+    use super::*;
+
+    #[test]
+    fn anomalies_after_keep_recent_ones_with_their_symptoms() {
+        let report = serde_json::json!({
+            "anomalies": [
+                {"kind": "host", "element": "r1n3", "last_window_ns": 20, "symptoms": {"loss": 3, "rtt": 1}},
+                {"kind": "rack", "element": "rack3", "last_window_ns": 9},
+                {"kind": "rack_pair", "element": "rack1↔rack2", "last_window_ns": 10, "symptoms": {}},
+            ]
+        });
+        assert_eq!(
+            anomalies_after(&report, 10),
+            vec![
+                ("host".into(), "r1n3".into(), "loss×3 rtt×1".into()),
+                ("rack_pair".into(), "rack1↔rack2".into(), String::new()),
+            ]
+        );
+        assert!(anomalies_after(&serde_json::json!({"windows": 4}), 0).is_empty());
+    }
+
+    /// The test of the whole simulation reads these rows: a detected
+    /// fault's starts with its name and ends in "windows)".
+    #[test]
+    fn outcome_rows_read_as_the_end_to_end_test_expects() {
+        let mut outcome = Outcome {
+            fault: FaultKind::NicLoss,
+            expected: Expected {
+                kind: "host",
+                element: "r1n3".into(),
+            },
+            latency: Some(Duration::from_millis(4_300)),
+            named: Vec::new(),
+        };
+        let window = Duration::from_secs(5);
+        assert_eq!(
+            outcome_row(&outcome, window),
+            "NicLoss            host r1n3              4.3 s (0.9 windows)"
+        );
+        outcome.latency = None;
+        assert_eq!(
+            outcome_row(&outcome, window),
+            "NicLoss            host r1n3              NOT DETECTED"
+        );
+    }
+
+    #[test]
+    fn a_gap_or_nothing_missing_per_sampler() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("flowmesh.db");
+        let window_ns = 5_000_000_000;
+        let mut store = SqliteStore::open(&db).unwrap();
+        // Sampler 1: windows 0, 1, 2; sampler 2: windows 0 and 2, not 1.
+        let encoded: Vec<Vec<u8>> = [(1, 0), (1, 1), (1, 2), (2, 0), (2, 2)]
+            .into_iter()
+            .map(|(sampler, w)| {
+                BatchBuilder::new(BatchInfo::window(sampler, sampler, (100 + w) * window_ns, window_ns))
+                    .encode()
+                    .unwrap()
+            })
+            .collect();
+        let views: Vec<BatchView<'_>> = encoded.iter().map(|b| BatchView::parse(b).unwrap()).collect();
+        store.store_batches(&views, 0).unwrap();
+        // A replay is stored once.
+        store.store_batches(&views[..1], 0).unwrap();
+        drop(store);
+        assert_eq!(windows_not_once(&db, window_ns).unwrap(), vec!["2: 2 of 3".to_string()]);
+    }
+}
