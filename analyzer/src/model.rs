@@ -1,6 +1,6 @@
 //! What the analyzer reads: path windows and agent windows over a time
-//! range, from any storage backend through its
-//! [`Reader`](collector_storage::Reader). The rows themselves — one
+//! range, from any storage backend through its [`Reader`]. The rows
+//! themselves — one
 //! [`PathWindow`] per (window, source, destination) with DSCP classes,
 //! probe transports and batch parts merged, one [`AgentWindow`] per
 //! (window, node) — are defined by the storage library, which also reads a

@@ -43,7 +43,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use collector::server::{self, Stats, Writer};
 use collector_storage::{BatchWriter, SqliteStore, Stored};
-use configs::tls::{self, DevPki};
+use configs_runtime::tls::{self, DevPki};
 use rusqlite::params;
 use wire_format::{
     AckStatus, BatchAck, BatchBuilder, BatchInfo, BatchView, PathSummary, Transport, encode_histogram,

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use configs::tls::DevPki;
+use configs_runtime::tls::DevPki;
 
 use crate::harness::{
     ChildGuard, CollectorToml, cpu_seconds, free_local_addr, metric, pinned, scrape, sibling_binary, start_daemon,

@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use configs::tls::DevPki;
+use configs_runtime::tls::DevPki;
 use wire_format::{
     DatagramBuilder, Direction, EndReason, Flow, Origin, Probe, ProbeAddr, ProbeOutcome, ProbeTimestamps, Record,
     Transport,

@@ -11,20 +11,16 @@
 //! The [`Topology`] file lists racks and nodes; it is the one source of truth
 //! for probe peers, a sampler's rack and fault localization.
 //!
-//! Two features carry the operational plumbing the daemons share, so it is
-//! written once: `tls` (mutual TLS 1.3 for the sampler → collector QUIC link,
-//! from the files a config names, and a development PKI) and `endpoint` (the
-//! Prometheus and health HTTP endpoint).
+//! What the binaries share at run time — exit codes, logging, the metrics
+//! endpoint, signals, TLS and the development PKI — is `configs-runtime`
+//! (configs/runtime), so a tool that needs only configuration links none of
+//! it.
 
 mod agent;
 mod analyzer;
 mod collector;
 mod component;
-#[cfg(feature = "endpoint")]
-pub mod endpoint;
 mod sampler;
-#[cfg(feature = "tls")]
-pub mod tls;
 mod topology;
 
 pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};

@@ -17,7 +17,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use configs::tls::DevPki;
+use configs_runtime::tls::DevPki;
 
 use super::namespaces::{Network, SPINE_IP, nsenter, sampler_ip};
 use crate::harness::{CollectorToml, SamplerToml, terminate};
