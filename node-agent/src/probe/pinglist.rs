@@ -139,6 +139,18 @@ mod tests {
         assert_eq!(per_tick_budget(50, Duration::from_secs(1)), 50);
     }
 
+    /// Node 1 001 probing over UDP, as the prober sets it up.
+    fn local() -> Local {
+        Local {
+            node: 1_001,
+            transport: Transport::Udp,
+            addr: ProbeAddr::Ip("10.1.0.2".parse().unwrap()),
+            port: 40_000,
+            dscp: 0,
+            responder_send_time: ResponderSendTime::InReply,
+        }
+    }
+
     /// A session driven as the UDP prober drives it, on a virtual clock:
     /// inter-rack peers rotate every `rotate_secs`, and over three rounds
     /// every node of the other racks has been probed; the in-rack peers are
@@ -152,16 +164,8 @@ mod tests {
             inter_rack_peers: 4,
             ..Probing::default()
         };
-        let local = Local {
-            node: 1_001,
-            transport: Transport::Udp,
-            addr: ProbeAddr::Ip("10.1.0.2".parse().unwrap()),
-            port: 40_000,
-            dscp: 0,
-            responder_send_time: ResponderSendTime::InReply,
-        };
         let t0 = Instant::now();
-        let mut session: ProbeSession<Target> = ProbeSession::new(local, session_config(&probing), t0);
+        let mut session: ProbeSession<Target> = ProbeSession::new(local(), session_config(&probing), t0);
         let mut by_round: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); 3];
         for secs in 0..180u64 {
             let now = t0 + Duration::from_secs(secs);
@@ -191,16 +195,8 @@ mod tests {
             inter_rack_peers: 4,
             ..Probing::default()
         };
-        let local = Local {
-            node: 1_001,
-            transport: Transport::Udp,
-            addr: ProbeAddr::Ip("10.1.0.2".parse().unwrap()),
-            port: 40_000,
-            dscp: 0,
-            responder_send_time: ResponderSendTime::InReply,
-        };
         let t0 = Instant::now();
-        let mut session: ProbeSession<Target> = ProbeSession::new(local, session_config(&probing), t0);
+        let mut session: ProbeSession<Target> = ProbeSession::new(local(), session_config(&probing), t0);
         let mut seen = BTreeSet::new();
         for secs in 0..4u64 {
             let requests = session.schedule(t0 + Duration::from_secs(secs), 1, |round| {

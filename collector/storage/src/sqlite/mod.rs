@@ -48,7 +48,7 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(open_error)?;
         // Reading the header writes nothing; switching the journal mode
         // would, so the version is checked first.
-        refuse_newer(&conn, path)?;
+        schema::refuse_newer(&conn, path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -73,8 +73,7 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
         conn.execute_batch("PRAGMA busy_timeout = 5000;").map_err(open_error)?;
-        refuse_newer(&conn, path)?;
-        let found = schema::version(&conn).map_err(open_error)?;
+        let found = schema::refuse_newer(&conn, path)?;
         if found < SCHEMA_VERSION {
             return Err(StoreError::OlderSchema {
                 path: path.to_path_buf(),
@@ -108,22 +107,6 @@ pub fn database_bytes(path: &Path) -> u64 {
         std::fs::metadata(name).map_or(0, |m| m.len())
     };
     size("") + size("-wal")
-}
-
-/// Refuses a database whose schema is newer than this build knows.
-fn refuse_newer(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let found = schema::version(conn).map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: path.to_path_buf(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    Ok(())
 }
 
 /// SQLite integers are signed 64-bit. Counters and times beyond i64::MAX

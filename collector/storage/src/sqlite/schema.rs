@@ -256,17 +256,7 @@ pub(super) fn version(conn: &Connection) -> rusqlite::Result<u32> {
 /// Applies migrations until the database is at `target`, each in its own
 /// transaction together with the version bump.
 pub(super) fn migrate(conn: &Connection, path: &Path, target: u32) -> Result<(), StoreError> {
-    let found = version(conn).map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: path.to_path_buf(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
+    let found = refuse_newer(conn, path)?;
     for version in found..target {
         let apply = || -> rusqlite::Result<()> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -288,4 +278,20 @@ pub(super) fn migrate(conn: &Connection, path: &Path, target: u32) -> Result<(),
         })?;
     }
     Ok(())
+}
+
+/// The database's schema version, refused if newer than this build knows.
+pub(super) fn refuse_newer(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
+    let found = version(conn).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
 }
