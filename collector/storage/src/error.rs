@@ -75,6 +75,15 @@ pub enum StoreError {
     /// A parallel reader stopped without an answer (it panicked).
     #[error("a database reader thread stopped without an answer")]
     ReaderLost,
+    /// A backend other than SQLite failed (a server refused a request, did
+    /// not answer, or holds a schema this build cannot use).
+    #[error("{backend}: {message}")]
+    Backend {
+        /// The backend, e.g. `clickhouse`.
+        backend: &'static str,
+        /// What failed, on one line.
+        message: String,
+    },
     /// Any other SQLite failure.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -34,6 +34,7 @@
 //!   transports, batch parts) into one [`PathWindow`], histogram-exact.
 //! - [`read`]: reading a range window by window with parallel readers.
 //! - [`query`]: the canned questions and their backend-neutral answers.
+//! - [`text`]: stored labels and addresses back into wire values.
 //! - [`sqlite`]: the embedded SQLite backend (schema, migrations, writes,
 //!   reads, retention).
 
@@ -43,6 +44,7 @@ pub mod query;
 pub mod read;
 pub mod rows;
 pub mod sqlite;
+pub mod text;
 
 pub use error::StoreError;
 pub use merge::PathMerge;

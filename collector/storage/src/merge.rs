@@ -87,6 +87,21 @@ impl PathMerge {
     }
 }
 
+/// The tail quantile ([`tail_quantile`]) of the sum of a path window's
+/// encoded probe-row histograms, as [`PathMerge`] computes it for several
+/// probe rows; `None` if any is missing or does not decode, when the merge
+/// falls back to the largest p99. For backends that collect a path's
+/// histograms in their query instead of streaming rows.
+pub fn merged_tail<'h>(histograms: impl IntoIterator<Item = &'h [u8]>, scratch: &mut Histogram<u64>) -> Option<u64> {
+    scratch.reset();
+    for h in histograms {
+        if !add_encoded(scratch, Some(h)) {
+            return None;
+        }
+    }
+    (!scratch.is_empty()).then(|| scratch.value_at_quantile(tail_quantile(scratch.len())))
+}
+
 /// Adds an encoded histogram to `total`; false if there was none or it did
 /// not decode.
 fn add_encoded(total: &mut Histogram<u64>, encoded: Option<&[u8]>) -> bool {

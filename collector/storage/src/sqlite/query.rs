@@ -20,7 +20,7 @@ pub(super) fn ask(conn: &Connection, question: &Question, since_ns: u64, limit: 
              FROM path_window_report
              WHERE probes_sent > 0 AND window_start_ns >= ?1
              GROUP BY src_node, dst_node
-             ORDER BY loss_rate DESC, worst_rtt_p99_us DESC
+             ORDER BY loss_rate DESC, worst_rtt_p99_us DESC, src_node, dst_node
              LIMIT ?2",
             None,
         ),
@@ -30,7 +30,7 @@ pub(super) fn ask(conn: &Connection, question: &Question, since_ns: u64, limit: 
              FROM flow_estimates f LEFT JOIN nodes n ON n.node_id = f.node_id
              WHERE f.window_start_ns >= ?1
              GROUP BY f.node_id, f.dst_addr
-             ORDER BY est_bytes_sent DESC
+             ORDER BY est_bytes_sent DESC, f.node_id, f.dst_addr
              LIMIT ?2",
             None,
         ),
@@ -40,7 +40,7 @@ pub(super) fn ask(conn: &Connection, question: &Question, since_ns: u64, limit: 
              FROM path_window_report
              WHERE window_start_ns >= ?1
                AND (src_name = ?3 OR dst_name = ?3 OR CAST(src_node AS TEXT) = ?3 OR CAST(dst_node AS TEXT) = ?3)
-             ORDER BY window_start_ns DESC, src_node, dst_node
+             ORDER BY window_start_ns DESC, src_node, dst_node, dscp, transport
              LIMIT ?2",
             Some(node.as_str()),
         ),
@@ -49,6 +49,7 @@ pub(super) fn ask(conn: &Connection, question: &Question, since_ns: u64, limit: 
                     datagrams_missing, completeness, silent, restarted
              FROM agents_missing_telemetry
              WHERE window_start_ns >= ?1
+             ORDER BY window_start_ns DESC, completeness, node_id
              LIMIT ?2",
             None,
         ),

@@ -2,17 +2,15 @@
 //! `window_start_ns`-led indexes serve, and each row is decoded into its
 //! typed row here, so nothing above sees a column name.
 
-use std::net::IpAddr;
-
 use rusqlite::{Connection, OptionalExtension as _, Row};
 use wire_format::{
-    BatchId, Direction, EndReason, Flow, Gid, Probe, ProbeAddr, ProbeOutcome, ProbeTimestamps, Transport,
-    new_rtt_histogram,
+    BatchId, Direction, EndReason, Flow, Probe, ProbeOutcome, ProbeTimestamps, Transport, new_rtt_histogram,
 };
 
 use crate::StoreError;
 use crate::merge::PathMerge;
 use crate::rows::{AgentWindow, BatchRow, PathWindow, RowCounts, SampledFlowRow, SampledProbeRow, WindowInfo};
+use crate::text::{ip, label, probe_addr};
 
 /// Rows read between progress reports.
 const PROGRESS_EVERY: u64 = 1 << 14;
@@ -187,43 +185,6 @@ pub(super) fn batches(db: &Connection, from_ns: u64, to_ns: u64) -> Result<Vec<B
     Ok(out)
 }
 
-/// Parses a stored name back into a wire enum by its `as_str` label.
-fn label<E: Copy>(
-    all: &[E],
-    as_str: fn(E) -> &'static str,
-    text: &str,
-    table: &'static str,
-    column: &'static str,
-) -> Result<E, StoreError> {
-    all.iter()
-        .copied()
-        .find(|v| as_str(*v) == text)
-        .ok_or_else(|| StoreError::Corrupt {
-            table,
-            column,
-            value: text.to_string(),
-        })
-}
-
-fn ip(text: &str, table: &'static str, column: &'static str) -> Result<IpAddr, StoreError> {
-    text.parse().map_err(|_| StoreError::Corrupt {
-        table,
-        column,
-        value: text.to_string(),
-    })
-}
-
-/// A probe address: a GID is stored in IPv6 notation, like an IPv6 address;
-/// the transport says which it is.
-fn probe_addr(transport: Transport, text: &str, column: &'static str) -> Result<ProbeAddr, StoreError> {
-    let addr = ip(text, "sampled_probes", column)?;
-    Ok(match (transport, addr) {
-        (Transport::RdmaUd, IpAddr::V6(v6)) => ProbeAddr::Gid(Gid(v6.octets())),
-        (Transport::RdmaUd, IpAddr::V4(v4)) => ProbeAddr::Gid(Gid(v4.to_ipv6_mapped().octets())),
-        (_, addr) => ProbeAddr::Ip(addr),
-    })
-}
-
 pub(super) fn sampled_flows(db: &Connection, from_ns: u64, to_ns: u64) -> Result<Vec<SampledFlowRow>, StoreError> {
     const T: &str = "sampled_flows";
     let mut stmt = db.prepare_cached(
@@ -290,8 +251,8 @@ pub(super) fn sampled_probes(db: &Connection, from_ns: u64, to_ns: u64) -> Resul
             anomalies: u32_at(r, 4)?.min(u32::from(u8::MAX)) as u8,
             probe: Probe {
                 transport,
-                src: probe_addr(transport, &text(7)?, "src_addr")?,
-                dst: probe_addr(transport, &text(8)?, "dst_addr")?,
+                src: probe_addr(transport, &text(7)?, T, "src_addr")?,
+                dst: probe_addr(transport, &text(8)?, T, "dst_addr")?,
                 src_port: u32_at(r, 9)?,
                 dst_port: u32_at(r, 10)?,
                 dst_node: u32_at(r, 5)?,
