@@ -8,10 +8,10 @@ use std::io::Write as _;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use collector_storage::{Reader, SqliteStore};
-use configs::{AnalyzerConfig, ConfigArgs, Since, Topology};
+use configs::{AnalyzerConfig, Backend, ConfigArgs, Since, Topology};
 
-/// flowmesh analyzer: reads the collector's SQLite database (read-only;
-/// safe while the collector writes), flags RTT and loss anomalies and
+/// flowmesh analyzer: reads the collector's store — its SQLite database or
+/// a ClickHouse cluster — read-only (safe while the collector writes), flags RTT and loss anomalies and
 /// localizes them with the topology file.
 ///
 /// Exit status: 0 nothing found, 2 anomalies or telemetry gaps found, 1
@@ -35,9 +35,13 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// The database; default: `database` from the configuration.
-        #[arg(long, value_name = "FILE")]
+        /// Read this SQLite database, whatever the configuration says.
+        #[arg(long, value_name = "FILE", conflicts_with = "clickhouse")]
         database: Option<std::path::PathBuf>,
+        /// Read the ClickHouse cluster at this HTTP URL (database, cluster
+        /// and credentials from `[storage.clickhouse]`).
+        #[arg(long, value_name = "URL")]
+        clickhouse: Option<String>,
         /// The topology file; default: `topology` from the configuration.
         #[arg(long, value_name = "FILE")]
         topology: Option<std::path::PathBuf>,
@@ -57,9 +61,13 @@ enum Command {
         /// Stop after this many passes (default: run until stopped).
         #[arg(long)]
         passes: Option<u64>,
-        /// The database; default: `database` from the configuration.
-        #[arg(long, value_name = "FILE")]
+        /// Read this SQLite database, whatever the configuration says.
+        #[arg(long, value_name = "FILE", conflicts_with = "clickhouse")]
         database: Option<std::path::PathBuf>,
+        /// Read the ClickHouse cluster at this HTTP URL (database, cluster
+        /// and credentials from `[storage.clickhouse]`).
+        #[arg(long, value_name = "URL")]
+        clickhouse: Option<String>,
         /// The topology file; default: `topology` from the configuration.
         #[arg(long, value_name = "FILE")]
         topology: Option<std::path::PathBuf>,
@@ -102,7 +110,7 @@ fn analyze_since(
 ) -> anyhow::Result<(analyzer::report::Analysis, analyzer::model::Observations)> {
     let now = now_ns();
     let from = since.start_ns(now);
-    let reading = || format!("reading {}", config.database.display());
+    let reading = || format!("reading {}", describe(config));
     // Earlier windows feed the RTT baselines: as many as a baseline holds.
     let history = store
         .history_start(from, config.detect.baseline_windows)
@@ -187,11 +195,11 @@ impl Progress {
 /// cleared since the previous pass.
 fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Option<u64>) -> anyhow::Result<()> {
     let topology = Topology::load(&config.topology)?;
-    let store = SqliteStore::open_read_only(&config.database)?;
+    let store = open(config)?;
     let mut previous = std::collections::BTreeMap::new();
     let mut pass = 0u64;
     loop {
-        let (analysis, _) = analyze_since(&store, &topology, config, since, false)?;
+        let (analysis, _) = analyze_since(store.as_ref(), &topology, config, since, false)?;
         let active = analysis.active();
         let stamp = analyzer::report::utc(now_ns());
         let mut out = std::io::stdout().lock();
@@ -215,6 +223,44 @@ fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Opti
     }
 }
 
+/// Applies `--database` or `--clickhouse`: either one picks its backend.
+fn choose_store(config: &mut AnalyzerConfig, database: Option<std::path::PathBuf>, clickhouse: Option<String>) {
+    if let Some(path) = database {
+        config.database = path;
+        config.storage.backend = Backend::Sqlite;
+    }
+    if let Some(url) = clickhouse {
+        config.storage.clickhouse.url = url;
+        config.storage.backend = Backend::Clickhouse;
+    }
+}
+
+/// The configured store, opened for reading.
+fn open(config: &AnalyzerConfig) -> anyhow::Result<Box<dyn Reader>> {
+    match config.storage.backend {
+        Backend::Sqlite => Ok(Box::new(SqliteStore::open_read_only(&config.database)?)),
+        #[cfg(feature = "clickhouse")]
+        Backend::Clickhouse => Ok(Box::new(collector_storage_clickhouse::ClickHouseStore::open_read_only(
+            collector_storage_clickhouse::Options::from_config(&config.storage.clickhouse),
+        )?)),
+        #[cfg(not(feature = "clickhouse"))]
+        Backend::Clickhouse => {
+            anyhow::bail!("this flowmesh-analyzer was built without ClickHouse support (feature `clickhouse`)")
+        }
+    }
+}
+
+/// The store, for messages.
+fn describe(config: &AnalyzerConfig) -> String {
+    match config.storage.backend {
+        Backend::Sqlite => config.database.display().to_string(),
+        Backend::Clickhouse => format!(
+            "clickhouse {} database {}",
+            config.storage.clickhouse.url, config.storage.clickhouse.database
+        ),
+    }
+}
+
 /// Runs the command; `Ok(true)` when anomalies were found.
 fn run() -> anyhow::Result<bool> {
     let cli = Cli::parse();
@@ -225,35 +271,44 @@ fn run() -> anyhow::Result<bool> {
         since: Since(Some(std::time::Duration::from_secs(3_600))),
         format: Format::Table,
         database: None,
+        clickhouse: None,
         topology: None,
         output: None,
     });
-    let (since, format, database, topology, output) = match command {
+    let (since, format, database, clickhouse, topology, output) = match command {
         Command::Report {
             since,
             format,
             database,
+            clickhouse,
             topology,
             output,
-        } => (since, format, database, topology, output),
+        } => (since, format, database, clickhouse, topology, output),
         Command::Watch {
             since,
             interval_secs,
             passes,
             database,
+            clickhouse,
             topology,
         } => {
-            config.database = database.unwrap_or(config.database);
+            choose_store(&mut config, database, clickhouse);
             config.topology = topology.unwrap_or(config.topology);
             watch(&config, since, interval_secs, passes)?;
             return Ok(false);
         }
     };
-    config.database = database.unwrap_or(config.database);
+    choose_store(&mut config, database, clickhouse);
     config.topology = topology.unwrap_or(config.topology);
     let topology = Topology::load(&config.topology)?;
-    let store = SqliteStore::open_read_only(&config.database)?;
-    let (analysis, observations) = analyze_since(&store, &topology, &config, since, matches!(format, Format::Html))?;
+    let store = open(&config)?;
+    let (analysis, observations) = analyze_since(
+        store.as_ref(),
+        &topology,
+        &config,
+        since,
+        matches!(format, Format::Html),
+    )?;
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,

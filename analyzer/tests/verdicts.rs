@@ -696,3 +696,76 @@ fn watch_prints_an_anomaly_when_it_starts_and_when_it_clears() {
     assert!(second.contains("CLEARED host r3n3"), "{second}");
     assert!(child.wait().unwrap().success());
 }
+
+/// Several faults at once, for comparing backends: r3n3 losing half its
+/// probes from window 8, rack 1 ↔ rack 2 slow in windows 5–6, r2n2 a slow
+/// responder in window 11, retransmitting flows from r1n1 in window 7, r1n2
+/// silent in window 10.
+fn many_faults(w: u64, s: u32, d: u32) -> Option<Shows> {
+    let mut shows = HEALTHY;
+    if (s == 303 || d == 303) && w >= 8 {
+        shows.lost = 50;
+    }
+    let pair = [s / 100, d / 100];
+    if (pair == [1, 2] || pair == [2, 1]) && (5..=6).contains(&w) {
+        shows.p99_us = 2_000;
+    }
+    if d == 202 && w == 11 {
+        shows.responder_p99_us = 5_000;
+    }
+    if s == 101 && w == 7 {
+        shows.segs = (10_000, 500, 5);
+    }
+    (!(s == 102 && w == 10)).then_some(shows)
+}
+
+#[test]
+fn the_same_batches_give_the_same_report_on_clickhouse_as_on_sqlite() {
+    let silent = |w: u64, n: u32| n == 102 && w == 10;
+    let dir = tempfile::tempdir().unwrap();
+    drop(database(dir.path(), 12, many_faults, silent));
+
+    let cluster = collector_storage_clickhouse::cluster::LocalCluster::start(2).unwrap();
+    let options = collector_storage_clickhouse::Options {
+        database: "verdicts".to_string(),
+        cluster: collector_storage_clickhouse::cluster::CLUSTER.to_string(),
+        shard_urls: cluster.urls(),
+        ..collector_storage_clickhouse::Options::new(cluster.url(0))
+    };
+    let mut clickhouse = collector_storage_clickhouse::ClickHouseStore::open(options).unwrap();
+    fill(&mut clickhouse, 0..12, many_faults, silent);
+
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, topology_racks().concat()).unwrap();
+    let report = |backend: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
+            .args(["report", "--since", "all", "--format", "json", "--topology"])
+            .arg(&topology)
+            .args(backend)
+            .env("FLOWMESH_ANALYZER_STORAGE__CLICKHOUSE__DATABASE", "verdicts")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The range ends when the command ran.
+        json["to_ns"] = serde_json::Value::Null;
+        json
+    };
+    let sqlite = report(&["--database", dir.path().join("flowmesh.db").to_str().unwrap()]);
+    let on_clickhouse = report(&["--clickhouse", &cluster.url(1)]);
+    // Every fault is in it, so the comparison covers every kind of verdict.
+    let kinds: Vec<&str> = sqlite["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["host", "rack_pair", "slow_host"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(!sqlite["telemetry_gaps"].as_array().unwrap().is_empty());
+    assert_eq!(
+        serde_json::to_string_pretty(&on_clickhouse).unwrap(),
+        serde_json::to_string_pretty(&sqlite).unwrap()
+    );
+}

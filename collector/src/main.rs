@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 use collector::query::{self, Format};
 use collector::server::{self, Stats, Writer};
 use collector_storage::{BatchWriter, Question, Reader, SqliteStore};
-use configs::{CollectorConfig, ConfigArgs, Topology};
+use collector_storage_clickhouse::{ClickHouseStore, Options};
+use configs::{Backend, CollectorConfig, ConfigArgs, Topology};
 use configs_runtime::tls::{self, DevPki};
 use tracing::info;
 
@@ -45,9 +46,14 @@ enum Command {
         /// Rows at most.
         #[arg(long, default_value_t = 20, global = true)]
         limit: usize,
-        /// The database; default: `database` from the configuration.
-        #[arg(long, value_name = "FILE", global = true)]
+        /// Read this SQLite database, whatever the configuration says.
+        #[arg(long, value_name = "FILE", global = true, conflicts_with = "clickhouse")]
         database: Option<PathBuf>,
+        /// Read the ClickHouse cluster at this HTTP URL (database, cluster
+        /// and credentials from `[storage.clickhouse]`), whatever the
+        /// configuration's backend.
+        #[arg(long, value_name = "URL", global = true)]
+        clickhouse: Option<String>,
     },
     /// Generate a development CA and certificates for a collector and samplers
     /// (for demos and tests; use your own PKI in production).
@@ -102,15 +108,15 @@ fn run() -> anyhow::Result<()> {
             since,
             limit,
             database,
+            clickhouse,
         }) => {
-            let database = match database {
-                Some(path) => path,
-                None => match cli.config.load_or_print::<CollectorConfig>()? {
-                    Some(config) => config.database,
-                    None => return Ok(()),
-                },
+            let config = match (&database, cli.config.load_or_print::<CollectorConfig>()?) {
+                (_, Some(config)) => config,
+                // --print-default-config: printed, nothing to answer.
+                (None, None) => return Ok(()),
+                (Some(_), None) => CollectorConfig::default(),
             };
-            let store = SqliteStore::open_read_only(&database)?;
+            let store = open_reader(&config, database, clickhouse)?;
             let since_ns = since.start_ns(server::now_ns());
             let question = match question {
                 QueryCommand::WorstPaths => Question::WorstPaths,
@@ -135,10 +141,37 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
+/// The store `query` reads: `--database` or `--clickhouse` when given, else
+/// the configuration's backend.
+fn open_reader(
+    config: &CollectorConfig,
+    database: Option<PathBuf>,
+    clickhouse: Option<String>,
+) -> anyhow::Result<Box<dyn Reader>> {
+    let backend = match (&database, &clickhouse) {
+        (Some(_), _) => Backend::Sqlite,
+        (None, Some(_)) => Backend::Clickhouse,
+        (None, None) => config.storage.backend,
+    };
+    Ok(match backend {
+        Backend::Sqlite => Box::new(SqliteStore::open_read_only(
+            &database.unwrap_or_else(|| config.database.clone()),
+        )?),
+        Backend::Clickhouse => {
+            let mut options = Options::from_config(&config.storage.clickhouse);
+            options.url = clickhouse.unwrap_or(options.url);
+            Box::new(ClickHouseStore::open_read_only(options)?)
+        }
+    })
+}
+
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start, so an early stop is still clean.
     let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
-    let mut store = SqliteStore::open(&config.database)?;
+    let mut store: Box<dyn BatchWriter> = match config.storage.backend {
+        Backend::Sqlite => Box::new(SqliteStore::open(&config.database)?),
+        Backend::Clickhouse => Box::new(ClickHouseStore::open(Options::from_config(&config.storage.clickhouse))?),
+    };
     if let Some(path) = &config.topology {
         let topology = Topology::load(path)?;
         for rack in topology.racks() {
@@ -153,10 +186,18 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .with_context(|| format!("listening on {} (key `listen`)", config.listen))?;
     let local: SocketAddr = endpoint.local_addr()?;
-    info!(message = "Collector listening.", %local, database = %config.database.display());
+    let storage = match config.storage.backend {
+        Backend::Sqlite => config.database.display().to_string(),
+        Backend::Clickhouse => format!(
+            "clickhouse {} database {} cluster {}",
+            config.storage.clickhouse.url, config.storage.clickhouse.database, config.storage.clickhouse.cluster
+        ),
+    };
+    info!(message = "Collector listening.", %local, %storage);
 
     let stats = Arc::new(Stats::default());
-    let telemetry = collector::telemetry::endpoint(stats.clone(), &config.database);
+    let sqlite_file = (config.storage.backend == Backend::Sqlite).then_some(config.database.as_path());
+    let telemetry = collector::telemetry::endpoint(stats.clone(), sqlite_file);
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics.listen)
         .await
         .with_context(|| format!("listening on {} (key `metrics.listen`)", config.metrics.listen))?;
@@ -166,7 +207,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
         let _ = metrics_stopped.await;
     }));
     let (writer, writer_thread) = Writer::spawn(
-        Box::new(store),
+        store,
         config.max_pending_batches,
         config.batches_per_transaction,
         stats.clone(),

@@ -62,9 +62,10 @@ pub const FAMILIES: &[Family] = &[
 ];
 
 /// The collector's endpoint: its counters in `stats`, the size of the
-/// database file at `database`.
-pub fn endpoint(stats: Arc<Stats>, database: &Path) -> Endpoint {
-    let database = database.to_path_buf();
+/// SQLite database file at `database` (`None`: another backend, whose size
+/// its own server reports).
+pub fn endpoint(stats: Arc<Stats>, database: Option<&Path>) -> Endpoint {
+    let database = database.map(Path::to_path_buf);
     Endpoint::new(
         FAMILIES,
         Arc::new(move || {
@@ -81,7 +82,9 @@ pub fn endpoint(stats: Arc<Stats>, database: &Path) -> Endpoint {
             CONNECTIONS_REFUSED.absolute(&[], Stats::get(&s.connections_refused));
             TRANSACTIONS.absolute(&[], Stats::get(&s.transactions));
             BATCHES_PRUNED.absolute(&[], Stats::get(&s.batches_pruned));
-            DATABASE_BYTES.set(&[], collector_storage::sqlite::database_bytes(&database) as f64);
+            if let Some(database) = &database {
+                DATABASE_BYTES.set(&[], collector_storage::sqlite::database_bytes(database) as f64);
+            }
         }),
     )
 }

@@ -6,13 +6,17 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{Checks, Component, Invalid};
+use crate::storage::Storage;
 
 /// Configuration of `flowmesh-analyzer`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnalyzerConfig {
-    /// The collector's SQLite database (opened read-only).
+    /// The collector's SQLite database (opened read-only), when
+    /// `storage.backend` is `sqlite`.
     pub database: PathBuf,
+    /// The storage backend: SQLite (`database`) or a ClickHouse cluster.
+    pub storage: Storage,
     /// The topology file.
     pub topology: PathBuf,
     /// Anomaly thresholds.
@@ -73,6 +77,7 @@ impl Default for AnalyzerConfig {
     fn default() -> Self {
         AnalyzerConfig {
             database: PathBuf::from("/var/lib/flowmesh/flowmesh.db"),
+            storage: Storage::default(),
             topology: PathBuf::from("/etc/flowmesh/topology.toml"),
             detect: Detection::default(),
             localize: Localization::default(),
@@ -113,6 +118,7 @@ impl Component for AnalyzerConfig {
     fn validate(&self) -> Vec<Invalid> {
         let mut c = Checks::default();
         c.path("database", &self.database);
+        self.storage.check(&mut c);
         c.path("topology", &self.topology);
         let d = &self.detect;
         c.range("detect.loss_rate", d.loss_rate, 0.0..=1.0, "a fraction");

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{Checks, Component, Invalid, MetricsEndpoint, TlsFiles};
+use crate::storage::Storage;
 
 /// Configuration of `flowmesh-collector`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,8 +18,11 @@ pub struct CollectorConfig {
     /// The collector's server certificate and the CA that signs samplers'
     /// client certificates.
     pub tls: TlsFiles,
-    /// The SQLite database file (created if missing).
+    /// The SQLite database file (created if missing), when
+    /// `storage.backend` is `sqlite`.
     pub database: PathBuf,
+    /// The storage backend: SQLite (`database`) or a ClickHouse cluster.
+    pub storage: Storage,
     /// Topology file whose racks and nodes are recorded in the database.
     /// Unset: racks and nodes are learned from batches only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,6 +44,7 @@ impl Default for CollectorConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
             tls: TlsFiles::under_etc("collector"),
             database: PathBuf::from("/var/lib/flowmesh/flowmesh.db"),
+            storage: Storage::default(),
             topology: None,
             retention_days: 30,
             max_pending_batches: 64,
@@ -61,6 +66,7 @@ impl Component for CollectorConfig {
         c.path("tls.cert", &self.tls.cert);
         c.path("tls.key", &self.tls.key);
         c.path("database", &self.database);
+        self.storage.check(&mut c);
         c.range("retention_days", self.retention_days, 1..=3_650, "days");
         c.range("max_pending_batches", self.max_pending_batches, 1..=100_000, "batches");
         c.range(

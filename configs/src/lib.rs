@@ -21,6 +21,7 @@ mod analyzer;
 mod collector;
 mod component;
 mod sampler;
+mod storage;
 mod topology;
 
 pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};
@@ -28,4 +29,5 @@ pub use analyzer::{AnalyzerConfig, Detection, Localization};
 pub use collector::CollectorConfig;
 pub use component::{Component, ConfigArgs, ConfigError, Invalid, MetricsEndpoint, Since, TlsFiles};
 pub use sampler::{Aggregation, Ingest, SamplerConfig, SamplerUplink};
+pub use storage::{Backend, ClickHouseStorage, Storage};
 pub use topology::{Node, Problem, Rack, Topology, TopologyError};
