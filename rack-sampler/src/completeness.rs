@@ -1,10 +1,20 @@
 //! Per-agent telemetry completeness from datagram sequence numbers.
 //!
 //! Each agent numbers its datagrams per epoch (one run of the agent), +1 per
-//! datagram, wrapping at 2³². A [`SequenceTracker`] remembers, per agent, the
-//! highest number seen and which of the last [`HISTORY`] numbers arrived, so
-//! it can tell a new datagram from a duplicate or a late (reordered) one, and
-//! how many datagrams the numbers say were sent.
+//! datagram, wrapping at 2³². A [`SequenceTracker`] remembers, per agent and
+//! for its latest run and the run before it, the highest number seen and
+//! which of the last [`HISTORY`] numbers arrived, so it can tell a new
+//! datagram from a duplicate or a late (reordered) one, and how many
+//! datagrams the numbers say were sent.
+//!
+//! A datagram is counted at most once: one too old for the history to say
+//! whether it already arrived (more than [`HISTORY`] behind the highest of
+//! its run, or of a run before the previous one) may be a replay, so it is
+//! refused rather than accepted as late, and counted
+//! ([`SequenceTracker::too_old`]). Numbers compare by serial-number
+//! arithmetic, so wrapping is seamless: up to 2³¹ ahead of the highest is
+//! ahead, anything else behind. A replay from more than 2³¹ datagrams ago
+//! therefore reads as a jump ahead, the one case numbers alone cannot tell.
 //!
 //! Loss before the sampler first hears from an agent cannot be known (a
 //! sampler restarting must not count an agent's whole history as lost), so
@@ -13,7 +23,7 @@
 //! datagrams `0..=seq` of it are expected.
 
 /// How many sequence numbers behind the highest the tracker remembers; an
-/// older datagram is counted as reordered without a duplicate check.
+/// older datagram is refused as too old.
 pub const HISTORY: u32 = 1024;
 
 const WORDS: usize = (HISTORY / 64) as usize;
@@ -27,19 +37,39 @@ pub enum Arrival {
     New {
         /// Newly expected datagrams.
         expected: u32,
-        /// It arrived after a datagram numbered higher.
+        /// It arrived after a datagram numbered higher (or of a later run).
         reordered: bool,
         /// It is the first of a new agent run (epoch).
         restarted: bool,
     },
     /// A datagram already received: its records must not count twice.
     Duplicate,
+    /// A datagram too far behind the newest to tell whether it was received
+    /// (a replay, or so late it is outside every open window): refused,
+    /// and counted by [`SequenceTracker::too_old`].
+    TooOld,
 }
 
 /// Sequence state of one agent.
 #[derive(Debug, Clone, Default)]
 pub struct SequenceTracker {
     run: Option<Run>,
+    /// The run before `run`, whose stragglers may still arrive.
+    previous: Option<Run>,
+    too_old: u64,
+}
+
+/// Where a number stands in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Not seen: `expected` newly sent, `late` behind the highest.
+    New {
+        expected: u32,
+        late: bool,
+    },
+    Duplicate,
+    /// Behind the history: it cannot be told from a duplicate.
+    TooOld,
 }
 
 #[derive(Debug, Clone)]
@@ -87,12 +117,45 @@ impl Run {
             };
         }
     }
+
+    /// Accounts `seq` in this run.
+    fn observe(&mut self, seq: u32) -> Seen {
+        // Serial-number arithmetic: ahead when within half the space.
+        let ahead = seq.wrapping_sub(self.highest);
+        if ahead != 0 && ahead < 1 << 31 {
+            self.advance(ahead);
+            self.highest = seq;
+            self.set(0);
+            return Seen::New {
+                expected: ahead,
+                late: false,
+            };
+        }
+        let behind = self.highest.wrapping_sub(seq);
+        if behind >= HISTORY {
+            return Seen::TooOld;
+        }
+        if self.bit(behind) {
+            return Seen::Duplicate;
+        }
+        self.set(behind);
+        Seen::New {
+            expected: 0,
+            late: true,
+        }
+    }
 }
 
 impl SequenceTracker {
     /// The epoch of the agent's latest run, if any datagram arrived.
     pub fn epoch(&self) -> Option<u32> {
         self.run.as_ref().map(|r| r.epoch)
+    }
+
+    /// Datagrams refused because they were too old to tell from a
+    /// duplicate (reported as [`Arrival::TooOld`]).
+    pub fn too_old(&self) -> u64 {
+        self.too_old
     }
 
     /// Accounts one datagram of `epoch` numbered `seq`.
@@ -105,51 +168,37 @@ impl SequenceTracker {
                 restarted: false,
             };
         };
-        if epoch != run.epoch {
-            // Epochs are the agent's start time: an older one is a straggler
-            // from the previous run, still real telemetry, not a restart.
-            if epoch < run.epoch {
-                return Arrival::New {
-                    expected: 0,
-                    reordered: true,
-                    restarted: false,
-                };
-            }
-            *run = Run::start(epoch, seq);
+        // Epochs are the agent's start time: a later one is a restart, an
+        // earlier one a straggler from a previous run.
+        let (seen, straggler) = if epoch == run.epoch {
+            (run.observe(seq), false)
+        } else if epoch > run.epoch {
+            self.previous = self.run.replace(Run::start(epoch, seq));
             return Arrival::New {
                 expected: seq.saturating_add(1),
                 reordered: false,
                 restarted: true,
             };
-        }
-        // Serial-number arithmetic: ahead when within half the space.
-        let ahead = seq.wrapping_sub(run.highest);
-        if ahead != 0 && ahead < 1 << 31 {
-            run.advance(ahead);
-            run.highest = seq;
-            run.set(0);
-            return Arrival::New {
-                expected: ahead,
-                reordered: false,
+        } else {
+            // The previous run's stragglers are still real telemetry, checked
+            // against its history like any other. An older run's state is
+            // gone, so its datagrams cannot be told from replays.
+            match self.previous.as_mut() {
+                Some(previous) if previous.epoch == epoch => (previous.observe(seq), true),
+                _ => (Seen::TooOld, true),
+            }
+        };
+        match seen {
+            Seen::New { expected, late } => Arrival::New {
+                expected,
+                reordered: late || straggler,
                 restarted: false,
-            };
-        }
-        let behind = run.highest.wrapping_sub(seq);
-        if behind >= HISTORY {
-            return Arrival::New {
-                expected: 0,
-                reordered: true,
-                restarted: false,
-            };
-        }
-        if run.bit(behind) {
-            return Arrival::Duplicate;
-        }
-        run.set(behind);
-        Arrival::New {
-            expected: 0,
-            reordered: true,
-            restarted: false,
+            },
+            Seen::Duplicate => Arrival::Duplicate,
+            Seen::TooOld => {
+                self.too_old += 1;
+                Arrival::TooOld
+            }
         }
     }
 }
@@ -203,9 +252,45 @@ mod tests {
             }
         );
         assert_eq!(t.epoch(), Some(11));
-        // A straggler of the old run is telemetry, not a second restart.
-        assert_eq!(t.observe(10, 5001), new(0, true));
+        // A straggler of the old run is telemetry, not a second restart:
+        // late, and one more datagram that run sent.
+        assert_eq!(t.observe(10, 5001), new(1, true));
+        assert_eq!(t.observe(10, 4999), new(0, true));
         assert_eq!(t.observe(11, 3), new(1, false));
+        // Checked against that run's history like any other.
+        assert_eq!(t.observe(10, 5001), Arrival::Duplicate);
+        assert_eq!(t.observe(10, 5001 - HISTORY), Arrival::TooOld);
+        assert_eq!(t.too_old(), 1);
+    }
+
+    #[test]
+    fn a_run_before_the_previous_is_refused() {
+        let mut t = SequenceTracker::default();
+        t.observe(10, 0);
+        t.observe(11, 0);
+        t.observe(12, 0);
+        assert_eq!(t.observe(10, 0), Arrival::TooOld);
+        assert_eq!(t.observe(10, 1), Arrival::TooOld, "unseen, but cannot be told");
+        assert_eq!(t.observe(11, 1), new(1, true));
+        assert_eq!(t.too_old(), 2);
+    }
+
+    #[test]
+    fn replays_older_than_the_history_are_refused_across_the_wrap() {
+        let mut t = SequenceTracker::default();
+        let first = u32::MAX - 100;
+        for i in 0..2_000u32 {
+            assert!(matches!(t.observe(1, first.wrapping_add(i)), Arrival::New { .. }));
+        }
+        for i in 0..2_000u32 {
+            let expected = if i < 2_000 - HISTORY {
+                Arrival::TooOld
+            } else {
+                Arrival::Duplicate
+            };
+            assert_eq!(t.observe(1, first.wrapping_add(i)), expected, "{i}");
+        }
+        assert_eq!(t.too_old(), u64::from(2_000 - HISTORY));
     }
 
     #[test]
@@ -220,8 +305,9 @@ mod tests {
             let expected = if seq % 3 == 0 { Arrival::Duplicate } else { new(0, true) };
             assert_eq!(t.observe(1, seq), expected, "seq {seq}");
         }
-        // Beyond the history: accepted as late, cannot be checked.
-        assert_eq!(t.observe(1, highest - HISTORY), new(0, true));
+        // Beyond the history: it cannot be checked, so it is refused.
+        assert_eq!(t.observe(1, highest - HISTORY), Arrival::TooOld);
+        assert_eq!(t.too_old(), 1);
     }
 
     #[test]
@@ -231,5 +317,7 @@ mod tests {
         assert_eq!(t.observe(1, 5000), new(5000, false));
         assert_eq!(t.observe(1, 4999), new(0, true));
         assert_eq!(t.observe(1, 4999), Arrival::Duplicate);
+        assert_eq!(t.observe(1, 0), Arrival::TooOld);
+        assert_eq!(t.too_old(), 1);
     }
 }

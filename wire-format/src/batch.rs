@@ -99,8 +99,10 @@ pub struct BatchHeader {
     /// Valid records the sampler could not aggregate in this window because a
     /// configured memory bound was reached.
     pub records_over_capacity: U32,
-    /// Batches the sampler's spool discarded (oldest first, when full) since
-    /// the previous batch it built: windows that will never arrive.
+    /// Batches the sampler's spool discarded (oldest first when full, or
+    /// unwritable) whose loss no batch delivered before this one reported,
+    /// counts carried by discarded batches included: summed over delivered
+    /// batches, the windows that will never arrive.
     pub spool_dropped_batches: U32,
     /// Zero.
     pub reserved2: [u8; 8],

@@ -198,6 +198,7 @@ impl Aggregator {
         let agent_totals = self.totals.agents.entry(node).or_default();
         agent_totals.last_seen_ns = arrival_ns;
         let (expected, reordered, restarted) = match arrival {
+            Arrival::TooOld => return refuse(self, Refusal::TooOld),
             Arrival::Duplicate => {
                 agent_totals.duplicate += 1;
                 self.totals.duplicates += 1;

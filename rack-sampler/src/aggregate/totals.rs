@@ -15,18 +15,22 @@ pub enum Refusal {
     Malformed(DropReason),
     /// Its node id is not a node of this sampler's rack.
     ForeignNode(u32),
+    /// Its sequence number is too far behind its agent's newest to tell
+    /// whether it was already counted (a replay of old datagrams).
+    TooOld,
 }
 
 impl Refusal {
     /// Every metric label a refusal is counted under.
-    pub const LABELS: [&'static str; DropReason::ALL.len() + 1] = {
-        let mut labels = [""; DropReason::ALL.len() + 1];
+    pub const LABELS: [&'static str; DropReason::ALL.len() + 2] = {
+        let mut labels = [""; DropReason::ALL.len() + 2];
         let mut i = 0;
         while i < DropReason::ALL.len() {
             labels[i] = DropReason::ALL[i].as_str();
             i += 1;
         }
         labels[i] = "foreign_node";
+        labels[i + 1] = "sequence_too_old";
         labels
     };
 
@@ -35,6 +39,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(reason) => usize::from(reason.code()) - 1,
             Refusal::ForeignNode(_) => DropReason::ALL.len(),
+            Refusal::TooOld => DropReason::ALL.len() + 1,
         }
     }
 
