@@ -269,7 +269,7 @@ impl SamplerToml<'_> {
     pub(crate) fn render(&self) -> String {
         format!(
             "sampler_id = {}\nrack = \"{}\"\ntopology = \"{}\"\n\n[ingest]\nlisten = [\"{}\"]\n\n\
-             [aggregate]\nwindow_secs = {}\ngrace_ms = {}\n\n[uplink]\ncollector = \"{}\"\n\
+             [aggregate]\nwindow_secs = {}\ngrace_ms = {}\n\n[uplink]\ncollectors = [\"{}\"]\n\
              server_name = \"localhost\"\nspool_dir = \"{}\"\n\
              tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n\n[metrics]\nlisten = \"{}\"\n",
             self.id,

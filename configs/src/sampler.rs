@@ -1,5 +1,5 @@
 //! `flowmesh-sampler`: one per rack; aggregates its agents' datagrams per
-//! window and forwards batches to the collector.
+//! window and forwards batches to one of the collectors.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ pub struct SamplerConfig {
     pub ingest: Ingest,
     /// Windows, bounds and downsampling.
     pub aggregate: Aggregation,
-    /// QUIC uplink to the collector, and the spool.
+    /// QUIC uplink to the collectors, and the spool.
     pub uplink: SamplerUplink,
     /// Prometheus and health endpoint.
     pub metrics: MetricsEndpoint,
@@ -77,9 +77,12 @@ pub struct Aggregation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplerUplink {
-    /// The collector's QUIC address.
-    pub collector: SocketAddr,
-    /// Name the collector's certificate must carry.
+    /// The collectors' QUIC addresses, as "host:port" with an IPv4 address,
+    /// an IPv6 address in brackets or a DNS name. Batches go to one at a
+    /// time; when it fails the uplink moves on to the next in the list
+    /// (round robin). Names are resolved at each connection attempt.
+    pub collectors: Vec<String>,
+    /// Name every collector's certificate must carry.
     pub server_name: String,
     /// This sampler's client certificate and the CA that signs the
     /// collector's.
@@ -89,7 +92,9 @@ pub struct SamplerUplink {
     /// Spool size limit, bytes; when full the oldest batches are dropped and
     /// counted.
     pub spool_max_bytes: u64,
-    /// Give up on a collector acknowledgement after this long and retry, ms.
+    /// Give up on a collector acknowledgement, or on a connection handshake,
+    /// after this long and retry (with the next collector, if there are
+    /// several), ms.
     pub ack_timeout_ms: u64,
 }
 
@@ -139,7 +144,7 @@ impl Default for Aggregation {
 impl Default for SamplerUplink {
     fn default() -> Self {
         SamplerUplink {
-            collector: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            collectors: vec![String::from("127.0.0.1:4433")],
             server_name: String::from("flowmesh-collector"),
             tls: TlsFiles::under_etc("sampler"),
             spool_dir: PathBuf::from("/var/lib/flowmesh/spool"),
@@ -152,7 +157,7 @@ impl Default for SamplerUplink {
 impl Component for SamplerConfig {
     const NAME: &'static str = "sampler";
     const ENV_PREFIX: &'static str = "FLOWMESH_SAMPLER";
-    const LIST_KEYS: &'static [&'static str] = &["ingest.listen"];
+    const LIST_KEYS: &'static [&'static str] = &["ingest.listen", "uplink.collectors"];
 
     fn validate(&self) -> Vec<Invalid> {
         let mut c = Checks::default();
@@ -208,10 +213,26 @@ impl Component for SamplerConfig {
         c.range("aggregate.max_flows", agg.max_flows, 0..=100_000_000, "flows");
         let up = &self.uplink;
         c.check(
+            !up.collectors.is_empty(),
+            "uplink.collectors",
+            "[]",
+            "one or more collectors as \"host:port\", such as \"collector1.example:4433\"",
+        );
+        for (i, entry) in up.collectors.iter().enumerate() {
+            let key = format!("uplink.collectors[{i}]");
+            if !is_host_port(entry) {
+                c.check(false, &key, format_args!("{entry:?}"), COLLECTOR_FORM);
+            } else if let Some(first) = up.collectors[..i].iter().position(|e| e == entry) {
+                // A repeat would only make failover try the same collector twice.
+                let expected = format!("each collector once (it is also uplink.collectors[{first}])");
+                c.check(false, &key, format_args!("{entry:?}"), &expected);
+            }
+        }
+        c.check(
             !up.server_name.is_empty(),
             "uplink.server_name",
             "\"\"",
-            "the DNS name in the collector's certificate",
+            "the DNS name in the collectors' certificates",
         );
         c.path("uplink.tls.ca", &up.tls.ca);
         c.path("uplink.tls.cert", &up.tls.cert);
@@ -225,5 +246,152 @@ impl Component for SamplerConfig {
             "milliseconds",
         );
         c.0
+    }
+}
+
+/// What an entry of `uplink.collectors` must look like.
+const COLLECTOR_FORM: &str = "\"host:port\" with a port from 1 to 65535 and an IPv4 address, an IPv6 address in \
+                              brackets or a DNS name, such as \"collector1.example:4433\", \"198.18.0.1:4433\" or \
+                              \"[fd00::1]:4433\"";
+
+/// Whether `entry` is "host:port" with a non-zero port and an IPv4 address,
+/// a bracketed IPv6 address or a DNS name: the forms the uplink resolves.
+fn is_host_port(entry: &str) -> bool {
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return addr.port() != 0;
+    }
+    let Some((host, port)) = entry.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok =
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0);
+    port_ok && is_dns_name(host)
+}
+
+/// Whether `host` is a DNS name (RFC 1123 labels; `_` allowed, as resolvers
+/// accept it), optionally fully qualified with a final dot.
+fn is_dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    // An all-numeric last label is a malformed IPv4 address ("198.18.0.300"),
+    // not a name, and would otherwise be looked up in DNS.
+    let numeric = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    host.split('.').all(label_ok) && !numeric
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+    use super::*;
+
+    /// A valid configuration but for `collectors`, loaded through the
+    /// environment as a deployment would set it.
+    fn load(collectors: &str) -> Result<SamplerConfig, String> {
+        let env = [
+            ("FLOWMESH_SAMPLER_SAMPLER_ID", "1"),
+            ("FLOWMESH_SAMPLER_RACK", "rack1"),
+            ("FLOWMESH_SAMPLER_UPLINK__COLLECTORS", collectors),
+        ];
+        SamplerConfig::load_with_env(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn collectors_accept_addresses_and_host_names() {
+        let entries = [
+            "198.18.0.1:4433",
+            "[fd00::1]:4433",
+            "[::1]:1",
+            "localhost:4433",
+            "collector-1.dc1.example:65535",
+            "flowmesh-collector-0.flowmesh-collector.flowmesh.svc.cluster.local.:4433",
+            "_quic.collector:4433",
+        ];
+        for entry in entries {
+            assert!(is_host_port(entry), "{entry}");
+        }
+        let config = load(&entries.join(",")).unwrap();
+        assert_eq!(config.uplink.collectors, entries);
+    }
+
+    #[test]
+    fn collector_entries_without_host_or_port_are_refused() {
+        let entries = [
+            "",
+            "collector",
+            "collector:",
+            ":4433",
+            "collector:0",
+            "collector:65536",
+            "collector:+4433",
+            "collector:http",
+            "198.18.0.1",
+            "198.18.0.300:4433",
+            "fd00::1:4433",
+            "[fd00::1]",
+            "[fd00::1]:0",
+            "-collector:4433",
+            "collector..dc:4433",
+            "collector dc:4433",
+            "https://collector:4433",
+        ];
+        for entry in entries {
+            assert!(!is_host_port(entry), "{entry:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_bad_collector_is_named_with_its_key_on_one_line() {
+        let err = load("198.18.0.1:4433,collector.dc1").unwrap_err();
+        assert_eq!(
+            err,
+            format!("sampler configuration: uplink.collectors[1] = \"collector.dc1\": expected {COLLECTOR_FORM}")
+        );
+        assert_eq!(err.lines().count(), 1);
+
+        let err = load("[fd00::1]:4433,collector:4433,[fd00::1]:4433").unwrap_err();
+        assert_eq!(
+            err,
+            "sampler configuration: uplink.collectors[2] = \"[fd00::1]:4433\": expected each collector once \
+             (it is also uplink.collectors[0])"
+        );
+    }
+
+    #[test]
+    fn an_empty_collector_list_is_refused() {
+        let mut config = SamplerConfig {
+            sampler_id: 1,
+            rack: "rack1".into(),
+            ..SamplerConfig::default()
+        };
+        assert!(config.validate().is_empty());
+        config.uplink.collectors.clear();
+        let problems: Vec<String> = config.validate().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "uplink.collectors = []: expected one or more collectors as \"host:port\", such as \"collector1.example:4433\""
+            ]
+        );
+    }
+
+    #[test]
+    fn the_default_is_the_local_collector_and_the_old_key_is_refused() {
+        assert_eq!(SamplerUplink::default().collectors, ["127.0.0.1:4433"]);
+        let err = toml::from_str::<SamplerConfig>("[uplink]\ncollector = \"127.0.0.1:4433\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `collector`"), "{err}");
     }
 }

@@ -184,7 +184,7 @@ fn wrong_types_and_unknown_keys_are_named() {
     let path = write(
         &dir,
         "sampler.toml",
-        "sampler_id = 1\nrack = \"r\"\n[uplink]\ncollector = \"nowhere\"\n",
+        "sampler_id = 1\nrack = \"r\"\n[uplink]\ncollectors = \"nowhere\"\n",
     );
     let err = SamplerConfig::load_with_env(Some(&path), no_env())
         .unwrap_err()

@@ -1,5 +1,5 @@
 //! `flowmesh-sampler`: one per rack; aggregates its agents' datagrams per
-//! window and forwards batches to the collector over QUIC.
+//! window and forwards batches to one of its collectors over QUIC.
 
 use std::process::ExitCode;
 
@@ -11,8 +11,9 @@ use tracing::info;
 
 /// flowmesh rack sampler: receives agent datagrams over UDP, aggregates them
 /// per path and window, keeps every anomalous raw record and a weighted
-/// sample of the rest, and sends one batch per window to the collector
-/// (QUIC, mutual TLS), spooling to disk while it is unreachable.
+/// sample of the rest, and sends one batch per window to a collector
+/// (QUIC, mutual TLS), failing over between the collectors of
+/// `uplink.collectors` and spooling to disk while none is reachable.
 ///
 /// Development certificates: `flowmesh-collector dev-certs --out DIR
 /// --sampler NAME`.
@@ -39,11 +40,13 @@ fn run() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?
         .block_on(async {
             let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
+            let collectors = config.uplink.collectors.clone();
             let sampler = Sampler::start(config, shutdown).await?;
             info!(
                 message = "sampler running",
                 ingest = ?sampler.ingest_addrs,
-                metrics = %sampler.metrics_addr
+                metrics = %sampler.metrics_addr,
+                collectors = ?collectors
             );
             sampler.run().await;
             info!(message = "sampler stopped");

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::aggregate::{self, Aggregator, ClosedWindow, EmittedWindow, Settings};
 use crate::spool::{Spool, SpoolError, SpoolKey};
-use crate::uplink::{self, Target, UplinkStats};
+use crate::uplink::{self, Backoff, INITIAL_BACKOFF, MAX_BACKOFF, Target, UplinkStats};
 use crate::{ingest, now_ns, telemetry};
 
 /// How often due windows are emitted.
@@ -117,17 +117,20 @@ impl Sampler {
                 source,
             })?;
         let metrics_addr = metrics_listener.local_addr().unwrap_or(config.metrics.listen);
+        let ack_timeout = Duration::from_millis(config.uplink.ack_timeout_ms);
         let target = Target {
-            addr: config.uplink.collector,
+            collectors: config.uplink.collectors.clone(),
             server_name: config.uplink.server_name.clone(),
-            ack_timeout: Duration::from_millis(config.uplink.ack_timeout_ms),
+            ack_timeout,
+            // A collector that does not answer a handshake in the time it
+            // would have to acknowledge a batch is given up on for the next.
+            connect_timeout: ack_timeout,
         };
-        let endpoint = uplink::client_endpoint(&target, client_config).map_err(|source| StartError::Bind {
-            what: "QUIC client endpoint for",
-            addr: target.addr,
-            source,
-        })?;
-        let stats = Arc::new(UplinkStats::default());
+        // Sockets are bound per address family as the collectors' names
+        // resolve, so nothing is bound here.
+        let endpoints = Arc::new(uplink::Endpoints::new(client_config));
+        let backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF, uplink::jitter(config.sampler_id));
+        let stats = Arc::new(UplinkStats::new(config.uplink.collectors.clone()));
         let metrics = telemetry::endpoint(aggregator.clone(), spool.clone(), stats.clone(), topology);
 
         let spool_dir = config.uplink.spool_dir.clone();
@@ -145,8 +148,9 @@ impl Sampler {
                 }));
             }
             let uplink_task = tokio::spawn(uplink::run(
-                endpoint.clone(),
+                endpoints.clone(),
                 target,
+                backoff,
                 spool.clone(),
                 wake.clone(),
                 stats,
@@ -207,8 +211,7 @@ impl Sampler {
             // The uplink finishes the batch in flight; the rest wait in the
             // spool for the next start.
             let _ = tokio::time::timeout(Duration::from_secs(5), uplink_task).await;
-            endpoint.close(0u32.into(), b"sampler stopping");
-            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            endpoints.close(Duration::from_secs(2)).await;
             let _ = metrics_task.await;
         };
         Ok(Sampler {

@@ -1,8 +1,9 @@
 //! What the sampler's Prometheus endpoint reports
 //! ([`configs_runtime::endpoint`] serves it): datagrams and records
 //! received, drops by reason, per-agent completeness, bounds reached, spool
-//! depth and the uplink's state. Each family is declared once here and
-//! recorded through that declaration.
+//! depth and the uplink's state (which collector it is connected to,
+//! failovers). Each family is declared once here and recorded through that
+//! declaration.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -100,7 +101,7 @@ pub const AGENT_RESTARTS: Family = Family::counter(
 /// Batches the full spool discarded: windows that will never reach the collector.
 pub const SPOOL_DROPPED_BATCHES: Family = Family::counter(
     "flowmesh_sampler_spool_dropped_batches_total",
-    "Batches the full spool discarded: windows that will never reach the collector.",
+    "Batches the spool discarded (full, a batch larger than it, or a failed write): windows that will never reach the collector.",
 );
 
 /// Batches written to the collector.
@@ -145,10 +146,22 @@ pub const SPOOL_BATCHES: Family = Family::gauge("flowmesh_sampler_spool_batches"
 pub const SPOOL_BYTES: Family =
     Family::gauge("flowmesh_sampler_spool_bytes", "Bytes waiting in the spool.").with_unit(Unit::Bytes);
 
-/// 1 while connected to the collector, else 0.
+/// 1 while connected to a collector, else 0.
 pub const UPLINK_CONNECTED: Family = Family::gauge(
     "flowmesh_sampler_uplink_connected",
-    "1 while connected to the collector, else 0.",
+    "1 while connected to a collector, else 0.",
+);
+
+/// 1 for the collector of uplink.collectors the uplink is connected to, 0 for the others.
+pub const UPLINK_COLLECTOR_CONNECTED: Family = Family::gauge(
+    "flowmesh_sampler_uplink_collector_connected",
+    "1 for the collector of uplink.collectors the uplink is connected to, 0 for the others.",
+);
+
+/// Times the uplink moved on to the next collector of uplink.collectors after a failure.
+pub const UPLINK_FAILOVERS: Family = Family::counter(
+    "flowmesh_sampler_uplink_failovers_total",
+    "Times the uplink moved on to the next collector of uplink.collectors after a failure.",
 );
 
 /// Every family the sampler exports.
@@ -172,9 +185,11 @@ pub const FAMILIES: &[Family] = &[
     UPLINK_BATCHES_ACKED,
     UPLINK_BATCHES_REJECTED,
     UPLINK_FAILURES,
+    UPLINK_FAILOVERS,
     FLOWS_TRACKED,
     SPOOL_BATCHES,
     UPLINK_CONNECTED,
+    UPLINK_COLLECTOR_CONNECTED,
     AGENT_LAST_SEEN_SECONDS,
     SPOOL_BYTES,
 ];
@@ -224,7 +239,14 @@ pub fn endpoint(
                 SPOOL_DROPPED_BATCHES.absolute(&[], s.dropped_total());
             }
             let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
-            UPLINK_CONNECTED.set(&[], f64::from(u8::from(uplink.connected.load(Ordering::Relaxed))));
+            let connected = uplink.connected_to();
+            UPLINK_CONNECTED.set(&[], f64::from(u8::from(connected.is_some())));
+            // One series per configured collector, so none goes stale.
+            for (index, collector) in uplink.collectors.iter().enumerate() {
+                let up = f64::from(u8::from(connected == Some(index)));
+                UPLINK_COLLECTOR_CONNECTED.set(&[("collector", collector)], up);
+            }
+            UPLINK_FAILOVERS.absolute(&[], get(&uplink.failovers));
             UPLINK_BATCHES_SENT.absolute(&[], get(&uplink.batches_sent));
             UPLINK_BATCHES_ACKED.absolute(&[("status", "stored")], get(&uplink.acked_stored));
             UPLINK_BATCHES_ACKED.absolute(&[("status", "duplicate")], get(&uplink.acked_duplicate));

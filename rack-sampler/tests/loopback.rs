@@ -1,8 +1,10 @@
 //! The sampler binary on loopback: synthetic agents send real UDP datagrams;
 //! a real QUIC server in the test stands in for the collector and records
 //! every batch. Covers exact delivery across a collector outage and a
-//! sampler restart, the malformed-datagram corpus, the Prometheus endpoint
-//! and a refused client certificate.
+//! sampler restart, failover between several collectors (one down from the
+//! start, one that never acknowledges, one stopped mid-run), a collector
+//! given by host name, the malformed-datagram corpus, the Prometheus
+//! endpoint and a refused client certificate.
 //!
 //! Nothing here sleeps for a guessed time: every wait polls an observable
 //! condition (a metric, a batch the stand-in received, the child's exit)
@@ -54,6 +56,21 @@ struct StandIn {
 
 impl StandIn {
     fn start(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>) -> StandIn {
+        StandIn::serve(files, addr, received, true)
+    }
+
+    /// A collector that takes batches (recorded in `received`) but never
+    /// acknowledges one, as if it died after reading each.
+    fn start_silent(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>) -> StandIn {
+        StandIn::serve(files, addr, received, false)
+    }
+
+    /// The address it listens on.
+    fn addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap()
+    }
+
+    fn serve(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>, acknowledge: bool) -> StandIn {
         let endpoint = quinn::Endpoint::server(tls::server_config(files).unwrap(), addr).unwrap();
         let accepting = endpoint.clone();
         let task = tokio::spawn(async move {
@@ -61,12 +78,19 @@ impl StandIn {
                 let received = received.clone();
                 tokio::spawn(async move {
                     let Ok(connection) = incoming.await else { return };
+                    // Unanswered streams stay open until the connection ends.
+                    let mut unanswered = Vec::new();
                     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
                         let Ok(bytes) = recv.read_to_end(64 << 20).await else {
                             return;
                         };
                         let view = BatchView::parse(&bytes).unwrap();
                         let id = view.header.batch_id;
+                        if !acknowledge {
+                            received.lock().unwrap().batches.insert(id, bytes);
+                            unanswered.push(send);
+                            continue;
+                        }
                         let status = {
                             let mut r = received.lock().unwrap();
                             match r.batches.entry(id) {
@@ -107,7 +131,10 @@ struct Setup {
     dir: PathBuf,
     ingest: SocketAddr,
     metrics: SocketAddr,
+    /// The stand-in collector's address.
     collector: SocketAddr,
+    /// `uplink.collectors` as the sampler is given it.
+    collectors: Vec<String>,
     tls: TlsFiles,
 }
 
@@ -171,7 +198,7 @@ grace_ms = 300
 sample_one_in = 4
 
 [uplink]
-collector = "{collector}"
+collectors = [{collectors}]
 server_name = "localhost"
 spool_dir = "{spool}"
 ack_timeout_ms = 2000
@@ -183,7 +210,12 @@ listen = "{metrics}"
         topology = topology.display(),
         ingest = s.ingest,
         port = s.ingest.port(),
-        collector = s.collector,
+        collectors = s
+            .collectors
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         spool = s.dir.join("spool").display(),
         ca = s.tls.ca.display(),
         cert = s.tls.cert.display(),
@@ -193,11 +225,13 @@ listen = "{metrics}"
 }
 
 fn setup(dir: &Path, pki: &DevPki) -> Setup {
+    let collector: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     Setup {
         dir: dir.to_path_buf(),
         ingest: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
         metrics: format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap(),
-        collector: format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
+        collector,
+        collectors: vec![collector.to_string()],
         tls: pki.sampler("sampler-3"),
     }
 }
@@ -558,4 +592,224 @@ fn bad_configuration_names_the_key() {
         stderr.contains("rack `rack9`") && stderr.contains("rack1, rack2"),
         "{stderr}"
     );
+}
+
+/// Probes the batches account for (their paths' `probes_sent`).
+fn probes_in<'a>(batches: impl IntoIterator<Item = &'a Vec<u8>>) -> u64 {
+    batches
+        .into_iter()
+        .flat_map(|b| {
+            BatchView::parse(b)
+                .unwrap()
+                .paths
+                .iter()
+                .map(|p| u64::from(p.probes_sent.get()))
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Whether `r` holds a batch of the window starting at `window` or later.
+/// Batches go in window order, so every earlier one was delivered before.
+fn reached(r: &Received, window: u64) -> bool {
+    r.batches
+        .values()
+        .any(|b| BatchView::parse(b).unwrap().header.window_start_ns.get() >= window)
+}
+
+/// The `flowmesh_sampler_uplink_collector_connected` series of `collector`.
+fn connected_to(page: &str, collector: &str) -> Option<f64> {
+    metric(
+        page,
+        &format!("flowmesh_sampler_uplink_collector_connected{{collector=\"{collector}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_first_collector_down_every_batch_goes_to_the_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut s = setup(dir.path(), &pki);
+    // Nothing listens there: its handshake times out (ack_timeout_ms, 2 s).
+    let dead = format!("127.0.0.1:{}", free_udp_port());
+    let live = s.collector.to_string();
+    s.collectors = vec![dead.clone(), live.clone()];
+    let received = Arc::new(Mutex::new(Received::default()));
+    let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+    let sampler = SamplerProcess::start(&s, "failover");
+    wait_for_metrics(s.metrics, "the sampler's endpoint", |_| true).await;
+
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seq = 0;
+    let (sent, last_ns) = tokio::task::block_in_place(|| send_probes(&agent, s.ingest, 101, &mut seq, 60));
+    wait_for_received(&received, "the last probe's window at the second collector", |r| {
+        reached(r, window_of(last_ns))
+    })
+    .await;
+    let page = http_get(s.metrics, "/metrics").await.unwrap();
+    let log = sampler.log();
+    sampler.stop();
+    stand_in.stop().await;
+
+    let r = received.lock().unwrap();
+    assert_eq!(probes_in(r.batches.values()), sent, "probes lost or counted twice");
+    assert_eq!(
+        r.duplicates, 0,
+        "the dead collector acknowledged nothing, so nothing was resent"
+    );
+    assert_eq!(connected_to(&page, &live), Some(1.0), "{page}");
+    assert_eq!(connected_to(&page, &dead), Some(0.0), "{page}");
+    assert!(
+        metric(&page, "flowmesh_sampler_uplink_failovers_total").unwrap() >= 1.0,
+        "{page}"
+    );
+    assert!(metric(&page, "flowmesh_sampler_uplink_failures_total{kind=\"timeout\"}").unwrap() >= 1.0);
+    assert!(log.contains(&format!("no answer from the collector {dead}")), "{log}");
+    assert!(
+        log.contains(&format!("connected to the collector collector={live} addr={live}")),
+        "{log}"
+    );
+    configs_runtime::promtool::promtool_check(&page).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_first_collector_never_acknowledged_is_resent_to_the_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut s = setup(dir.path(), &pki);
+    // The first accepts the connection and reads every batch but never
+    // answers: the sampler must give up on it and resend to the second.
+    let swallowed = Arc::new(Mutex::new(Received::default()));
+    let silent = StandIn::start_silent(&pki.collector(), "127.0.0.1:0".parse().unwrap(), swallowed.clone());
+    let received = Arc::new(Mutex::new(Received::default()));
+    let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+    s.collectors = vec![silent.addr().to_string(), s.collector.to_string()];
+    let sampler = SamplerProcess::start(&s, "silent");
+    wait_for_metrics(s.metrics, "the sampler's endpoint", |_| true).await;
+
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seq = 0;
+    let (sent, last_ns) = tokio::task::block_in_place(|| send_probes(&agent, s.ingest, 101, &mut seq, 60));
+    wait_for_received(&received, "the last probe's window at the second collector", |r| {
+        reached(r, window_of(last_ns))
+    })
+    .await;
+    let page = http_get(s.metrics, "/metrics").await.unwrap();
+    sampler.stop();
+    silent.stop().await;
+    stand_in.stop().await;
+
+    let lost = swallowed.lock().unwrap();
+    let r = received.lock().unwrap();
+    assert!(!lost.batches.is_empty(), "the first collector was never sent a batch");
+    for id in lost.batches.keys() {
+        assert!(
+            r.batches.contains_key(id),
+            "batch {id} sent to the silent collector was not resent"
+        );
+    }
+    assert_eq!(probes_in(r.batches.values()), sent, "probes lost or counted twice");
+    assert!(metric(&page, "flowmesh_sampler_uplink_failures_total{kind=\"timeout\"}").unwrap() >= 1.0);
+    assert_eq!(connected_to(&page, &s.collectors[1]), Some(1.0), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_stopped_mid_run_is_replaced_by_the_next_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut s = setup(dir.path(), &pki);
+    let first_received = Arc::new(Mutex::new(Received::default()));
+    let first = StandIn::start(&pki.collector(), "127.0.0.1:0".parse().unwrap(), first_received.clone());
+    let second_received = Arc::new(Mutex::new(Received::default()));
+    let second = StandIn::start(&pki.collector(), s.collector, second_received.clone());
+    s.collectors = vec![first.addr().to_string(), s.collector.to_string()];
+    let sampler = SamplerProcess::start(&s, "stopped");
+    wait_for_metrics(s.metrics, "the sampler's endpoint", |_| true).await;
+
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seq = 0;
+    let mut sent = tokio::task::block_in_place(|| send_probes(&agent, s.ingest, 101, &mut seq, 30)).0;
+    wait_for_received(&first_received, "a batch at the first collector", |r| {
+        !r.batches.is_empty()
+    })
+    .await;
+    first.stop().await;
+    let (probes, last_ns) = tokio::task::block_in_place(|| send_probes(&agent, s.ingest, 101, &mut seq, 60));
+    sent += probes;
+    wait_for_received(
+        &second_received,
+        "the last probe's window at the second collector",
+        |r| reached(r, window_of(last_ns)),
+    )
+    .await;
+    let page = http_get(s.metrics, "/metrics").await.unwrap();
+    sampler.stop();
+    second.stop().await;
+
+    // A batch in flight when the first stopped may have reached both.
+    let mut all = first_received.lock().unwrap().batches.clone();
+    all.extend(second_received.lock().unwrap().batches.clone());
+    assert!(!second_received.lock().unwrap().batches.is_empty());
+    assert_eq!(probes_in(all.values()), sent, "probes lost or counted twice");
+    assert_eq!(connected_to(&page, &s.collectors[0]), Some(0.0), "{page}");
+    assert_eq!(connected_to(&page, &s.collectors[1]), Some(1.0), "{page}");
+    assert!(
+        metric(&page, "flowmesh_sampler_uplink_failovers_total").unwrap() >= 1.0,
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_given_by_host_name_is_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut s = setup(dir.path(), &pki);
+    let by_name = format!("localhost:{}", s.collector.port());
+    s.collectors = vec![by_name.clone()];
+    let received = Arc::new(Mutex::new(Received::default()));
+    let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+    let sampler = SamplerProcess::start(&s, "by-name");
+    wait_for_metrics(s.metrics, "the sampler's endpoint", |_| true).await;
+
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seq = 0;
+    tokio::task::block_in_place(|| send_probes(&agent, s.ingest, 101, &mut seq, 10));
+    let page = wait_for_metrics(s.metrics, "a batch acknowledged through the name", |p| {
+        metric(p, "flowmesh_sampler_uplink_batches_acked_total{status=\"stored\"}").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let log = sampler.log();
+    sampler.stop();
+    stand_in.stop().await;
+
+    assert!(!received.lock().unwrap().batches.is_empty());
+    assert_eq!(connected_to(&page, &by_name), Some(1.0), "{page}");
+    assert!(
+        log.contains(&format!(
+            "connected to the collector collector={by_name} addr={}",
+            s.collector
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_bad_collector_entry_is_named_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut s = setup(dir.path(), &pki);
+    s.collectors = vec![s.collector.to_string(), "collector.dc1".into()];
+    let config = dir.path().join("sampler.toml");
+    std::fs::write(&config, config_text(&s)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-sampler"))
+        .args(["--config".as_ref(), config.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("uplink.collectors[1] = \"collector.dc1\": expected \"host:port\""),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
