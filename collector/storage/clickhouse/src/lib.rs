@@ -30,7 +30,6 @@
 //! it, because the traits are synchronous (the collector's writer has a
 //! thread of its own; readers run on the analyzer's threads).
 
-#[cfg(feature = "local-cluster")]
 pub mod cluster;
 mod query;
 mod read;

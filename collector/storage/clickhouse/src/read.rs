@@ -183,7 +183,6 @@ pub(crate) fn path_windows(
     Ok(paths)
 }
 
-
 pub(crate) fn batches(store: &ClickHouseStore, from_ns: u64, to_ns: u64) -> Result<Vec<BatchRow>, StoreError> {
     // One row per batch id: the first received, as SQLite keeps it.
     let rows: Vec<BatchFields> = store.run(
