@@ -29,6 +29,7 @@
 //! of process helpers ([`harness`]).
 
 mod analyzer_report;
+mod clickhouse_ingest;
 mod harness;
 mod pipeline;
 mod rack_sim;
@@ -77,6 +78,13 @@ enum Bench {
         /// Streams the client keeps in flight.
         #[arg(long, default_value_t = 16)]
         streams: usize,
+        /// `sqlite`, or `clickhouse` to also measure a two-shard ClickHouse
+        /// cluster of private servers in the same run.
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "clickhouse"])]
+        store: String,
+        /// Times to repeat the whole measurement (for the spread).
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
     },
     /// Analyzer report: time and peak RSS of `flowmesh-analyzer report` over
     /// 10 M path-window rows beside a bare SQLite scan of them.
@@ -117,7 +125,17 @@ fn main() -> anyhow::Result<()> {
             probes_per_path,
             per_transaction,
             streams,
-        } => collector_ingest(batches, paths, probes_per_path, per_transaction, streams),
+            store,
+            runs,
+        } => collector_ingest(
+            batches,
+            paths,
+            probes_per_path,
+            per_transaction,
+            streams,
+            store == "clickhouse",
+            runs,
+        ),
         Bench::AnalyzerReport(options) => analyzer_report::run(&options),
         Bench::SamplerIngest(options) => sampler_ingest::run(&options),
         Bench::UdpSink { listen, seconds } => sampler_ingest::udp_sink(listen, seconds),
@@ -268,13 +286,13 @@ fn store_only(db: &Path, batches: &[Vec<u8>], per_transaction: usize) -> anyhow:
 fn quic_end_to_end(
     dir: &Path,
     batches: Vec<Vec<u8>>,
+    store: Box<dyn BatchWriter>,
     per_transaction: usize,
     streams: usize,
 ) -> anyhow::Result<Duration> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let pki = DevPki::generate(&dir.join("pki"), &["localhost".into()], &["bench".into()])?;
-        let store = Box::new(SqliteStore::open(&dir.join("quic.db"))?);
         let stats = Arc::new(Stats::default());
         let (writer, writer_thread) = Writer::spawn(store, 64, per_transaction, stats.clone())?;
         let mut server_config = tls::server_config(&pki.collector())?;
@@ -324,36 +342,119 @@ fn quic_end_to_end(
     })
 }
 
-fn collector_ingest(count: u32, paths: u32, probes: u32, per_transaction: usize, streams: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// Seconds to rows/s over the run's rows.
+struct Rate(f64);
+impl Rate {
+    fn of(&self, d: Duration) -> f64 {
+        self.0 / d.as_secs_f64()
+    }
+}
+
+fn collector_ingest(
+    count: u32,
+    paths: u32,
+    probes: u32,
+    per_transaction: usize,
+    streams: usize,
+    clickhouse: bool,
+    runs: u32,
+) -> anyhow::Result<()> {
     let batches = make_batches(count, paths, probes)?;
-    let rows = rows(&batches) as f64;
+    let rate = Rate(rows(&batches) as f64);
     let bytes: usize = batches.iter().map(Vec::len).sum();
     println!(
-        "collector ingest: {count} batches × {paths} paths = {rows} rows ({:.1} MB; RTT histograms of {probes} \
+        "collector ingest: {count} batches × {paths} paths = {} rows ({:.1} MB; RTT histograms of {probes} \
          probes), {per_transaction} batches per transaction, synchronous = FULL, {streams} QUIC streams in flight",
+        rate.0,
         bytes as f64 / 1e6
     );
-    let ceiling = bare_rusqlite(&dir.path().join("bare.db"), &batches, per_transaction).context("bare rusqlite")?;
-    let store = store_only(&dir.path().join("store.db"), &batches, per_transaction).context("store only")?;
-    let quic = quic_end_to_end(dir.path(), batches, per_transaction, streams).context("QUIC end to end")?;
-    let rate = |d: Duration| rows / d.as_secs_f64();
-    println!(
-        "  bare rusqlite loop (ceiling) {:>10.0} rows/s  {:>8.3} s",
-        rate(ceiling),
-        ceiling.as_secs_f64()
-    );
-    println!(
-        "  collector store API          {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling",
-        rate(store),
-        store.as_secs_f64(),
-        rate(store) / rate(ceiling)
-    );
-    println!(
-        "  QUIC → collector → SQLite    {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling",
-        rate(quic),
-        quic.as_secs_f64(),
-        rate(quic) / rate(ceiling)
-    );
+    let cluster = clickhouse
+        .then(|| {
+            println!("  ClickHouse: two shards, private clickhouse-server processes on this machine");
+            collector_storage_clickhouse::cluster::LocalCluster::start(2)
+        })
+        .transpose()
+        .context("starting the ClickHouse cluster")?;
+    let mut ratios: Vec<[f64; 3]> = Vec::new();
+    for run in 1..=runs {
+        let dir = tempfile::tempdir()?;
+        let ceiling = bare_rusqlite(&dir.path().join("bare.db"), &batches, per_transaction).context("bare rusqlite")?;
+        let store = store_only(&dir.path().join("store.db"), &batches, per_transaction).context("store only")?;
+        let sqlite = Box::new(SqliteStore::open(&dir.path().join("quic.db"))?);
+        let quic = quic_end_to_end(dir.path(), batches.clone(), sqlite, per_transaction, streams)
+            .context("QUIC end to end")?;
+        if runs > 1 {
+            println!("run {run}");
+        }
+        println!(
+            "  bare rusqlite loop (ceiling)    {:>10.0} rows/s  {:>8.3} s",
+            rate.of(ceiling),
+            ceiling.as_secs_f64()
+        );
+        println!(
+            "  collector store API             {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling",
+            rate.of(store),
+            store.as_secs_f64(),
+            rate.of(store) / rate.of(ceiling)
+        );
+        println!(
+            "  QUIC → collector → SQLite       {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling",
+            rate.of(quic),
+            quic.as_secs_f64(),
+            rate.of(quic) / rate.of(ceiling)
+        );
+        let Some(cluster) = &cluster else { continue };
+        let db = |what: &str| format!("{what}_{run}");
+        let ch_ceiling = clickhouse_ingest::bare_client(cluster, &db("bare"), &batches, per_transaction)
+            .context("bare ClickHouse client")?;
+        let ch_store = clickhouse_ingest::store_only(cluster, &db("store"), &batches, per_transaction)
+            .context("ClickHouse store only")?;
+        let ch_quic = quic_end_to_end(
+            dir.path(),
+            batches.clone(),
+            clickhouse_ingest::store(cluster, &db("quic"))?,
+            per_transaction,
+            streams,
+        )
+        .context("QUIC end to end into ClickHouse")?;
+        println!(
+            "  bare ClickHouse client (ceiling){:>10.0} rows/s  {:>8.3} s",
+            rate.of(ch_ceiling),
+            ch_ceiling.as_secs_f64()
+        );
+        println!(
+            "  ClickHouse store API            {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling",
+            rate.of(ch_store),
+            ch_store.as_secs_f64(),
+            rate.of(ch_store) / rate.of(ch_ceiling)
+        );
+        let r = [
+            rate.of(ch_quic) / rate.of(ch_ceiling),
+            rate.of(ch_quic) / rate.of(quic),
+            rate.of(ch_quic),
+        ];
+        println!(
+            "  QUIC → collector → ClickHouse   {:>10.0} rows/s  {:>8.3} s  {:.2}× ceiling, {:.2}× QUIC → SQLite",
+            r[2],
+            ch_quic.as_secs_f64(),
+            r[0],
+            r[1]
+        );
+        ratios.push(r);
+    }
+    if ratios.len() > 1 {
+        let span = |i: usize| {
+            let (lo, hi) = ratios
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r[i]), hi.max(r[i])));
+            format!("{lo:.2}–{hi:.2}")
+        };
+        println!(
+            "over {} runs: QUIC → ClickHouse {}× its ceiling, {}× QUIC → SQLite",
+            ratios.len(),
+            span(0),
+            span(1)
+        );
+    }
     Ok(())
 }
