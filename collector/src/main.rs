@@ -141,6 +141,25 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
+/// Opens the configured store for writing and records the topology's racks
+/// and nodes in it.
+fn open_writer(config: &CollectorConfig) -> anyhow::Result<Box<dyn BatchWriter>> {
+    let mut store: Box<dyn BatchWriter> = match config.storage.backend {
+        Backend::Sqlite => Box::new(SqliteStore::open(&config.database)?),
+        Backend::Clickhouse => Box::new(ClickHouseStore::open(Options::from_config(&config.storage.clickhouse))?),
+    };
+    if let Some(path) = &config.topology {
+        let topology = Topology::load(path)?;
+        for rack in topology.racks() {
+            store.upsert_rack(rack.id, &rack.name)?;
+        }
+        for node in topology.nodes() {
+            store.upsert_node(node.id, &node.name, node.rack)?;
+        }
+    }
+    Ok(store)
+}
+
 /// The store `query` reads: `--database` or `--clickhouse` when given, else
 /// the configuration's backend.
 fn open_reader(
@@ -168,19 +187,10 @@ fn open_reader(
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start, so an early stop is still clean.
     let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
-    let mut store: Box<dyn BatchWriter> = match config.storage.backend {
-        Backend::Sqlite => Box::new(SqliteStore::open(&config.database)?),
-        Backend::Clickhouse => Box::new(ClickHouseStore::open(Options::from_config(&config.storage.clickhouse))?),
-    };
-    if let Some(path) = &config.topology {
-        let topology = Topology::load(path)?;
-        for rack in topology.racks() {
-            store.upsert_rack(rack.id, &rack.name)?;
-        }
-        for node in topology.nodes() {
-            store.upsert_node(node.id, &node.name, node.rack)?;
-        }
-    }
+    // On a thread of its own: a backend with its own async client (ClickHouse)
+    // blocks on its own runtime, which cannot run inside this one.
+    let store = std::thread::scope(|scope| scope.spawn(|| open_writer(&config)).join())
+        .map_err(|_| anyhow::anyhow!("opening the store panicked"))??;
     let mut server_config = tls::server_config(&config.tls)?;
     server_config.transport_config(Arc::new(server::transport_config(32)));
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
