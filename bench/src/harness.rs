@@ -221,6 +221,36 @@ pub(crate) struct CollectorToml<'a> {
     pub(crate) topology: &'a Path,
     /// Its server certificate, key and the CA of the samplers'.
     pub(crate) tls: &'a TlsFiles,
+    /// A ClickHouse cluster to store into instead of `database`.
+    pub(crate) clickhouse: Option<&'a ClickHouseToml>,
+}
+
+/// A `[storage.clickhouse]` section: where the cluster is.
+#[derive(Clone)]
+pub(crate) struct ClickHouseToml {
+    /// The server to write to and read from.
+    pub(crate) url: String,
+    /// Every shard's server.
+    pub(crate) shard_urls: Vec<String>,
+    /// The database.
+    pub(crate) database: String,
+    /// The cluster's name.
+    pub(crate) cluster: String,
+}
+
+impl ClickHouseToml {
+    /// `[storage]` choosing ClickHouse, and where it is.
+    pub(crate) fn render(&self) -> String {
+        let shards: Vec<String> = self.shard_urls.iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            "[storage]\nbackend = \"clickhouse\"\n[storage.clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\
+             cluster = \"{}\"\nshard_urls = [{}]\n",
+            self.url,
+            self.database,
+            self.cluster,
+            shards.join(", ")
+        )
+    }
 }
 
 impl CollectorToml<'_> {
@@ -228,7 +258,7 @@ impl CollectorToml<'_> {
     pub(crate) fn render(&self) -> String {
         format!(
             "listen = \"{}\"\ndatabase = \"{}\"\ntopology = \"{}\"\n\
-             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metrics]\nlisten = \"{}\"\n",
+             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[metrics]\nlisten = \"{}\"\n{}",
             self.listen,
             self.database.display(),
             self.topology.display(),
@@ -236,6 +266,7 @@ impl CollectorToml<'_> {
             self.tls.cert.display(),
             self.tls.key.display(),
             self.metrics,
+            self.clickhouse.map(ClickHouseToml::render).unwrap_or_default(),
         )
     }
 }
@@ -254,8 +285,8 @@ pub(crate) struct SamplerToml<'a> {
     pub(crate) window_secs: u64,
     /// How long a window waits for late datagrams, ms.
     pub(crate) grace_ms: u64,
-    /// The collector's QUIC address.
-    pub(crate) collector: SocketAddr,
+    /// The collectors' QUIC addresses, in failover order.
+    pub(crate) collectors: Vec<SocketAddr>,
     /// Its spool directory.
     pub(crate) spool: &'a Path,
     /// Its client certificate, key and the collector's CA.
@@ -269,7 +300,7 @@ impl SamplerToml<'_> {
     pub(crate) fn render(&self) -> String {
         format!(
             "sampler_id = {}\nrack = \"{}\"\ntopology = \"{}\"\n\n[ingest]\nlisten = [\"{}\"]\n\n\
-             [aggregate]\nwindow_secs = {}\ngrace_ms = {}\n\n[uplink]\ncollectors = [\"{}\"]\n\
+             [aggregate]\nwindow_secs = {}\ngrace_ms = {}\n\n[uplink]\ncollectors = [{}]\n\
              server_name = \"localhost\"\nspool_dir = \"{}\"\n\
              tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n\n[metrics]\nlisten = \"{}\"\n",
             self.id,
@@ -278,7 +309,11 @@ impl SamplerToml<'_> {
             self.ingest,
             self.window_secs,
             self.grace_ms,
-            self.collector,
+            self.collectors
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.spool.display(),
             self.tls.ca.display(),
             self.tls.cert.display(),
@@ -407,7 +442,7 @@ mod tests {
             ingest: "198.18.1.250:5001".parse().unwrap(),
             window_secs: 5,
             grace_ms: 1_000,
-            collector: "198.18.0.1:4433".parse().unwrap(),
+            collectors: vec!["198.18.0.1:4433".parse().unwrap(), "198.18.0.1:4434".parse().unwrap()],
             spool: Path::new("/spool"),
             tls: &tls,
             metrics: "198.18.1.250:9102".parse().unwrap(),
@@ -420,15 +455,31 @@ mod tests {
             vec!["198.18.1.250:5001".parse::<SocketAddr>().unwrap()]
         );
         assert_eq!(parsed.uplink.tls.cert, PathBuf::from("/p/rack1.pem"));
+        assert_eq!(parsed.uplink.collectors, ["198.18.0.1:4433", "198.18.0.1:4434"]);
         let collector = CollectorToml {
             listen: "198.18.0.1:4433".parse().unwrap(),
             metrics: "198.18.0.1:9103".parse().unwrap(),
             database: Path::new("/db"),
             topology: Path::new("/t.toml"),
             tls: &tls,
+            clickhouse: None,
         };
         let parsed: configs::CollectorConfig = toml::from_str(&collector.render()).unwrap();
         assert_eq!(parsed.database, PathBuf::from("/db"));
+        assert_eq!(parsed.storage.backend, configs::Backend::Sqlite);
+        let cluster = ClickHouseToml {
+            url: "http://127.0.0.1:8123".into(),
+            shard_urls: vec!["http://127.0.0.1:8123".into(), "http://127.0.0.1:8124".into()],
+            database: "flowmesh".into(),
+            cluster: "flowmesh".into(),
+        };
+        let collector = CollectorToml {
+            clickhouse: Some(&cluster),
+            ..collector
+        };
+        let parsed: configs::CollectorConfig = toml::from_str(&collector.render()).unwrap();
+        assert_eq!(parsed.storage.backend, configs::Backend::Clickhouse);
+        assert_eq!(parsed.storage.clickhouse.shard_urls.len(), 2);
         assert_eq!(parsed.listen, "198.18.0.1:4433".parse::<SocketAddr>().unwrap());
     }
 }

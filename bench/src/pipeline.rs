@@ -98,6 +98,7 @@ fn start(dir: &std::path::Path, traffic_opts: &sampler_ingest::Options) -> anyho
         database: &dir.join("flowmesh.db"),
         topology: &dir.join("topology.toml"),
         tls: &DevPki { dir: dir.join("pki") }.collector(),
+        clickhouse: None,
     };
     std::fs::write(&collector_config, collector_toml.render())?;
     let mut collector = pinned(COLLECTOR_CPU, &sibling_binary("flowmesh-collector", BUILD)?);

@@ -344,10 +344,10 @@ pub(crate) fn write_setup(
         window_secs: opts.window_secs,
         grace_ms: 200,
         // Without a collector, an unreachable address: batches spool.
-        collector: match collector {
+        collectors: vec![match collector {
             Some(addr) => addr,
             None => free_local_addr()?,
-        },
+        }],
         spool: &dir.join("spool"),
         tls: &pki.sampler("bench"),
         metrics,

@@ -6,17 +6,38 @@
 //! fails unless the analyzer names each one, with the right element,
 //! within two aggregation windows. Afterwards nothing of it remains.
 //!
-//! Needs root, `ip`, `nft`, `tc` and the four binaries (built by the same
-//! `cargo nextest run --workspace`), as CI has. .config/nextest.toml runs
-//! it alone: it loads the two cores on purpose.
+//! The same on a two-shard ClickHouse cluster with two collectors, the
+//! first killed (SIGKILL) during the clean period: every fault still named,
+//! every window stored exactly once.
+//!
+//! Needs root, `ip`, `nft`, `tc`, clickhouse-server and the four binaries
+//! (built by the same `cargo nextest run --workspace`), as CI has.
+//! .config/nextest.toml runs them alone: they load the two cores on purpose.
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::process::Command;
 
 #[test]
 fn rack_sim_names_every_fault_within_two_windows() {
+    run_and_check(&["--clean-secs", "180"]);
+}
+
+#[test]
+fn rack_sim_on_clickhouse_survives_a_collector_crash() {
+    let stdout = run_and_check(&["--store", "clickhouse", "--clean-secs", "30", "--collector-outage"]);
+    assert!(stdout.contains("killed collector 1 (SIGKILL)"), "{stdout}");
+    assert!(
+        stdout.contains("every sampler's windows are in the database exactly once"),
+        "{stdout}"
+    );
+}
+
+/// Runs `rack-sim ARGS` (every fault class), requires a clean period without
+/// anomaly, every fault named and nothing left behind; returns its output.
+fn run_and_check(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-bench"))
-        .args(["rack-sim", "--clean-secs", "180"])
+        .arg("rack-sim")
+        .args(args)
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
@@ -63,4 +84,5 @@ fn rack_sim_names_every_fault_within_two_windows() {
         .filter(|e| e.file_name().to_string_lossy().contains(&tag))
         .collect();
     assert!(leftovers.is_empty(), "cgroups remain: {leftovers:?}");
+    stdout.into_owned()
 }

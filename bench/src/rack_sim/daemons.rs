@@ -2,8 +2,9 @@
 //! development PKI, each daemon's configuration, and starting them in
 //! their namespaces — a `flowmesh-agent` per node (its own cgroup, so it
 //! traces only its node's sockets), a `flowmesh-sampler` per rack on its
-//! switch, the `flowmesh-collector` and, when asked, Prometheus on the
-//! spine. Also here: stopping and restarting the collector, Prometheus's
+//! switch, the `flowmesh-collector` (two, on a ClickHouse cluster, with
+//! `--store clickhouse`) and, when asked, Prometheus on the spine. Also
+//! here: stopping and restarting a collector, Prometheus's
 //! and promtool's verdicts, and noticing a daemon that died.
 //!
 //! [`Daemons`] owns every process it started, the traffic generators and a
@@ -20,11 +21,11 @@ use anyhow::{Context, bail};
 use configs_runtime::tls::DevPki;
 
 use super::namespaces::{Network, SPINE_IP, nsenter, sampler_ip};
-use crate::harness::{CollectorToml, SamplerToml, terminate};
+use crate::harness::{ClickHouseToml, CollectorToml, SamplerToml, terminate};
 
-/// The collector's QUIC port.
+/// The first collector's QUIC port; the second's is the next.
 const COLLECTOR_PORT: u16 = 4433;
-/// The collector's metrics port.
+/// The first collector's metrics port; the second's is the next.
 const COLLECTOR_METRICS_PORT: u16 = 9103;
 /// Each sampler's ingest port.
 const SAMPLER_PORT: u16 = 5001;
@@ -50,6 +51,8 @@ pub(super) struct Daemons {
     pub(super) dir: PathBuf,
     /// Where the flowmesh binaries are.
     pub(super) bin: PathBuf,
+    /// Collectors: one on SQLite, two (any may fail) on ClickHouse.
+    pub(super) collectors: u16,
 }
 
 impl Drop for Daemons {
@@ -68,10 +71,12 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::from((ip, port))
 }
 
-/// Every daemon's metrics endpoint: the collector's, the samplers', the
+/// Every daemon's metrics endpoint: the collectors', the samplers', the
 /// agents'.
-pub(super) fn metrics_targets(net: &Network) -> Vec<SocketAddr> {
-    let mut targets = vec![addr(SPINE_IP, COLLECTOR_METRICS_PORT)];
+pub(super) fn metrics_targets(net: &Network, collectors: u16) -> Vec<SocketAddr> {
+    let mut targets: Vec<SocketAddr> = (0..collectors)
+        .map(|i| addr(SPINE_IP, COLLECTOR_METRICS_PORT + i))
+        .collect();
     targets.extend((1..=net.racks).map(|r| addr(sampler_ip(r), SAMPLER_METRICS_PORT)));
     targets.extend(net.nodes.iter().map(|n| addr(n.ip(), AGENT_METRICS_PORT)));
     targets
@@ -85,6 +90,15 @@ impl Daemons {
             transient: Vec::new(),
             dir,
             bin,
+            collectors: 1,
+        }
+    }
+
+    /// Collector `i`'s process name (from 0).
+    fn collector_name(i: u16) -> String {
+        match i {
+            0 => "collector".to_string(),
+            _ => format!("collector-{}", i + 1),
         }
     }
 
@@ -139,8 +153,14 @@ impl Daemons {
     }
 
     /// Writes the topology, the PKI and the configurations, and starts the
-    /// collector, every sampler and every agent.
-    pub(super) fn start(&mut self, net: &Network, window_secs: u64) -> anyhow::Result<()> {
+    /// collector (two, both on the cluster, with `clickhouse`), every sampler
+    /// and every agent.
+    pub(super) fn start(
+        &mut self,
+        net: &Network,
+        window_secs: u64,
+        clickhouse: Option<&ClickHouseToml>,
+    ) -> anyhow::Result<()> {
         let dir = self.dir.clone();
         let mut topology = String::new();
         for r in 1..=net.racks {
@@ -161,15 +181,27 @@ impl Daemons {
         let topology = self.write("topology.toml", &topology)?;
         let samplers: Vec<String> = (1..=net.racks).map(|r| format!("rack{r}")).collect();
         let pki = DevPki::generate(&dir.join("pki"), &["localhost".to_string()], &samplers)?;
-        let collector = CollectorToml {
-            listen: addr(SPINE_IP, COLLECTOR_PORT),
-            metrics: addr(SPINE_IP, COLLECTOR_METRICS_PORT),
-            database: &dir.join("flowmesh.db"),
-            topology: &topology,
-            tls: &pki.collector(),
-        };
-        self.write("collector.toml", &collector.render())?;
-        self.start_collector(net)?;
+        self.collectors = if clickhouse.is_some() { 2 } else { 1 };
+        for i in 0..self.collectors {
+            // Each collector talks to its own server: either may go down.
+            let clickhouse = clickhouse.map(|c| ClickHouseToml {
+                url: c.shard_urls[usize::from(i) % c.shard_urls.len()].clone(),
+                ..c.clone()
+            });
+            let collector = CollectorToml {
+                listen: addr(SPINE_IP, COLLECTOR_PORT + i),
+                metrics: addr(SPINE_IP, COLLECTOR_METRICS_PORT + i),
+                database: &dir.join("flowmesh.db"),
+                topology: &topology,
+                tls: &pki.collector(),
+                clickhouse: clickhouse.as_ref(),
+            };
+            self.write(&format!("{}.toml", Self::collector_name(i)), &collector.render())?;
+            self.start_collector(net, i)?;
+        }
+        let collectors: Vec<SocketAddr> = (0..self.collectors)
+            .map(|i| addr(SPINE_IP, COLLECTOR_PORT + i))
+            .collect();
         for (r, rack) in (1..=net.racks).zip(&samplers) {
             let name = format!("sampler-{rack}");
             let sampler = SamplerToml {
@@ -179,7 +211,7 @@ impl Daemons {
                 ingest: addr(sampler_ip(r), SAMPLER_PORT),
                 window_secs,
                 grace_ms: 1_000,
-                collector: addr(SPINE_IP, COLLECTOR_PORT),
+                collectors: collectors.clone(),
                 spool: &dir.join(format!("spool-{rack}")),
                 tls: &pki.sampler(rack),
                 metrics: addr(sampler_ip(r), SAMPLER_METRICS_PORT),
@@ -209,28 +241,39 @@ impl Daemons {
         Ok(())
     }
 
-    /// Starts the collector on the spine with the configuration
+    /// Starts collector `i` (from 0) on the spine with the configuration
     /// [`Daemons::start`] wrote.
-    pub(super) fn start_collector(&mut self, net: &Network) -> anyhow::Result<()> {
+    pub(super) fn start_collector(&mut self, net: &Network, i: u16) -> anyhow::Result<()> {
         let program = self.bin.join("flowmesh-collector");
-        let config = self.dir.join("collector.toml");
-        self.spawn("collector", &net.spine(), &program, &config_arg(&config))
+        let name = Self::collector_name(i);
+        let config = self.dir.join(format!("{name}.toml"));
+        self.spawn(&name, &net.spine(), &program, &config_arg(&config))
     }
 
-    /// Stops the collector (SIGTERM, as an operator would) and forgets it.
-    pub(super) fn stop_collector(&mut self) -> anyhow::Result<()> {
+    /// Stops collector `i` and forgets it: with SIGTERM, as an operator
+    /// would, or with SIGKILL, as a crash would.
+    pub(super) fn stop_collector(&mut self, i: u16, crash: bool) -> anyhow::Result<()> {
+        let name = Self::collector_name(i);
         let at = self
             .children
             .iter()
-            .position(|(name, _)| name == "collector")
-            .context("no collector running")?;
+            .position(|(n, _)| *n == name)
+            .with_context(|| format!("no {name} running"))?;
         let (_, mut child) = self.children.remove(at);
+        if crash {
+            child.kill()?;
+            child.wait()?;
+            return Ok(());
+        }
         terminate([&mut child], COLLECTOR_STOP_GRACE)
     }
 
     /// Starts Prometheus on the spine, which routes to every daemon.
     pub(super) fn start_prometheus(&mut self, net: &Network) -> anyhow::Result<()> {
-        let targets: Vec<String> = metrics_targets(net).iter().map(|t| format!("\"{t}\"")).collect();
+        let targets: Vec<String> = metrics_targets(net, self.collectors)
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect();
         let config = self.write(
             "prometheus.yml",
             &format!(
@@ -257,7 +300,7 @@ impl Daemons {
             .as_array()
             .map_or(0, |r| r.iter().filter(|x| x["value"][1] == "1").count());
         let mut rejected = Vec::new();
-        for target in metrics_targets(net) {
+        for target in metrics_targets(net, self.collectors) {
             let page = get(net, &format!("http://{target}/metrics"))?;
             let mut check = std::process::Command::new("promtool")
                 .args(["check", "metrics"])

@@ -3,7 +3,9 @@
 //! analyzer's verdict checked for each.
 //!
 //! Every node runs a `flowmesh-agent` and a traffic generator, every rack a
-//! `flowmesh-sampler`, the spine the `flowmesh-collector` on an SQLite file.
+//! `flowmesh-sampler`, the spine the `flowmesh-collector` on an SQLite file
+//! — or, with `--store clickhouse`, two collectors on a two-shard ClickHouse
+//! cluster of private servers, the samplers failing over between them.
 //! After a clean period, which must yield no anomaly, each fault must be
 //! named by `flowmesh-analyzer` within two aggregation windows of its
 //! injection; the time it took is printed. Everything is removed on exit,
@@ -79,13 +81,62 @@ pub(crate) struct Options {
     /// a temporary directory removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Where the collectors store: one collector on an SQLite file, or two
+    /// collectors on a two-shard ClickHouse cluster (private servers on the
+    /// spine); with `--collector-outage` on ClickHouse, the first collector
+    /// is killed (SIGKILL) and the samplers fail over to the second.
+    #[arg(long, value_enum, default_value_t = Store::Sqlite)]
+    store: Store,
 }
 
+/// Where the simulation stores.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// One collector, one SQLite file.
+    Sqlite,
+    /// Two collectors, a two-shard ClickHouse cluster.
+    Clickhouse,
+}
+
+/// The database the simulation's ClickHouse cluster stores in.
+const CLICKHOUSE_DATABASE: &str = "flowmesh";
+
 /// The simulated network and what runs on it. Fields drop in declaration
-/// order: the processes stop before the namespaces they run in go.
+/// order: the processes stop before the cluster they write to, and both
+/// before the namespaces they run in go.
 struct Simulation {
     daemons: Daemons,
+    clickhouse: Option<ClickHouse>,
     net: Network,
+}
+
+/// The ClickHouse cluster on the spine and how the daemons reach it.
+struct ClickHouse {
+    /// Its servers (stopped when dropped).
+    _cluster: collector_storage_clickhouse::cluster::LocalCluster,
+    /// The `[storage]` section collectors and the analyzer use.
+    toml: crate::harness::ClickHouseToml,
+}
+
+impl ClickHouse {
+    /// Starts a two-shard cluster inside the spine's namespace, where the
+    /// collectors run.
+    fn start(net: &Network) -> anyhow::Result<ClickHouse> {
+        let cluster = namespaces::in_netns(&net.spine(), || {
+            Ok(collector_storage_clickhouse::cluster::LocalCluster::start(2)?)
+        })
+        .context("starting the ClickHouse cluster on the spine")?;
+        let toml = crate::harness::ClickHouseToml {
+            url: cluster.url(0),
+            shard_urls: cluster.urls(),
+            database: CLICKHOUSE_DATABASE.to_string(),
+            cluster: collector_storage_clickhouse::cluster::CLUSTER.to_string(),
+        };
+        Ok(ClickHouse {
+            _cluster: cluster,
+            toml,
+        })
+    }
 }
 
 /// Set by SIGINT/SIGTERM: every wait checks it, so the simulation stops and
@@ -174,13 +225,19 @@ pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
         .to_path_buf();
     let mut sim = Simulation {
         daemons: Daemons::new(dir.clone(), bin),
+        clickhouse: None,
         net: Network::build(options.racks, options.nodes_per_rack)?,
     };
     say(format!(
         "built {} racks × {} nodes in network namespaces {}* ({SIMULATED})",
         options.racks, options.nodes_per_rack, sim.net.tag
     ));
-    sim.daemons.start(&sim.net, options.window_secs)?;
+    if options.store == Store::Clickhouse {
+        sim.clickhouse = Some(ClickHouse::start(&sim.net)?);
+        say("started a two-shard ClickHouse cluster on the spine");
+    }
+    let clickhouse = sim.clickhouse.as_ref().map(|c| c.toml.clone());
+    sim.daemons.start(&sim.net, options.window_secs, clickhouse.as_ref())?;
     // The agents attach to their cgroups before traffic starts, so every
     // flow is traced from its first segment.
     pause(Duration::from_secs(2))?;
@@ -189,13 +246,17 @@ pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
     if options.prometheus {
         sim.daemons.start_prometheus(&sim.net)?;
     }
+    let store = match &sim.clickhouse {
+        Some(c) => format!("ClickHouse at {} (shards {:?})", c.toml.url, c.toml.shard_urls),
+        None => format!("SQLite at {}", dir.join("flowmesh.db").display()),
+    };
     say(format!(
-        "started {} agents, {} samplers ({} s windows), 1 collector, {} traffic generators; SQLite at {}",
+        "started {} agents, {} samplers ({} s windows), {} collector(s), {} traffic generators; {store}",
         sim.net.nodes.len(),
         options.racks,
         options.window_secs,
+        sim.daemons.collectors,
         sim.net.nodes.len(),
-        dir.join("flowmesh.db").display()
     ));
     scenario::run(&mut sim, options, &faults)
 }

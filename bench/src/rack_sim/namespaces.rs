@@ -67,6 +67,25 @@ pub(super) fn nsenter(ns: &str) -> Command {
     command
 }
 
+/// Runs `f` on a thread inside network namespace `ns`: sockets it opens
+/// and processes it starts live there (the ClickHouse cluster on the spine,
+/// and reading it).
+pub(super) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                // Only this thread moves: setns applies to the calling thread.
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering {path}"))?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread in {ns} panicked"))?
+    })
+}
+
 /// A node of the simulation.
 #[derive(Debug, Clone)]
 pub(super) struct Node {

@@ -19,11 +19,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use collector_storage::{Reader, SqliteStore};
+use collector_storage_clickhouse::{ClickHouseStore, Options as ClickHouseOptions};
 use rack_sampler::now_ns;
 
 use super::daemons::{Daemons, metrics_targets};
 use super::faults::{Expected, FaultKind};
+use super::namespaces::{in_netns, nsenter};
 use super::{Options, Simulation, pause, say};
+use crate::harness::ClickHouseToml;
 
 /// An anomaly of the analyzer's report: kind, element, and its symptoms
 /// ("loss×3 rtt×1").
@@ -39,15 +42,18 @@ struct Outcome {
     named: Vec<Named>,
 }
 
-/// `flowmesh-analyzer` on the simulation's database.
+/// `flowmesh-analyzer` on the simulation's store.
 struct Analyzer {
     program: PathBuf,
     config: PathBuf,
+    /// The namespace it runs in: the spine's, where the ClickHouse cluster
+    /// listens; none for SQLite.
+    netns: Option<String>,
 }
 
 impl Analyzer {
     /// Writes the analyzer's configuration into the working directory.
-    fn configure(daemons: &Daemons) -> anyhow::Result<Analyzer> {
+    fn configure(daemons: &Daemons, clickhouse: Option<&ClickHouseToml>, spine: String) -> anyhow::Result<Analyzer> {
         // A shared 2-core machine schedules nine agents, traffic and the
         // pipeline: its RTTs jitter by milliseconds, which is no fault. The
         // faults' symptoms are loss, retransmissions and tens of ms of
@@ -56,19 +62,28 @@ impl Analyzer {
             "analyzer.toml",
             &format!(
                 "database = \"{}\"\ntopology = \"{}\"\n[detect]\np99_rtt_us = 5000\nrtt_baseline_min_increase_us = 5000\n\
-                 p99_responder_delay_us = 50000\n",
+                 p99_responder_delay_us = 50000\n{}",
                 daemons.dir.join("flowmesh.db").display(),
-                daemons.dir.join("topology.toml").display()
+                daemons.dir.join("topology.toml").display(),
+                clickhouse.map(ClickHouseToml::render).unwrap_or_default(),
             ),
         )?;
         Ok(Analyzer {
             program: daemons.bin.join("flowmesh-analyzer"),
             config,
+            netns: clickhouse.map(|_| spine),
         })
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(&self.program);
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = nsenter(ns);
+                c.arg(&self.program);
+                c
+            }
+            None => Command::new(&self.program),
+        };
         command.arg("--config").arg(&self.config);
         command
     }
@@ -117,7 +132,8 @@ impl Analyzer {
 pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind]) -> anyhow::Result<()> {
     let window = Duration::from_secs(options.window_secs);
     let window_ns = options.window_secs * 1_000_000_000;
-    let analyzer = Analyzer::configure(&sim.daemons)?;
+    let clickhouse = sim.clickhouse.as_ref().map(|c| c.toml.clone());
+    let analyzer = Analyzer::configure(&sim.daemons, clickhouse.as_ref(), sim.net.spine())?;
     let dir = sim.daemons.dir.clone();
     // Warm-up: agents' first probes meet responders not yet started.
     pause(window * 2)?;
@@ -130,7 +146,13 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
     // The last windows reach the database.
     pause(window + Duration::from_secs(4))?;
     let mut failures = Vec::new();
-    let missing = windows_not_once(&dir.join("flowmesh.db"), window_ns)?;
+    let missing = match &clickhouse {
+        Some(toml) => in_netns(&sim.net.spine(), || {
+            let store = ClickHouseStore::open_read_only(clickhouse_options(toml))?;
+            windows_not_once(&store, window_ns)
+        })?,
+        None => windows_not_once(&SqliteStore::open_read_only(&dir.join("flowmesh.db"))?, window_ns)?,
+    };
     if missing.is_empty() {
         say("every sampler's windows are in the database exactly once");
     } else {
@@ -140,7 +162,7 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
     }
     if options.prometheus {
         let (up, rejected) = sim.daemons.check_prometheus(&sim.net)?;
-        let all = metrics_targets(&sim.net).len();
+        let all = metrics_targets(&sim.net, sim.daemons.collectors).len();
         if up == all && rejected.is_empty() {
             say(format!(
                 "Prometheus scraped all {all} daemons (up = 1); promtool accepts every exposition"
@@ -195,15 +217,25 @@ fn clean_period(
     let window = Duration::from_secs(options.window_secs);
     say(format!("clean running for {} s", options.clean_secs));
     let clean_started = Instant::now();
-    if options.collector_outage {
+    if options.collector_outage && sim.daemons.collectors > 1 {
         pause(Duration::from_secs(5))?;
-        sim.daemons.stop_collector()?;
+        sim.daemons.stop_collector(0, true)?;
+        say(format!(
+            "killed collector 1 (SIGKILL) for {} s: the samplers fail over to collector 2",
+            2 * options.window_secs
+        ));
+        pause(window * 2)?;
+        sim.daemons.start_collector(&sim.net, 0)?;
+        say("restarted collector 1");
+    } else if options.collector_outage {
+        pause(Duration::from_secs(5))?;
+        sim.daemons.stop_collector(0, false)?;
         say(format!(
             "stopped the collector for {} s: the samplers spool their windows",
             2 * options.window_secs
         ));
         pause(window * 2)?;
-        sim.daemons.start_collector(&sim.net)?;
+        sim.daemons.start_collector(&sim.net, 0)?;
         say("restarted the collector: the samplers replay their spools");
     }
     let clean_until = Duration::from_secs(options.clean_secs) + window + Duration::from_secs(3);
@@ -326,12 +358,22 @@ fn anomalies_after(report: &serde_json::Value, after_ns: u64) -> Vec<Named> {
         .unwrap_or_default()
 }
 
+/// The store options the simulation's collectors use.
+fn clickhouse_options(toml: &ClickHouseToml) -> ClickHouseOptions {
+    ClickHouseOptions {
+        database: toml.database.clone(),
+        cluster: toml.cluster.clone(),
+        shard_urls: toml.shard_urls.clone(),
+        ..ClickHouseOptions::new(toml.url.clone())
+    }
+}
+
 /// Samplers whose windows, from their first to their last, are not each
 /// in the database exactly once ("sampler: present of expected"). Batch ids
 /// are per sampler, window and part, so a replayed batch is never stored
 /// twice; a missing one is a gap.
-fn windows_not_once(database: &Path, window_ns: u64) -> anyhow::Result<Vec<String>> {
-    let batches = SqliteStore::open_read_only(database)?.batches(0, u64::MAX)?;
+fn windows_not_once(store: &dyn Reader, window_ns: u64) -> anyhow::Result<Vec<String>> {
+    let batches = store.batches(0, u64::MAX)?;
     // Per sampler: its distinct windows, and its first and last.
     let mut samplers: BTreeMap<u32, (BTreeSet<u64>, u64, u64)> = BTreeMap::new();
     for b in &batches {
@@ -421,6 +463,10 @@ mod tests {
         // A replay is stored once.
         store.store_batches(&views[..1], 0).unwrap();
         drop(store);
-        assert_eq!(windows_not_once(&db, window_ns).unwrap(), vec!["2: 2 of 3".to_string()]);
+        let store = SqliteStore::open_read_only(&db).unwrap();
+        assert_eq!(
+            windows_not_once(&store, window_ns).unwrap(),
+            vec!["2: 2 of 3".to_string()]
+        );
     }
 }
