@@ -48,10 +48,6 @@ enum DebugFormat {
 struct DebugOutput(Option<DebugFormat>);
 
 impl DebugOutput {
-    fn on(self) -> bool {
-        self.0.is_some()
-    }
-
     fn flow(self, flow: &Flow) {
         match self.0 {
             Some(DebugFormat::Json) => println!("{}", debug_line(flow)),
@@ -118,16 +114,23 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<()> {
     configs_runtime::init_logging();
     let cli = Cli::parse();
-    let Some(config) = cli.config.load_or_print::<AgentConfig>()? else {
+    let Some(mut config) = cli.config.load_or_print::<AgentConfig>()? else {
         return Ok(());
     };
     let cgroup = checks::run(config.flows.cgroup.as_deref())?;
+    // Before any program is attached or socket opened: an agent under a
+    // node id the topology does not have would send records nobody can
+    // place, and probe as nobody.
+    let identity = checks::identity(&config)?;
+    config.node_id = identity.node_id;
+    config.uplink.sampler = checks::sampler(&config, &identity, cli.debug)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
         .block_on(trace(
             config,
+            identity.topology,
             cgroup,
             DebugOutput(cli.debug.then_some(cli.debug_format)),
         ))
@@ -178,24 +181,15 @@ fn probe_line(record: &ProbeRecord) -> serde_json::Value {
     })
 }
 
-/// This host's node id: `node_id`, or the id of the node named `node_name`
-/// in the topology file.
-fn node_id(config: &AgentConfig) -> anyhow::Result<u32> {
-    if config.node_id != 0 {
-        return Ok(config.node_id);
-    }
-    let name = config.node_name.as_deref().unwrap_or_default();
-    let topology = Topology::load(&config.topology)?;
-    topology
-        .nodes()
-        .iter()
-        .find(|n| n.name == name)
-        .map(|n| n.id)
-        .with_context(|| format!("node_name {name:?} is not a node in {}", config.topology.display()))
-}
-
-async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: DebugOutput) -> anyhow::Result<()> {
-    config.node_id = node_id(&config)?;
+/// Traces, probes and sends until SIGTERM; `config` has passed the
+/// start-up checks, its node id and sampler resolved against `topology`.
+async fn trace(
+    // Only RDMA probing changes it (the probe rate shared between transports).
+    #[cfg_attr(not(feature = "rdma"), allow(unused_mut))] mut config: AgentConfig,
+    topology: Topology,
+    cgroup: std::path::PathBuf,
+    debug: DebugOutput,
+) -> anyhow::Result<()> {
     let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
     // Installed whatever the configuration, so a SIGHUP never kills the agent.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -217,15 +211,6 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
         netns_cookie,
     )?;
     info!(message = "tracing TCP flows", cgroup = %cgroup.display(), netns = ?config.flows.netns);
-    if config.uplink.sampler.is_none() {
-        // One configuration for every host: the rack's sampler from the
-        // topology file.
-        config.uplink.sampler = Topology::load(&config.topology).ok().and_then(|t| {
-            t.node(config.node_id)
-                .and_then(|n| t.rack(n.rack))
-                .and_then(|r| r.sampler)
-        });
-    }
     let samplers: Vec<_> = [config.uplink.sampler, config.uplink.secondary_sampler]
         .into_iter()
         .flatten()
@@ -249,11 +234,8 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
                 config.uplink.max_datagrams_per_sec,
             ))
         }
-        None if debug.on() => None,
-        None => anyhow::bail!(
-            "no sampler: set uplink.sampler, or `sampler` of this node's rack in {}, or run with --debug",
-            config.topology.display()
-        ),
+        // checks::sampler allows none only with --debug.
+        None => None,
     };
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeRecord>(4_096);
     let probe_stats = Arc::new(std::sync::Mutex::new(ProbeStats::default()));
@@ -261,7 +243,7 @@ async fn trace(mut config: AgentConfig, cgroup: std::path::PathBuf, debug: Debug
     #[cfg(feature = "rdma")]
     let mut rdma_prober = None;
     if config.probes.enabled {
-        let topology = Arc::new(Topology::load(&config.topology)?);
+        let topology = Arc::new(topology);
         let local = topology
             .node(config.node_id)
             .and_then(|n| n.addresses.first().copied())

@@ -126,7 +126,11 @@ fn dump(socket: &Socket, family: u8, id: SocketId, out: &mut HashMap<u64, TcpCou
 #[cfg(test)]
 mod tests {
     use super::*;
+    // getsockopt_impl! names `libc` unqualified.
+    use nix::libc;
     use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
 
     #[test]
     fn cookies_are_read_as_the_kernel_splits_them() {
@@ -137,26 +141,81 @@ mod tests {
         assert_eq!(cookie(raw), c);
     }
 
-    /// A live connection of this process shows up with the bytes it moved.
+    /// `SO_COOKIE`: a socket's cookie, the key sock_diag reports it under
+    /// (and the eBPF flow table's key).
+    #[derive(Clone, Copy, Debug)]
+    struct Cookie;
+
+    nix::getsockopt_impl!(
+        Cookie,
+        libc::SOL_SOCKET,
+        libc::SO_COOKIE,
+        u64,
+        nix::sys::socket::sockopt::GetStruct<u64>
+    );
+
+    fn cookie_of(socket: &TcpStream) -> u64 {
+        nix::sys::socket::getsockopt(socket, Cookie).expect("SO_COOKIE")
+    }
+
+    /// Two live connections of this process are each in the dump under
+    /// their own socket's cookie with the bytes that socket moved: found by
+    /// cookie, a socket cannot be taken for another (of this test, of a
+    /// parallel test, or of any process on the host) that moved as much.
     #[test]
-    fn a_live_connection_is_in_the_dump_with_its_counters() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut client = std::net::TcpStream::connect(addr).expect("connect");
-        let (mut server, _) = listener.accept().expect("accept");
-        client.write_all(&[1u8; 12_345]).expect("write");
-        let mut buf = vec![0u8; 12_345];
-        server.read_exact(&mut buf).expect("read");
-        let local_port = client.local_addr().expect("addr").port();
-        let counters = tcp_counters().expect("sock_diag dump");
-        // Find the client socket: the one that had 12 345 bytes (+ SYN)
-        // acknowledged; its cookie is unknown here, so match on bytes and
-        // require exactly one such socket from this test's port pair.
-        let found: Vec<_> = counters.values().filter(|c| c.bytes_acked == 12_346).collect();
-        assert!(
-            !found.is_empty(),
-            "no socket with 12 346 bytes acked (port {local_port}): {counters:?}"
-        );
-        assert!(found.iter().all(|c| c.segs_out >= 2 && c.srtt_us > 0));
+    fn live_connections_are_in_the_dump_under_their_own_cookies() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let connect = |bytes: usize| {
+            let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (mut server, _) = listener.accept().expect("accept");
+            (&client).write_all(&vec![1u8; bytes]).expect("write");
+            server.read_exact(&mut vec![0u8; bytes]).expect("read");
+            (client, server)
+        };
+        // Different sizes: a mix-up of the two shows as a wrong count.
+        let (a, a_server) = connect(12_345);
+        let (b, b_server) = connect(23_456);
+        let cookies = [&a, &a_server, &b, &b_server].map(cookie_of);
+        let distinct: std::collections::HashSet<u64> = cookies.into_iter().collect();
+        assert_eq!(distinct.len(), 4, "cookies not distinct: {cookies:?}");
+        let [a_cookie, a_server_cookie, b_cookie, b_server_cookie] = cookies;
+        let pair = |s: &TcpStream| format!("{} → {}", s.local_addr().expect("addr"), s.peer_addr().expect("peer"));
+
+        // The server has read every byte, but the ACK of the last segment
+        // may not have reached the client yet: dump again until both
+        // clients show all their bytes acknowledged, for 5 s at most.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let counters = loop {
+            let counters = tcp_counters().expect("sock_diag dump");
+            let acked = |cookie: u64| counters.get(&cookie).map(|c| c.bytes_acked);
+            if (acked(a_cookie), acked(b_cookie)) == (Some(12_346), Some(23_457)) || Instant::now() >= deadline {
+                break counters;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let get = |cookie: u64, socket: &TcpStream| {
+            *counters.get(&cookie).unwrap_or_else(|| {
+                panic!(
+                    "socket {} (cookie {cookie}) not among the {} sockets of the dump",
+                    pair(socket),
+                    counters.len()
+                )
+            })
+        };
+        for (cookie, socket, bytes) in [(a_cookie, &a, 12_345u64), (b_cookie, &b, 23_456)] {
+            let c = get(cookie, socket);
+            // bytes_acked counts the SYN.
+            assert_eq!(c.bytes_acked, bytes + 1, "client {}: {c:?}", pair(socket));
+            assert_eq!(c.bytes_received, 0, "client {}: {c:?}", pair(socket));
+            assert!(c.segs_out >= 2 && c.srtt_us > 0, "client {}: {c:?}", pair(socket));
+        }
+        for (cookie, socket, bytes) in [
+            (a_server_cookie, &a_server, 12_345u64),
+            (b_server_cookie, &b_server, 23_456),
+        ] {
+            let c = get(cookie, socket);
+            assert_eq!(c.bytes_received, bytes, "server {}: {c:?}", pair(socket));
+            assert!(c.segs_in >= 2, "server {}: {c:?}", pair(socket));
+        }
     }
 }

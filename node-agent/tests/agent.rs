@@ -5,6 +5,8 @@
 //! yields one flow each; nothing stays attached after the agent exits.
 //! Two agents probe each other over loopback addresses and send probe
 //! records to a test sampler socket; a stopped responder shows as timeouts.
+//! An agent whose node is not in the topology, or that has no sampler to
+//! send to, exits with one line before it attaches anything.
 //!
 //! Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) and a cgroup v2
 //! hierarchy, as CI has.
@@ -133,10 +135,14 @@ fn check_flow(flow: &Value, server: SocketAddr, dscp: u8) {
 }
 
 /// Ids of the BPF programs and links process `pid` holds open, from
-/// /proc/PID/fdinfo (("prog_id" | "link_id", id)).
+/// /proc/PID/fdinfo (("prog_id" | "link_id", id)); none once it has exited.
 fn bpf_objects_of(pid: u32) -> Vec<(&'static str, u32)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+    // Empty for a process that has exited (or is exiting) meanwhile.
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
+    for entry in fds.flatten() {
         let Ok(info) = std::fs::read_to_string(entry.path()) else {
             continue;
         };
@@ -167,12 +173,16 @@ fn bpf_object_exists(kind: &str, id: u32) -> bool {
 #[test]
 fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
     let dir = tempfile::tempdir().unwrap();
+    let topology = write_topology(dir.path(), &[(101, "127.0.0.1")], no_extra);
     let cgroup = TestCgroup::create();
     let mut agent = Agent::start(
         &cgroup,
         dir.path(),
         "agent",
-        "node_id = 101\n[flows]\n[probes]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "node_id = 101\ntopology = \"{}\"\n[flows]\n[probes]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            topology.display()
+        ),
     );
     let held = bpf_objects_of(agent.child.id());
     assert!(
@@ -249,7 +259,6 @@ fn without_capabilities_it_says_which_and_how_to_grant_them() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
-/// A UDP port free on 127.0.0.1 a moment ago, for the agents' responders.
 /// Writes `topology.toml` into `dir`: each node `(id, address)` is named
 /// `n{id}` in rack `id / 100` (racks named `rack{n}`), with `extra(id)`'s
 /// lines added to it.
@@ -276,6 +285,7 @@ fn no_extra(_: u32) -> String {
     String::new()
 }
 
+/// A UDP port free on 127.0.0.1 a moment ago, for the agents' responders.
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -589,6 +599,7 @@ fn without_rdma_the_agent_says_so_once_and_probes_over_udp() {
 #[test]
 fn a_flow_that_stays_open_is_reported_while_open() {
     let dir = tempfile::tempdir().unwrap();
+    let topology = write_topology(dir.path(), &[(101, "127.0.0.1")], no_extra);
     let cgroup = TestCgroup::create();
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -599,7 +610,9 @@ fn a_flow_that_stays_open_is_reported_while_open() {
         dir.path(),
         "agent",
         &format!(
-            "node_id = 101\n[flows]\nreport_open_secs = 1\n[probes]\nenabled = false\n[metrics]\nlisten = \"{metrics}\"\n"
+            "node_id = 101\ntopology = \"{}\"\n[flows]\nreport_open_secs = 1\n[probes]\nenabled = false\n\
+             [metrics]\nlisten = \"{metrics}\"\n",
+            topology.display()
         ),
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -678,4 +691,201 @@ fn a_flow_that_stays_open_is_reported_while_open() {
     for (kind, id) in held {
         assert!(!bpf_object_exists(kind, id), "{kind} {id} stayed after kill -9");
     }
+}
+
+/// How a refused start-up went: exit status, stderr, and any BPF program
+/// or link seen attached while the agent ran.
+struct Refused {
+    code: Option<i32>,
+    stderr: String,
+    attached: Vec<String>,
+}
+
+/// Runs the agent with `config` (plus `args`), expecting it to refuse to
+/// start: waits at most 20 s for it to exit, watching meanwhile for BPF
+/// objects in its file descriptors and programs attached to `cgroup`
+/// (only this agent attaches there, so other tests' agents cannot be
+/// mistaken for it). An agent that attaches or keeps running is killed and
+/// the test fails at once, so it never runs on after a failure.
+fn run_refused(cgroup: &TestCgroup, dir: &std::path::Path, name: &str, config: &str, args: &[&str]) -> Refused {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let stderr_path = dir.join(format!("{name}.stderr"));
+    // Killed on drop, so a failed assertion leaves no agent behind.
+    struct Guard(Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut agent = Guard(
+        Command::new(env!("CARGO_BIN_EXE_flowmesh-agent"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            // info: the agent's own "tracing TCP flows" line would show an
+            // attach in stderr.
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attached = Vec::new();
+    let status = loop {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        attached.extend(
+            bpf_objects_of(agent.0.id())
+                .into_iter()
+                .map(|(kind, id)| format!("agent holds {kind} {id}")),
+        );
+        attached.extend(programs_attached_to(cgroup));
+        if !attached.is_empty() || Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    drop(agent);
+    // Anything attached while it ran is gone with the process (links are
+    // owned by it); look once more in case it exited between two looks.
+    attached.extend(programs_attached_to(cgroup));
+    Refused {
+        code: status.and_then(|s| s.code()),
+        stderr: std::fs::read_to_string(&stderr_path).unwrap(),
+        attached,
+    }
+}
+
+/// The programs attached to `cgroup`, as `bpftool cgroup show` lists them.
+fn programs_attached_to(cgroup: &TestCgroup) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .arg("cgroup")
+        .arg("show")
+        .arg(&cgroup.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // The header line (`ID AttachType ...`) names no program.
+        .filter(|l| l.split_whitespace().next().is_some_and(|id| id.parse::<u32>().is_ok()))
+        .map(|l| format!("attached to the test cgroup: {}", l.trim()))
+        .collect()
+}
+
+/// A node_id that is not in the topology is refused before any program is
+/// loaded or any socket opened, whatever else is configured: with probes
+/// off and uplink.sampler set (the agent used to trace and send), without
+/// a sampler (it used to blame the sampler), with probes on and --debug;
+/// a node_name that is not there likewise. One line, naming the key, the
+/// value and the topology file, exit status 14.
+#[test]
+fn a_node_id_not_in_the_topology_is_refused_before_anything_is_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = write_topology(
+        dir.path(),
+        &[(101, "127.0.0.1"), (102, "127.0.0.2"), (201, "127.0.0.3")],
+        no_extra,
+    );
+    let cgroup = TestCgroup::create();
+    let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let base = |identity: &str| {
+        format!(
+            "{identity}\ntopology = \"{}\"\n[flows]\ncgroup = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            topology.display(),
+            cgroup.0.display()
+        )
+    };
+    let with_sampler = |config: String| {
+        config.replace(
+            "[flows]",
+            &format!("[uplink]\nsampler = \"{}\"\n[flows]", sampler.local_addr().unwrap()),
+        )
+    };
+    let probes_off = |config: String| config.replace("[metrics]", "[probes]\nenabled = false\n[metrics]");
+    let node_id_message = format!(
+        "flowmesh-agent: node_id = 999 is not a node of {} (nodes: 101..=102, 201)",
+        topology.display()
+    );
+    let node_name_message = format!(
+        "flowmesh-agent: node_name = \"n999\" is not a node of {} (nodes: \"n101\", \"n102\", \"n201\")",
+        topology.display()
+    );
+    let cases: [(&str, String, &[&str], &String); 4] = [
+        (
+            "probes off, uplink.sampler set",
+            with_sampler(probes_off(base("node_id = 999"))),
+            &[],
+            &node_id_message,
+        ),
+        (
+            "probes off, no sampler anywhere",
+            probes_off(base("node_id = 999")),
+            &[],
+            &node_id_message,
+        ),
+        (
+            "probes on, --debug",
+            base("node_id = 999"),
+            &["--debug"],
+            &node_id_message,
+        ),
+        (
+            "node_name, probes off, uplink.sampler set",
+            with_sampler(probes_off(base("node_name = \"n999\""))),
+            &[],
+            &node_name_message,
+        ),
+    ];
+    for (i, (case, config, args, message)) in cases.iter().enumerate() {
+        let refused = run_refused(&cgroup, dir.path(), &format!("case{i}"), config, args);
+        assert!(
+            refused.attached.is_empty(),
+            "{case}: BPF programs attached before the identity check: {:?}\nstderr: {}",
+            refused.attached,
+            refused.stderr
+        );
+        assert_eq!(refused.code, Some(14), "{case}: {}", refused.stderr);
+        assert_eq!(refused.stderr.trim_end(), message.as_str(), "{case}");
+        assert!(!refused.stderr.contains("sampler"), "{case}: {}", refused.stderr);
+    }
+    // Nothing was sent to the configured sampler.
+    sampler.set_nonblocking(true).unwrap();
+    assert!(sampler.recv(&mut [0u8; 2048]).is_err(), "the agent sent a datagram");
+}
+
+/// A node of the topology with no sampler address anywhere (no
+/// uplink.sampler, none for its rack, no --debug) is refused before
+/// anything is attached, with a message that says the sampler address is
+/// what is missing and where to set it; exit status 15.
+#[test]
+fn no_sampler_address_is_refused_before_anything_is_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = write_topology(dir.path(), &[(101, "127.0.0.1")], no_extra);
+    let cgroup = TestCgroup::create();
+    let config = format!(
+        "node_id = 101\ntopology = \"{}\"\n[flows]\ncgroup = \"{}\"\n[probes]\nenabled = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        topology.display(),
+        cgroup.0.display()
+    );
+    let refused = run_refused(&cgroup, dir.path(), "agent", &config, &[]);
+    assert!(refused.attached.is_empty(), "{:?}", refused.attached);
+    assert_eq!(refused.code, Some(15), "{}", refused.stderr);
+    assert_eq!(
+        refused.stderr.trim_end(),
+        format!(
+            "flowmesh-agent: no sampler address for node 101: set uplink.sampler, or `sampler` of its rack \"rack1\" in {}, or run with --debug",
+            topology.display()
+        )
+    );
 }
