@@ -61,8 +61,11 @@ impl PathMerge {
             if !self.merging {
                 scratch.reset();
                 self.merging = true;
-                let first = self.first_histogram.take();
-                self.missing_histogram |= !add_encoded(scratch, first.as_deref());
+                // Only a probe row brought a histogram: a flows-only first
+                // row has none to add and must not spoil the merge.
+                if let Some(first) = self.first_histogram.take() {
+                    self.missing_histogram |= !add_encoded(scratch, Some(&first));
+                }
             }
             self.missing_histogram |= !add_encoded(scratch, histogram);
         }
@@ -173,6 +176,18 @@ mod tests {
         m.add(&row(50, 20_000), None, &mut scratch);
         m.add(&row(50, 15_000), Some(&encoded(&[15_000; 50])), &mut scratch);
         assert_eq!(m.finish(&scratch).rtt_p99_ns, 20_000);
+    }
+
+    #[test]
+    fn a_flows_only_first_row_does_not_spoil_the_histogram_merge() {
+        let mut scratch = new_rtt_histogram();
+        let mut m = PathMerge::new(row(0, 0), None);
+        m.add(&row(50, 10_000), Some(&encoded(&[10_000; 50])), &mut scratch);
+        m.add(&row(50, 90_000), Some(&encoded(&[90_000; 50])), &mut scratch);
+        let merged = m.finish(&scratch);
+        // Merged, not the larger stored p99 (90 µs exactly).
+        assert!((89_000..=91_000).contains(&merged.rtt_p99_ns), "{merged:?}");
+        assert_ne!(merged.rtt_p99_ns, 90_000, "fell back to the larger p99");
     }
 
     #[test]
