@@ -51,6 +51,11 @@ pub(crate) struct Options {
     /// Timed report runs.
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// `sqlite`, `clickhouse` (a two-shard cluster of private servers on
+    /// this machine), or `both`: the same rows in each, reported in the same
+    /// run, with the reports' anomalies required to be identical.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "clickhouse", "both"])]
+    store: String,
 }
 
 /// The host made lossy: node 13 of rack 7.
@@ -130,9 +135,8 @@ fn histogram_pool(probes: u32) -> anyhow::Result<Vec<Pooled>> {
         .collect()
 }
 
-fn generate(o: &Options, db: &Path, end_ns: u64) -> anyhow::Result<u64> {
+fn generate(o: &Options, store: &mut dyn BatchWriter, end_ns: u64) -> anyhow::Result<u64> {
     let pool = histogram_pool(o.probes_per_path)?;
-    let mut store = SqliteStore::open(db)?;
     for rack in 1..=o.racks {
         store.upsert_rack(rack, &format!("rack{rack}"))?;
         for index in 1..=o.nodes_per_rack {
@@ -218,18 +222,38 @@ fn bare_scan(db: &Path) -> anyhow::Result<(Duration, u64)> {
     Ok((started.elapsed(), count))
 }
 
+/// Which store a report reads.
+enum Source<'a> {
+    /// An SQLite file.
+    Sqlite(&'a Path),
+    /// A ClickHouse cluster: URL and database.
+    Clickhouse(String, &'a str),
+}
+
 /// One `flowmesh-analyzer report` run under GNU time: wall time, peak RSS
 /// (KiB) and the JSON report.
-fn report(analyzer: &Path, db: &Path, topology: &Path, dir: &Path) -> anyhow::Result<(Duration, u64, String)> {
+fn report(
+    analyzer: &Path,
+    source: &Source<'_>,
+    topology: &Path,
+    dir: &Path,
+) -> anyhow::Result<(Duration, u64, String)> {
     let json = dir.join("report.json");
     let rss = dir.join("rss");
     let started = Instant::now();
-    let out = Command::new("/usr/bin/time")
+    let mut command = Command::new("/usr/bin/time");
+    command
         .args(["-f", "%M", "-o"])
         .arg(&rss)
         .arg(analyzer)
-        .args(["report", "--since", "all", "--format", "json", "--database"])
-        .arg(db)
+        .args(["report", "--since", "all", "--format", "json"]);
+    match source {
+        Source::Sqlite(db) => command.arg("--database").arg(db),
+        Source::Clickhouse(url, database) => command
+            .args(["--clickhouse", url])
+            .env("FLOWMESH_ANALYZER_STORAGE__CLICKHOUSE__DATABASE", database),
+    };
+    let out = command
         .arg("--topology")
         .arg(topology)
         .arg("--output")
@@ -254,37 +278,19 @@ fn report(analyzer: &Path, db: &Path, topology: &Path, dir: &Path) -> anyhow::Re
     Ok((elapsed, peak_kib, std::fs::read_to_string(json)?))
 }
 
-pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
-    ensure!(
-        o.racks >= 2 && o.nodes_per_rack >= 2,
-        "need at least 2 racks of 2 nodes"
-    );
-    ensure!(
-        o.racks >= LOSSY_RACK && o.nodes_per_rack >= LOSSY_INDEX,
-        "the lossy host r{LOSSY_RACK}n{LOSSY_INDEX} must exist"
-    );
-    let analyzer = sibling_binary("flowmesh-analyzer", "cargo build --release -p bench -p analyzer")?;
-    let dir = tempfile::tempdir()?;
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(&topology, topology_file(o))?;
-    let db = o.database.clone().unwrap_or_else(|| dir.path().join("analyzer.db"));
-    let nodes = o.racks * o.nodes_per_rack;
-    println!(
-        "analyzer report: {nodes} nodes ({} racks × {}), {} paths per node, {} windows of {} s, {} probes per path",
-        o.racks, o.nodes_per_rack, o.paths_per_node, o.windows, o.window_secs, o.probes_per_path
-    );
-    if db.exists() {
-        println!("  reusing {}", db.display());
-    } else {
-        let end = collector::server::now_ns();
-        let rows = generate(o, &db, end)?;
-        println!("  wrote {rows} rows to {}", db.display());
-    }
-    let (scan, path_rows) = bare_scan(&db)?;
-    println!("  path_windows rows: {path_rows}");
+/// The reports' runs over one store: the best time and the peak RSS, and
+/// the anomalies of the last report (for comparing stores).
+fn timed_reports(
+    o: &Options,
+    analyzer: &Path,
+    source: &Source<'_>,
+    topology: &Path,
+    dir: &Path,
+) -> anyhow::Result<(Duration, u64, serde_json::Value)> {
     let mut best: Option<(Duration, u64)> = None;
+    let mut anomalies = serde_json::Value::Null;
     for run in 1..=o.runs {
-        let (elapsed, peak_kib, json) = report(&analyzer, &db, &topology, dir.path())?;
+        let (elapsed, peak_kib, json) = report(analyzer, source, topology, dir)?;
         let lossy = node_name(LOSSY_RACK, LOSSY_INDEX);
         let report: serde_json::Value = serde_json::from_str(&json)?;
         let top = &report["anomalies"][0];
@@ -298,14 +304,116 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             peak_kib as f64 / 1024.0
         );
         best = Some(best.map_or((elapsed, peak_kib), |(b, r)| (b.min(elapsed), r.max(peak_kib))));
+        anomalies = report["anomalies"].clone();
     }
-    let (report, peak) = best.context("--runs 0")?;
-    println!(
-        "  bare rusqlite scan, one reader (floor)   {:>7.2} s\n  flowmesh-analyzer report (best run)       {:>7.2} s  {:.2}× floor, peak RSS {:.0} MiB",
-        scan.as_secs_f64(),
-        report.as_secs_f64(),
-        report.as_secs_f64() / scan.as_secs_f64(),
-        peak as f64 / 1024.0
+    let (elapsed, peak) = best.context("--runs 0")?;
+    Ok((elapsed, peak, anomalies))
+}
+
+fn names(o: &Options, store: &mut dyn BatchWriter) -> anyhow::Result<()> {
+    for rack in 1..=o.racks {
+        store.upsert_rack(rack, &format!("rack{rack}"))?;
+        for index in 1..=o.nodes_per_rack {
+            store.upsert_node(node_id(rack, index), &node_name(rack, index), rack)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
+    ensure!(
+        o.racks >= 2 && o.nodes_per_rack >= 2,
+        "need at least 2 racks of 2 nodes"
     );
+    ensure!(
+        o.racks >= LOSSY_RACK && o.nodes_per_rack >= LOSSY_INDEX,
+        "the lossy host r{LOSSY_RACK}n{LOSSY_INDEX} must exist"
+    );
+    let analyzer = sibling_binary("flowmesh-analyzer", "cargo build --release -p bench -p analyzer")?;
+    let dir = tempfile::tempdir()?;
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, topology_file(o))?;
+    let nodes = o.racks * o.nodes_per_rack;
+    println!(
+        "analyzer report: {nodes} nodes ({} racks × {}), {} paths per node, {} windows of {} s, {} probes per path",
+        o.racks, o.nodes_per_rack, o.paths_per_node, o.windows, o.window_secs, o.probes_per_path
+    );
+    // One end for both stores: the same windows.
+    let end = collector::server::now_ns();
+    let mut sqlite_result = None;
+    if o.store != "clickhouse" {
+        let db = o.database.clone().unwrap_or_else(|| dir.path().join("analyzer.db"));
+        if db.exists() {
+            println!("  reusing {}", db.display());
+        } else {
+            let mut store = SqliteStore::open(&db)?;
+            names(o, &mut store)?;
+            let rows = generate(o, &mut store, end)?;
+            println!("  wrote {rows} rows to {}", db.display());
+        }
+        let (scan, path_rows) = bare_scan(&db)?;
+        println!(
+            "  SQLite: {path_rows} path_windows rows, {:.0} bytes on disk per path window (the whole file)",
+            collector_storage::sqlite::database_bytes(&db) as f64 / path_rows.max(1) as f64
+        );
+        let (report, peak, anomalies) = timed_reports(o, &analyzer, &Source::Sqlite(&db), &topology, dir.path())?;
+        println!(
+            "  bare rusqlite scan, one reader (floor)   {:>7.2} s\n  flowmesh-analyzer report (best run)       {:>7.2} s  {:.2}× floor, peak RSS {:.0} MiB",
+            scan.as_secs_f64(),
+            report.as_secs_f64(),
+            report.as_secs_f64() / scan.as_secs_f64(),
+            peak as f64 / 1024.0
+        );
+        sqlite_result = Some((report, anomalies));
+    }
+    if o.store != "sqlite" {
+        println!("  ClickHouse: two shards, private clickhouse-server processes on this machine");
+        let cluster = collector_storage_clickhouse::cluster::LocalCluster::start(2)?;
+        let options = crate::clickhouse_ingest::options(&cluster, "analyzer");
+        let mut store = collector_storage_clickhouse::ClickHouseStore::open(options.clone())?;
+        names(o, &mut store)?;
+        let started = Instant::now();
+        let rows = generate(o, &mut store, end)?;
+        println!(
+            "  wrote {rows} rows to the cluster in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        // Merge the inserted parts as ClickHouse does in the background
+        // over time, so the sizes and reads are those of settled data.
+        for url in cluster.urls() {
+            crate::clickhouse_ingest::optimize(&url, "analyzer")?;
+        }
+        let sizes = store.bytes_on_disk()?;
+        let path_rows = collector_storage::Reader::row_counts(&store)?.path_windows;
+        let total: u64 = sizes.iter().map(|(_, b)| b).sum();
+        let paths = sizes.iter().find(|(t, _)| *t == "path_windows").map_or(0, |(_, b)| *b);
+        println!(
+            "  ClickHouse: {path_rows} path_windows rows, {:.0} bytes on disk per path window ({:.0} in path_windows itself)",
+            total as f64 / path_rows.max(1) as f64,
+            paths as f64 / path_rows.max(1) as f64
+        );
+        let (report, peak, anomalies) = timed_reports(
+            o,
+            &analyzer,
+            &Source::Clickhouse(cluster.url(0), "analyzer"),
+            &topology,
+            dir.path(),
+        )?;
+        println!(
+            "  flowmesh-analyzer report on ClickHouse (best run) {:>7.2} s, peak RSS {:.0} MiB",
+            report.as_secs_f64(),
+            peak as f64 / 1024.0
+        );
+        if let Some((sqlite, sqlite_anomalies)) = sqlite_result {
+            ensure!(
+                sqlite_anomalies == anomalies,
+                "the reports differ between SQLite and ClickHouse"
+            );
+            println!(
+                "  same anomalies on both; ClickHouse report {:.2}× the SQLite report's time",
+                report.as_secs_f64() / sqlite.as_secs_f64()
+            );
+        }
+    }
     Ok(())
 }

@@ -189,3 +189,22 @@ pub(crate) fn store_only(
 pub(crate) fn store(cluster: &LocalCluster, database: &str) -> anyhow::Result<Box<dyn BatchWriter>> {
     Ok(Box::new(ClickHouseStore::open(options(cluster, database))?))
 }
+
+/// Merges every part of `database`'s local tables on the server at `url`
+/// (`OPTIMIZE … FINAL`), as background merges would in time.
+pub(crate) fn optimize(url: &str, database: &str) -> anyhow::Result<()> {
+    let client = clickhouse::Client::default()
+        .with_url(url)
+        .with_database(database)
+        .with_validation(false);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        for table in collector_storage_clickhouse::schema::TABLES {
+            client
+                .query(&format!("OPTIMIZE TABLE {table}_local FINAL"))
+                .execute()
+                .await?;
+        }
+        anyhow::Ok(())
+    })
+}

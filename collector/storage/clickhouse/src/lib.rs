@@ -227,6 +227,32 @@ impl ClickHouseStore {
         }
     }
 
+    /// Bytes on disk of each flowmesh table, summed over the shards (the
+    /// active parts of `<table>_local` on every server of `shard_urls`),
+    /// in [`schema::TABLES`] order.
+    pub fn bytes_on_disk(&self) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let mut sizes: Vec<(&'static str, u64)> = schema::TABLES.iter().map(|t| (*t, 0)).collect();
+        for url in self.options.shards() {
+            let shard = client(&self.options, url);
+            let rows: Vec<(String, u64)> = self.run(
+                &format!("reading table sizes on {url}"),
+                shard
+                    .query(
+                        "SELECT table, sum(bytes_on_disk) FROM system.parts
+                         WHERE database = ? AND active GROUP BY table",
+                    )
+                    .bind(&self.options.database)
+                    .fetch_all(),
+            )?;
+            for (table, bytes) in rows {
+                if let Some(entry) = sizes.iter_mut().find(|(t, _)| table.strip_suffix("_local") == Some(*t)) {
+                    entry.1 += bytes;
+                }
+            }
+        }
+        Ok(sizes)
+    }
+
     /// The options the store was opened with.
     pub fn options(&self) -> &Options {
         &self.options
