@@ -81,12 +81,12 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     /// The file could not be read.
-    #[error("topology {}: cannot read: {source}", .path.display())]
+    #[error("topology {}: cannot read: {error}", .path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, so not returned as the source).
+        error: std::io::Error,
     },
     /// Not valid TOML, an unknown key, or a value of the wrong type.
     #[error("topology {}: {message}", .path.display())]
@@ -139,9 +139,9 @@ const ADDRESS_FORM: &str = "an IPv4 address such as \"198.18.1.1\" or an IPv6 ad
 impl Topology {
     /// Reads and validates a topology file.
     pub fn load(path: &Path) -> Result<Topology, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| TopologyError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Topology::parse(&text, path)
     }
@@ -150,7 +150,7 @@ impl Topology {
     pub fn parse(text: &str, path: &Path) -> Result<Topology, TopologyError> {
         let raw: RawTopology = toml::from_str(text).map_err(|e| TopologyError::Syntax {
             path: path.to_path_buf(),
-            message: syntax_message(text, &e),
+            message: crate::component::syntax_message(text, &e),
         })?;
         build(raw).map_err(|problems| TopologyError::Invalid {
             path: path.to_path_buf(),
@@ -193,17 +193,6 @@ impl Topology {
     pub fn nodes_in_rack(&self, rack: u32) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(move |n| n.rack == rack)
     }
-}
-
-/// One line: where the parser stopped, the offending line, and why.
-fn syntax_message(text: &str, error: &toml::de::Error) -> String {
-    let Some(span) = error.span() else {
-        return error.message().to_string();
-    };
-    let start = span.start.min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-    format!("line {line_no}: `{line}`: {}", error.message())
 }
 
 fn build(raw: RawTopology) -> Result<Topology, Vec<Problem>> {

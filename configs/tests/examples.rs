@@ -251,7 +251,7 @@ fn syntax_errors_carry_file_and_position() {
         .to_string();
     assert_eq!(
         err,
-        "topology t.toml: line 2: `id = \"one\"`: invalid type: string \"one\", expected u32"
+        "topology t.toml: line 2, column 6: `id = \"one\"`: invalid type: string \"one\", expected u32"
     );
     let err = Topology::load(Path::new("/nonexistent/topology.toml"))
         .unwrap_err()
