@@ -72,39 +72,42 @@ pub struct Writer {
 const PRUNE_CHUNK: usize = 100;
 
 impl Writer {
-    /// Starts the writer thread that owns `store` (any backend). It commits up to
-    /// `per_transaction` queued batches at a time and exits, after finishing
-    /// its current transaction, once every [`Writer`] handle is dropped.
+    /// Starts the writer thread that owns `store` (any backend), and one
+    /// more per writer the backend offers for concurrent commits
+    /// ([`BatchWriter::concurrent`]). Each commits up to `per_transaction`
+    /// queued batches at a time; all exit, after finishing their current
+    /// transaction, once every [`Writer`] handle is dropped. The handle
+    /// returned joins them all.
     pub fn spawn(
-        mut store: Box<dyn BatchWriter>,
+        store: Box<dyn BatchWriter>,
         capacity: usize,
         per_transaction: usize,
         stats: Arc<Stats>,
     ) -> std::io::Result<(Writer, std::thread::JoinHandle<()>)> {
-        let (jobs, mut queue) = mpsc::channel::<Job>(capacity.max(1));
+        let (jobs, queue) = mpsc::channel::<Job>(capacity.max(1));
+        let mut stores = vec![store];
+        match stores[0].concurrent() {
+            Ok(more) => stores.extend(more),
+            Err(error) => warn!(message = "No concurrent writers; writing from one thread.", %error),
+        }
+        // Each writer takes a group of queued batches under the lock, then
+        // commits it without the lock, so commits overlap.
+        let queue = std::sync::Mutex::new(queue);
         let thread = std::thread::Builder::new()
             .name("collector-writer".into())
             .spawn(move || {
-                let mut batch = Vec::with_capacity(per_transaction);
-                while let Some(job) = queue.blocking_recv() {
-                    match job {
-                        Job::Prune { cutoff_ns } => prune(store.as_mut(), cutoff_ns, &queue, &stats),
-                        Job::Store { bytes, reply } => {
-                            batch.push((bytes, reply));
-                            // Take whatever else is already queued, up to the cap, into
-                            // the same transaction: one fsync for all of them.
-                            while batch.len() < per_transaction {
-                                match queue.try_recv() {
-                                    Ok(Job::Store { bytes, reply }) => batch.push((bytes, reply)),
-                                    Ok(Job::Prune { cutoff_ns }) => prune(store.as_mut(), cutoff_ns, &queue, &stats),
-                                    Err(_) => break,
-                                }
-                            }
-                            commit(store.as_mut(), &mut batch, &stats);
+                std::thread::scope(|scope| {
+                    for (i, mut store) in stores.into_iter().enumerate() {
+                        let (queue, stats) = (&queue, &stats);
+                        let spawned = std::thread::Builder::new()
+                            .name(format!("collector-writer-{i}"))
+                            .spawn_scoped(scope, move || write_loop(store.as_mut(), queue, per_transaction, stats));
+                        if let Err(error) = spawned {
+                            warn!(message = "Could not start a writer thread.", %error);
                         }
                     }
-                }
-                debug!(message = "Writer stopped: every sender is gone.");
+                });
+                debug!(message = "Writers stopped: every sender is gone.");
             })?;
         Ok((Writer { jobs }, thread))
     }
@@ -113,6 +116,44 @@ impl Writer {
     /// time, yielding to queued batches between chunks.
     pub async fn prune(&self, cutoff_ns: u64) {
         let _ = self.jobs.send(Job::Prune { cutoff_ns }).await;
+    }
+}
+
+/// One writer: takes a job and whatever else is queued, up to
+/// `per_transaction` batches, and commits them as one unit; until the queue
+/// closes.
+fn write_loop(
+    store: &mut dyn BatchWriter,
+    queue: &std::sync::Mutex<mpsc::Receiver<Job>>,
+    per_transaction: usize,
+    stats: &Stats,
+) {
+    let mut batch = Vec::with_capacity(per_transaction);
+    loop {
+        let mut prunes = Vec::new();
+        {
+            let Ok(mut queue) = queue.lock() else { return };
+            let Some(job) = queue.blocking_recv() else { return };
+            let mut next = Some(job);
+            // Take whatever else is already queued, up to the cap, into the
+            // same transaction: one fsync for all of them.
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Store { bytes, reply } => batch.push((bytes, reply)),
+                    Job::Prune { cutoff_ns } => prunes.push(cutoff_ns),
+                }
+                if batch.len() < per_transaction {
+                    next = queue.try_recv().ok();
+                }
+            }
+        }
+        if !batch.is_empty() {
+            commit(store, &mut batch, stats);
+        }
+        for cutoff_ns in prunes {
+            let waiting = || queue.lock().map_or(true, |q| !q.is_empty());
+            prune(store, cutoff_ns, &waiting, stats);
+        }
     }
 }
 
@@ -162,13 +203,14 @@ fn commit(store: &mut dyn BatchWriter, batch: &mut Vec<(Vec<u8>, Reply)>, stats:
     }
 }
 
-fn prune(store: &mut dyn BatchWriter, cutoff_ns: u64, queue: &mpsc::Receiver<Job>, stats: &Stats) {
+/// Retention, a chunk at a time; stops early while batches are `waiting`.
+fn prune(store: &mut dyn BatchWriter, cutoff_ns: u64, waiting: &dyn Fn() -> bool, stats: &Stats) {
     loop {
         match store.prune(cutoff_ns, PRUNE_CHUNK) {
             Ok(deleted) => {
                 Stats::add(&stats.batches_pruned, deleted as u64);
                 // Stop when done, or when batches are waiting: ingest first.
-                if deleted < PRUNE_CHUNK || !queue.is_empty() {
+                if deleted < PRUNE_CHUNK || waiting() {
                     return;
                 }
             }

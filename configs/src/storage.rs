@@ -51,6 +51,8 @@ pub struct ClickHouseStorage {
     pub shard_urls: Vec<String>,
     /// Longest a request may take, seconds.
     pub timeout_secs: u64,
+    /// Inserts the collector keeps in flight at once (writer threads).
+    pub concurrent_inserts: usize,
 }
 
 impl Default for ClickHouseStorage {
@@ -63,6 +65,7 @@ impl Default for ClickHouseStorage {
             password: String::new(),
             shard_urls: Vec::new(),
             timeout_secs: 60,
+            concurrent_inserts: 4,
         }
     }
 }
@@ -124,6 +127,12 @@ impl Storage {
             );
         }
         c.range("storage.clickhouse.timeout_secs", ch.timeout_secs, 1..=3_600, "seconds");
+        c.range(
+            "storage.clickhouse.concurrent_inserts",
+            ch.concurrent_inserts,
+            1..=64,
+            "inserts",
+        );
     }
 }
 

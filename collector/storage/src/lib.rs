@@ -83,6 +83,14 @@ pub trait BatchWriter: Send {
     /// Records a node's name and rack.
     fn upsert_node(&mut self, node_id: u32, name: &str, rack_id: u32) -> Result<(), StoreError>;
 
+    /// Further writers of the same store that may commit at the same time
+    /// as this one, each from its own thread: a server-side engine takes
+    /// concurrent inserts, so the collector overlaps their round trips.
+    /// None (the default) for a backend with one writer, as SQLite.
+    fn concurrent(&self) -> Result<Vec<Box<dyn BatchWriter>>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Deletes the oldest batches whose window started before `cutoff_ns`,
     /// with every row they carried, as one unit; returns how many batches.
     /// Whole windows go together: the oldest `max_batches` batches set how

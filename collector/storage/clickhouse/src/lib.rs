@@ -66,6 +66,10 @@ pub struct Options {
     pub shard_urls: Vec<String>,
     /// Longest any request may take before it fails.
     pub timeout: Duration,
+    /// Inserts the collector keeps in flight at once (its writer threads):
+    /// each waits for the shards' answer, so several overlap the round
+    /// trips.
+    pub concurrent_inserts: usize,
 }
 
 impl Options {
@@ -80,6 +84,7 @@ impl Options {
             password: None,
             shard_urls: Vec::new(),
             timeout: Duration::from_secs(60),
+            concurrent_inserts: 4,
         }
     }
 
@@ -94,6 +99,7 @@ impl Options {
             password: text(&config.password),
             shard_urls: config.shard_urls.clone(),
             timeout: Duration::from_secs(config.timeout_secs),
+            concurrent_inserts: config.concurrent_inserts,
         }
     }
 
@@ -326,6 +332,12 @@ impl BatchWriter for ClickHouseStore {
 
     fn prune(&mut self, cutoff_ns: u64, max_batches: usize) -> Result<usize, StoreError> {
         write::prune(self, cutoff_ns, max_batches)
+    }
+
+    fn concurrent(&self) -> Result<Vec<Box<dyn BatchWriter>>, StoreError> {
+        (1..self.options.concurrent_inserts)
+            .map(|_| Ok(Box::new(ClickHouseStore::with_client(self.options.clone())?) as Box<dyn BatchWriter>))
+            .collect()
     }
 }
 
