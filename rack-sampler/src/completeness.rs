@@ -9,18 +9,48 @@
 //!
 //! A datagram is counted at most once: one too old for the history to say
 //! whether it already arrived (more than [`HISTORY`] behind the highest of
-//! its run, or of a run before the previous one) may be a replay, so it is
-//! refused rather than accepted as late, and counted
+//! its run, or of a known run before the previous one) may be a replay, so
+//! it is refused rather than accepted as late, and counted
 //! ([`SequenceTracker::too_old`]). Numbers compare by serial-number
 //! arithmetic, so wrapping is seamless: up to 2³¹ ahead of the highest is
 //! ahead, anything else behind. A replay from more than 2³¹ datagrams ago
 //! therefore reads as a jump ahead, the one case numbers alone cannot tell.
 //!
+//! **Runs.** An epoch is the agent's wall-clock start in seconds, so its
+//! value says nothing reliable about order: after the agent's clock steps
+//! back, a new run's epoch is *lower* than the last. The tracker therefore
+//! orders runs by when it first heard of them, not by value. It remembers
+//! the epochs of the last [`RUNS`] runs: a datagram of the latest or the
+//! previous run is checked against that run's history; one of an older
+//! remembered run is refused as too old; one of any other epoch, higher or
+//! lower, starts a new run (a restart). The limits of that rule:
+//! - a replay from a run older than the last [`RUNS`] reads as a restart and
+//!   is counted once per number, like a new run (and pushes the real run
+//!   back to "previous", where it is still accepted);
+//! - a straggler from a run the tracker never heard of, arriving after the
+//!   run that followed it, reads as a restart too;
+//! - a run whose epoch equals a remembered older run's (the clock stepped
+//!   back onto the second of an earlier start) is refused until the agent
+//!   starts again;
+//! - a restart within the same second as the previous start keeps the epoch
+//!   and numbers from 0 again; once the old run had passed [`HISTORY`]
+//!   numbers, the new run's datagrams are exactly what a replay of the old
+//!   run's looks like, so they are refused (replay safety first) until its
+//!   numbers overtake the old run's highest. The header carries nothing else
+//!   the tracker could tell the two apart by: the send time is the agent's
+//!   clock, which is what stepped.
+//!
 //! Loss before the sampler first hears from an agent cannot be known (a
 //! sampler restarting must not count an agent's whole history as lost), so
-//! the first datagram of an unknown run counts only itself as expected. A
-//! new epoch means the agent restarted and numbered from 0 again, so
-//! datagrams `0..=seq` of it are expected.
+//! the first datagram of the first run heard of counts only itself as
+//! expected. A new epoch means the agent restarted and numbered from 0
+//! again, so datagrams `0..=seq` of it are expected.
+
+/// How many runs (epochs) of an agent the tracker remembers: the latest, the
+/// previous (both with their histories) and older ones by epoch alone, whose
+/// datagrams are refused as too old. A few, so that the run before a restart
+/// or two is not mistaken for a new one, at the cost of a few words per agent.
+pub const RUNS: usize = 4;
 
 /// How many sequence numbers behind the highest the tracker remembers; an
 /// older datagram is refused as too old.
@@ -56,6 +86,8 @@ pub struct SequenceTracker {
     run: Option<Run>,
     /// The run before `run`, whose stragglers may still arrive.
     previous: Option<Run>,
+    /// Epochs of the runs before `previous`, latest first.
+    older: [Option<u32>; RUNS - 2],
     too_old: u64,
 }
 
@@ -168,25 +200,29 @@ impl SequenceTracker {
                 restarted: false,
             };
         };
-        // Epochs are the agent's start time: a later one is a restart, an
-        // earlier one a straggler from a previous run.
+        // Runs are known by their epoch, whatever its value: the agent's
+        // clock may have stepped back, so a lower epoch may well be a restart.
         let (seen, straggler) = if epoch == run.epoch {
             (run.observe(seq), false)
-        } else if epoch > run.epoch {
-            self.previous = self.run.replace(Run::start(epoch, seq));
+        } else if let Some(previous) = self.previous.as_mut().filter(|p| p.epoch == epoch) {
+            // The previous run's stragglers are still real telemetry, checked
+            // against its history like any other.
+            (previous.observe(seq), true)
+        } else if self.older.contains(&Some(epoch)) {
+            // An older run's history is gone, so its datagrams cannot be
+            // told from replays.
+            (Seen::TooOld, true)
+        } else {
+            let new = Run::start(epoch, seq);
+            if let Some(previous) = self.previous.replace(std::mem::replace(run, new)) {
+                self.older.rotate_right(1);
+                self.older[0] = Some(previous.epoch);
+            }
             return Arrival::New {
                 expected: seq.saturating_add(1),
                 reordered: false,
                 restarted: true,
             };
-        } else {
-            // The previous run's stragglers are still real telemetry, checked
-            // against its history like any other. An older run's state is
-            // gone, so its datagrams cannot be told from replays.
-            match self.previous.as_mut() {
-                Some(previous) if previous.epoch == epoch => (previous.observe(seq), true),
-                _ => (Seen::TooOld, true),
-            }
         };
         match seen {
             Seen::New { expected, late } => Arrival::New {
@@ -273,6 +309,54 @@ mod tests {
         assert_eq!(t.observe(10, 1), Arrival::TooOld, "unseen, but cannot be told");
         assert_eq!(t.observe(11, 1), new(1, true));
         assert_eq!(t.too_old(), 2);
+    }
+
+    fn restart(expected: u32) -> Arrival {
+        Arrival::New {
+            expected,
+            reordered: false,
+            restarted: true,
+        }
+    }
+
+    /// The agent's clock stepped back: its new run has a lower epoch than
+    /// the last, and is a restart like any other.
+    #[test]
+    fn a_lower_epoch_never_seen_is_a_restart() {
+        let mut t = SequenceTracker::default();
+        t.observe(2_000, 5_000);
+        assert_eq!(t.observe(1_990, 0), restart(1));
+        assert_eq!(t.epoch(), Some(1_990));
+        assert_eq!(t.observe(1_990, 1), new(1, false));
+        assert_eq!(t.observe(1_990, 1), Arrival::Duplicate);
+        // The run before it is still the previous one, stragglers welcome.
+        assert_eq!(t.observe(2_000, 5_001), new(1, true));
+        // Later restarts, in any direction, push it back; once older than
+        // the previous run, its datagrams are refused.
+        assert_eq!(t.observe(2_005, 3), restart(4));
+        assert_eq!(t.observe(1_980, 0), restart(1));
+        assert_eq!(t.observe(2_000, 5_002), Arrival::TooOld);
+        assert_eq!(t.observe(1_990, 2), Arrival::TooOld);
+        assert_eq!(t.observe(2_005, 4), new(1, true));
+        assert_eq!(t.too_old(), 2);
+        // Only the last `RUNS` epochs are remembered: one more restart
+        // forgets 2 000, which then reads as a new run.
+        assert_eq!(t.observe(1_970, 0), restart(1));
+        assert_eq!(t.observe(1_990, 7), Arrival::TooOld);
+        assert_eq!(t.observe(2_000, 0), restart(1));
+    }
+
+    /// A restart within the same second keeps the epoch: once the old run
+    /// passed the history, the new one's first numbers look exactly like a
+    /// replay and are refused until they overtake the old run's highest.
+    #[test]
+    fn a_restart_within_the_same_epoch_is_refused_until_it_overtakes() {
+        let mut t = SequenceTracker::default();
+        for seq in 0..HISTORY + 10 {
+            t.observe(5, seq);
+        }
+        assert_eq!(t.observe(5, 0), Arrival::TooOld);
+        assert_eq!(t.observe(5, HISTORY + 10), new(1, false));
     }
 
     #[test]

@@ -204,7 +204,14 @@ impl Sampler {
             let closed = ingest::lock(&aggregator).take_all(now_ns());
             let windows: Vec<EmittedWindow> = closed.into_iter().map(ClosedWindow::encode).collect();
             let resume = windows.last().map(aggregate::next_part);
-            spool_windows(&spool, windows, &wake);
+            let spooled = spool_windows(&spool, windows, &wake);
+            // After the part the spool last used, should it have renumbered.
+            let resume = match (resume, spooled) {
+                (Some((start, part)), Some(used)) if used.window_start_ns == start => {
+                    Some((start, part.max(used.part.saturating_add(1))))
+                }
+                (resume, _) => resume,
+            };
             if let Some((start, part)) = resume {
                 write_resume(&spool_dir, start, part);
             }
@@ -227,10 +234,13 @@ impl Sampler {
     }
 }
 
-fn spool_windows(spool: &Mutex<Spool>, windows: Vec<EmittedWindow>, wake: &Notify) {
+/// Spools the windows' batches; returns the key the last one was spooled
+/// under (the spool renumbers a part already taken).
+fn spool_windows(spool: &Mutex<Spool>, windows: Vec<EmittedWindow>, wake: &Notify) -> Option<SpoolKey> {
     if windows.is_empty() {
-        return;
+        return None;
     }
+    let mut last = None;
     let mut spool = uplink::lock(spool);
     for window in windows {
         for (part, bytes) in window.parts {
@@ -238,7 +248,13 @@ fn spool_windows(spool: &Mutex<Spool>, windows: Vec<EmittedWindow>, wake: &Notif
                 window_start_ns: window.start_ns,
                 part,
             };
-            match spool.push(key, bytes) {
+            let pushed = spool.push(key, bytes);
+            if let Ok(pushed) = &pushed
+                && !pushed.refused
+            {
+                last = Some(pushed.key);
+            }
+            match pushed {
                 Ok(pushed) if pushed.refused => {
                     warn!(
                         message = "batch larger than the whole spool was dropped; raise uplink.spool_max_bytes",
@@ -257,6 +273,7 @@ fn spool_windows(spool: &Mutex<Spool>, windows: Vec<EmittedWindow>, wake: &Notif
         }
     }
     wake.notify_one();
+    last
 }
 
 fn take_resume(dir: &Path) -> Option<(u64, u16)> {

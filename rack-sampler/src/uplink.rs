@@ -7,9 +7,11 @@
 //! any batch, and each acknowledges a batch id it already holds as a
 //! duplicate. The uplink talks to one at a time. When connecting to it fails
 //! or its connection breaks, the uplink moves straight on to the next in the
-//! list (round robin), so a dead collector costs one connection timeout, not
-//! a backoff. A batch whose collector failed before acknowledging it is still
-//! in the spool and goes to the next collector.
+//! list (round robin), so a dead collector costs one connection timeout
+//! (name resolution and handshake together), not a backoff. A batch whose
+//! collector failed before acknowledging it is still in the spool and goes
+//! to the next collector; the spool is told the send went unanswered, as
+//! the collector may have stored it (see [`crate::spool`]).
 //!
 //! **Names.** A collector given by name is resolved at every connection
 //! attempt, never cached across a failure, so a collector that moved behind
@@ -23,7 +25,10 @@
 //!
 //! A batch the collector rejects as invalid is set aside (see
 //! [`crate::spool`]) rather than retried forever; `retry-later` (collector
-//! busy) is retried after a pause.
+//! busy) is retried after a short pause, but [`RETRY_LATER_LIMIT`] of them
+//! in a row count as a failure of that collector: the uplink moves on to the
+//! next and backs off like after any failure, rather than keep resending a
+//! batch to a collector that cannot store it while others could.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -37,7 +42,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use wire_format::{AckStatus, BatchAck, BatchView, DropReason};
 
-use crate::spool::{Spool, SpoolKey};
+use crate::spool::{Spool, SpoolKey, Unacknowledged};
 
 /// First pause after every collector has failed.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -48,6 +53,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A connection that stays up this long counts as a success, and the
 /// backoff starts over when it ends, even if it had nothing to deliver.
 pub const STABLE_AFTER: Duration = Duration::from_secs(5);
+
+/// Retry-later answers in a row after which a collector counts as failed.
+pub const RETRY_LATER_LIMIT: u32 = 3;
+
+/// Pause before resending a batch a collector answered retry-later.
+const RETRY_LATER_PAUSE: Duration = Duration::from_millis(500);
 
 /// Capped exponential backoff with jitter: each pause is a random share,
 /// from half to all, of a delay that doubles with every pause up to a cap;
@@ -169,7 +180,7 @@ impl UplinkStats {
 }
 
 /// Labels of [`UplinkStats::failures`].
-pub const FAILURE_KINDS: [&str; 6] = ["connect", "tls", "timeout", "connection", "protocol", "resolve"];
+pub const FAILURE_KINDS: [&str; 7] = ["connect", "tls", "timeout", "connection", "protocol", "resolve", "busy"];
 
 /// Why sending a batch failed.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +246,15 @@ pub enum UplinkError {
     /// this batch.
     #[error("bad acknowledgement: {0}")]
     Protocol(String),
+    /// The collector answered retry-later [`RETRY_LATER_LIMIT`] times in a
+    /// row: it cannot store batches now.
+    #[error("the collector {collector} answered retry-later {answers} times in a row")]
+    Busy {
+        /// The collector, as configured.
+        collector: String,
+        /// How many times.
+        answers: u32,
+    },
 }
 
 impl UplinkError {
@@ -247,6 +267,7 @@ impl UplinkError {
             UplinkError::Connection(_) | UplinkError::Stream(_) => 3,
             UplinkError::Protocol(_) => 4,
             UplinkError::Resolve { .. } => 5,
+            UplinkError::Busy { .. } => 6,
         }
     }
 }
@@ -271,8 +292,8 @@ pub struct Target {
     pub server_name: String,
     /// How long to wait for an acknowledgement.
     pub ack_timeout: Duration,
-    /// How long resolving a collector's name, and then its handshake, may
-    /// take before the next collector is tried.
+    /// How long resolving a collector's name and its handshake may take,
+    /// together, before the next collector is tried.
     pub connect_timeout: Duration,
 }
 
@@ -355,20 +376,22 @@ struct Peer {
 }
 
 /// Resolves `collector` and connects to it, to all its addresses at once;
-/// the first handshake to complete wins.
+/// the first handshake to complete wins. Both within one connect timeout.
 async fn connect(
     endpoints: &Endpoints,
     target: &Target,
     collector: &str,
 ) -> Result<(quinn::Connection, Peer), UplinkError> {
     let timeout = target.connect_timeout;
+    // One deadline for both steps, so a dead collector costs one timeout.
+    let deadline = tokio::time::Instant::now() + timeout;
     let resolve_error = |source| UplinkError::Resolve {
         collector: collector.to_owned(),
         source,
     };
     // Resolved afresh at every attempt: after a failure the name may lead
     // somewhere else.
-    let resolved = tokio::time::timeout(timeout, tokio::net::lookup_host(collector))
+    let resolved = tokio::time::timeout_at(deadline, tokio::net::lookup_host(collector))
         .await
         .map_err(|_| {
             resolve_error(std::io::Error::new(
@@ -413,7 +436,7 @@ async fn connect(
     }
     // The failure of the address the resolver listed first, if all fail.
     let mut failure: Option<(usize, UplinkError)> = None;
-    let first = tokio::time::timeout(timeout, async {
+    let first = tokio::time::timeout_at(deadline, async {
         while let Some(attempt) = attempts.join_next().await {
             match attempt {
                 Ok((_, Ok(connected))) => return Some(connected),
@@ -517,15 +540,18 @@ fn stream_error(peer: &Peer, message: String, connection: &quinn::Connection) ->
 /// What one connection achieved: whether the backoff starts over after it.
 #[derive(Debug, Default)]
 struct Session {
-    /// The collector acknowledged a batch (in any way).
+    /// The collector settled a batch: stored, duplicate or rejected.
     delivered: bool,
     /// When the connection was found accepted.
     up_since: Option<Instant>,
+    /// It ended because the collector kept answering retry-later: however
+    /// long it lasted, it did not work.
+    busy: bool,
 }
 
 impl Session {
     fn worked(&self) -> bool {
-        self.delivered || self.up_since.is_some_and(|since| since.elapsed() >= STABLE_AFTER)
+        self.delivered || (!self.busy && self.up_since.is_some_and(|since| since.elapsed() >= STABLE_AFTER))
     }
 }
 
@@ -643,6 +669,8 @@ impl Link<'_> {
         last_error: &mut Option<String>,
     ) -> Result<(), UplinkError> {
         let connection = self.connection;
+        // Retry-later answers in a row on this connection.
+        let mut retry_laters = 0;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -674,17 +702,35 @@ impl Link<'_> {
                 continue;
             };
             stats.batches_sent.fetch_add(1, Ordering::Relaxed);
-            let status = send_batch(connection, self.peer, self.ack_timeout, batch).await?;
-            session.delivered = true;
+            let status = match send_batch(connection, self.peer, self.ack_timeout, batch).await {
+                Ok(status) => status,
+                Err(error) => {
+                    // The collector may have stored it before the answer was
+                    // lost: the spool must not count it as dropped for now.
+                    lock(spool).unacknowledged(key, Unacknowledged::NoAnswer);
+                    return Err(error);
+                }
+            };
             if session.up_since.is_none() {
                 self.announce(stats, session, last_error);
             }
             settle(spool, key, status, stats);
-            if status == AckStatus::RetryLater {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = shutdown.changed() => return Ok(()),
-                }
+            if status != AckStatus::RetryLater {
+                session.delivered = true;
+                retry_laters = 0;
+                continue;
+            }
+            retry_laters += 1;
+            if retry_laters >= RETRY_LATER_LIMIT {
+                session.busy = true;
+                return Err(UplinkError::Busy {
+                    collector: self.peer.collector.clone(),
+                    answers: retry_laters,
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_LATER_PAUSE) => {}
+                _ = shutdown.changed() => return Ok(()),
             }
         }
     }
@@ -717,6 +763,7 @@ fn settle(spool: &Mutex<Spool>, key: SpoolKey, status: AckStatus, stats: &Uplink
         }
         _ => {
             stats.retry_later.fetch_add(1, Ordering::Relaxed);
+            spool.unacknowledged(key, Unacknowledged::RetryLater);
             Ok(())
         }
     };
@@ -808,17 +855,27 @@ mod tests {
         let fresh = Session {
             delivered: false,
             up_since: Some(Instant::now()),
+            busy: false,
         };
         assert!(!fresh.worked());
         let lasting = Session {
             delivered: false,
             up_since: Instant::now().checked_sub(STABLE_AFTER),
+            busy: false,
         };
         assert!(lasting.worked());
         let delivered = Session {
             delivered: true,
             up_since: Some(Instant::now()),
+            busy: false,
         };
         assert!(delivered.worked());
+        // Up for long, but only answering retry-later: no success.
+        let busy = Session {
+            delivered: false,
+            up_since: Instant::now().checked_sub(STABLE_AFTER),
+            busy: true,
+        };
+        assert!(!busy.worked());
     }
 }

@@ -2,9 +2,10 @@
 //! a real QUIC server in the test stands in for the collector and records
 //! every batch. Covers exact delivery across a collector outage and a
 //! sampler restart, failover between several collectors (one down from the
-//! start, one that never acknowledges, one stopped mid-run), a collector
-//! given by host name, the malformed-datagram corpus, the Prometheus
-//! endpoint and a refused client certificate.
+//! start, one that never acknowledges, one that only answers retry-later,
+//! one stopped mid-run), a collector given by host name, the
+//! malformed-datagram corpus, the Prometheus endpoint and a refused client
+//! certificate.
 //!
 //! Nothing here sleeps for a guessed time: every wait polls an observable
 //! condition (a metric, a batch the stand-in received, the child's exit)
@@ -41,11 +42,24 @@ fn free_tcp_port() -> u16 {
 }
 
 /// What the stand-in collector received: every distinct batch, and how many
-/// repeats it acknowledged as duplicates.
+/// repeats it acknowledged as duplicates (or, busy, answered retry-later).
 #[derive(Default)]
 struct Received {
     batches: BTreeMap<BatchId, Vec<u8>>,
     duplicates: u64,
+    retry_later: u64,
+}
+
+/// How the stand-in collector answers a batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Like the collector: stored, or duplicate.
+    Acknowledge,
+    /// Never: it takes the batch and says nothing.
+    Silent,
+    /// Retry-later, always, storing nothing (a collector whose storage is
+    /// down).
+    RetryLater,
 }
 
 /// A QUIC server that acknowledges batches the way the collector does.
@@ -56,13 +70,19 @@ struct StandIn {
 
 impl StandIn {
     fn start(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>) -> StandIn {
-        StandIn::serve(files, addr, received, true)
+        StandIn::serve(files, addr, received, Answer::Acknowledge)
     }
 
     /// A collector that takes batches (recorded in `received`) but never
     /// acknowledges one, as if it died after reading each.
     fn start_silent(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>) -> StandIn {
-        StandIn::serve(files, addr, received, false)
+        StandIn::serve(files, addr, received, Answer::Silent)
+    }
+
+    /// A collector that answers every batch retry-later (counted in
+    /// `received`), storing none.
+    fn start_busy(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>) -> StandIn {
+        StandIn::serve(files, addr, received, Answer::RetryLater)
     }
 
     /// The address it listens on.
@@ -70,7 +90,7 @@ impl StandIn {
         self.endpoint.local_addr().unwrap()
     }
 
-    fn serve(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>, acknowledge: bool) -> StandIn {
+    fn serve(files: &TlsFiles, addr: SocketAddr, received: Arc<Mutex<Received>>, answer: Answer) -> StandIn {
         let endpoint = quinn::Endpoint::server(tls::server_config(files).unwrap(), addr).unwrap();
         let accepting = endpoint.clone();
         let task = tokio::spawn(async move {
@@ -86,12 +106,15 @@ impl StandIn {
                         };
                         let view = BatchView::parse(&bytes).unwrap();
                         let id = view.header.batch_id;
-                        if !acknowledge {
+                        if answer == Answer::Silent {
                             received.lock().unwrap().batches.insert(id, bytes);
                             unanswered.push(send);
                             continue;
                         }
-                        let status = {
+                        let status = if answer == Answer::RetryLater {
+                            received.lock().unwrap().retry_later += 1;
+                            AckStatus::RetryLater
+                        } else {
                             let mut r = received.lock().unwrap();
                             match r.batches.entry(id) {
                                 std::collections::btree_map::Entry::Occupied(_) => {
@@ -630,8 +653,11 @@ async fn with_the_first_collector_down_every_batch_goes_to_the_second() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let mut s = setup(dir.path(), &pki);
-    // Nothing listens there: its handshake times out (ack_timeout_ms, 2 s).
-    let dead = format!("127.0.0.1:{}", free_udp_port());
+    // Bound for the whole test but never read: nothing answers, so its
+    // handshake times out (ack_timeout_ms, 2 s), and no other socket can
+    // take the port meanwhile.
+    let dead_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = dead_socket.local_addr().unwrap().to_string();
     let live = s.collector.to_string();
     s.collectors = vec![dead.clone(), live.clone()];
     let received = Arc::new(Mutex::new(Received::default()));
@@ -650,6 +676,7 @@ async fn with_the_first_collector_down_every_batch_goes_to_the_second() {
     let log = sampler.log();
     sampler.stop();
     stand_in.stop().await;
+    drop(dead_socket);
 
     let r = received.lock().unwrap();
     assert_eq!(probes_in(r.batches.values()), sent, "probes lost or counted twice");
@@ -711,6 +738,54 @@ async fn a_batch_the_first_collector_never_acknowledged_is_resent_to_the_second(
     assert_eq!(probes_in(r.batches.values()), sent, "probes lost or counted twice");
     assert!(metric(&page, "flowmesh_sampler_uplink_failures_total{kind=\"timeout\"}").unwrap() >= 1.0);
     assert_eq!(connected_to(&page, &s.collectors[1]), Some(1.0), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_keeps_answering_retry_later_is_failed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut s = setup(dir.path(), &pki);
+    // The first is up but cannot store anything: after a few retry-laters
+    // the sampler must count it as failed and move on to the second.
+    let refused = Arc::new(Mutex::new(Received::default()));
+    let busy = StandIn::start_busy(&pki.collector(), "127.0.0.1:0".parse().unwrap(), refused.clone());
+    let received = Arc::new(Mutex::new(Received::default()));
+    let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+    s.collectors = vec![busy.addr().to_string(), s.collector.to_string()];
+    let sampler = SamplerProcess::start(&s, "busy");
+    wait_for_metrics(s.metrics, "the sampler's endpoint", |_| true).await;
+
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seq = 0;
+    let (sent, last_ns) = tokio::task::block_in_place(|| send_probes(&agent, s.ingest, 101, &mut seq, 30));
+    wait_for_received(&received, "the last probe's window at the second collector", |r| {
+        reached(r, window_of(last_ns))
+    })
+    .await;
+    let page = http_get(s.metrics, "/metrics").await.unwrap();
+    let log = sampler.log();
+    sampler.stop();
+    busy.stop().await;
+    stand_in.stop().await;
+
+    let limit = u64::from(rack_sampler::uplink::RETRY_LATER_LIMIT);
+    assert!(
+        refused.lock().unwrap().retry_later >= limit,
+        "the busy collector was not tried"
+    );
+    let r = received.lock().unwrap();
+    assert_eq!(probes_in(r.batches.values()), sent, "probes lost or counted twice");
+    assert_eq!(r.duplicates, 0, "the busy collector stored nothing");
+    assert!(metric(&page, "flowmesh_sampler_uplink_failures_total{kind=\"busy\"}").unwrap() >= 1.0);
+    assert!(metric(&page, "flowmesh_sampler_uplink_failovers_total").unwrap() >= 1.0);
+    assert_eq!(connected_to(&page, &s.collectors[1]), Some(1.0), "{page}");
+    assert!(
+        log.contains(&format!(
+            "the collector {} answered retry-later {limit} times in a row",
+            s.collectors[0]
+        )),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

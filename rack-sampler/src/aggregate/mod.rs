@@ -191,28 +191,30 @@ impl Aggregator {
         let Some(agent) = self.agents.get_mut(&node) else {
             return refuse(self, Refusal::ForeignNode(node));
         };
-        let arrival = agent.sequence.observe(header.agent_epoch.get(), header.sequence.get());
+        let new = match agent.sequence.observe(header.agent_epoch.get(), header.sequence.get()) {
+            // Possibly a replay: refused before it can make the agent look
+            // alive (last seen) when it may be long gone.
+            Arrival::TooOld => return refuse(self, Refusal::TooOld),
+            Arrival::Duplicate => None,
+            Arrival::New {
+                expected,
+                reordered,
+                restarted,
+            } => Some((expected, reordered, restarted)),
+        };
         agent.last_seen_ns = arrival_ns;
         let epoch = agent.sequence.epoch().unwrap_or(0);
         let records = datagram.records.len();
         let agent_totals = self.totals.agents.entry(node).or_default();
         agent_totals.last_seen_ns = arrival_ns;
-        let (expected, reordered, restarted) = match arrival {
-            Arrival::TooOld => return refuse(self, Refusal::TooOld),
-            Arrival::Duplicate => {
-                agent_totals.duplicate += 1;
-                self.totals.duplicates += 1;
-                let start = self.window_of(header.sent_at_ns.get(), arrival_ns);
-                let w = self.window(start).agents.entry(node).or_default();
-                w.epoch = epoch;
-                w.duplicate += 1;
-                return Ingested::Duplicate;
-            }
-            Arrival::New {
-                expected,
-                reordered,
-                restarted,
-            } => (expected, reordered, restarted),
+        let Some((expected, reordered, restarted)) = new else {
+            agent_totals.duplicate += 1;
+            self.totals.duplicates += 1;
+            let start = self.window_of(header.sent_at_ns.get(), arrival_ns);
+            let w = self.window(start).agents.entry(node).or_default();
+            w.epoch = epoch;
+            w.duplicate += 1;
+            return Ingested::Duplicate;
         };
         agent_totals.expected += u64::from(expected);
         agent_totals.received += 1;
