@@ -185,9 +185,17 @@ pub(crate) fn store_only(
     Ok(started.elapsed())
 }
 
-/// A store for the QUIC run, in database `database`.
-pub(crate) fn store(cluster: &LocalCluster, database: &str) -> anyhow::Result<Box<dyn BatchWriter>> {
-    Ok(Box::new(ClickHouseStore::open(options(cluster, database))?))
+/// A store for the QUIC run, in database `database`, with
+/// `concurrent_inserts` writers in the collector.
+pub(crate) fn store(
+    cluster: &LocalCluster,
+    database: &str,
+    concurrent_inserts: usize,
+) -> anyhow::Result<Box<dyn BatchWriter>> {
+    Ok(Box::new(ClickHouseStore::open(Options {
+        concurrent_inserts,
+        ..options(cluster, database)
+    })?))
 }
 
 /// Merges every part of `database`'s local tables on the server at `url`

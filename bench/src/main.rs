@@ -85,6 +85,10 @@ enum Bench {
         /// Times to repeat the whole measurement (for the spread).
         #[arg(long, default_value_t = 1)]
         runs: u32,
+        /// ClickHouse inserts the collector keeps in flight
+        /// (`storage.clickhouse.concurrent_inserts`).
+        #[arg(long, default_value_t = 1)]
+        concurrent_inserts: usize,
     },
     /// Analyzer report: time and peak RSS of `flowmesh-analyzer report` over
     /// 10 M path-window rows beside a bare SQLite scan of them.
@@ -127,12 +131,12 @@ fn main() -> anyhow::Result<()> {
             streams,
             store,
             runs,
+            concurrent_inserts,
         } => collector_ingest(
             batches,
             paths,
             probes_per_path,
-            per_transaction,
-            streams,
+            (per_transaction, streams, concurrent_inserts),
             store == "clickhouse",
             runs,
         ),
@@ -350,12 +354,16 @@ impl Rate {
     }
 }
 
+/// `(per_transaction, streams, concurrent_inserts)`: how the collector
+/// groups, how many batches the client keeps in flight, how many
+/// ClickHouse inserts the collector overlaps.
+type Concurrency = (usize, usize, usize);
+
 fn collector_ingest(
     count: u32,
     paths: u32,
     probes: u32,
-    per_transaction: usize,
-    streams: usize,
+    (per_transaction, streams, concurrent_inserts): Concurrency,
     clickhouse: bool,
     runs: u32,
 ) -> anyhow::Result<()> {
@@ -370,7 +378,10 @@ fn collector_ingest(
     );
     let cluster = clickhouse
         .then(|| {
-            println!("  ClickHouse: two shards, private clickhouse-server processes on this machine");
+            println!(
+                "  ClickHouse: two shards, private clickhouse-server processes on this machine; \
+                 {concurrent_inserts} concurrent inserts"
+            );
             collector_storage_clickhouse::cluster::LocalCluster::start(2)
         })
         .transpose()
@@ -412,7 +423,7 @@ fn collector_ingest(
         let ch_quic = quic_end_to_end(
             dir.path(),
             batches.clone(),
-            clickhouse_ingest::store(cluster, &db("quic"))?,
+            clickhouse_ingest::store(cluster, &db("quic"), concurrent_inserts)?,
             per_transaction,
             streams,
         )

@@ -65,7 +65,7 @@ impl Default for ClickHouseStorage {
             password: String::new(),
             shard_urls: Vec::new(),
             timeout_secs: 60,
-            concurrent_inserts: 4,
+            concurrent_inserts: 1,
         }
     }
 }
