@@ -16,7 +16,12 @@ const SECOND: u64 = 1_000_000_000;
 /// A database with two recent windows of rack 1 and one old window.
 fn database(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("flowmesh.db");
-    let mut store = SqliteStore::open(&path).unwrap();
+    fill(&mut SqliteStore::open(&path).unwrap());
+    path
+}
+
+/// Stores two recent windows of rack 1 and one old window.
+fn fill(store: &mut dyn BatchWriter) {
     store.upsert_rack(1, "rack1").unwrap();
     for (id, name) in [(101, "r1n1"), (102, "r1n2"), (201, "r2n1")] {
         store.upsert_node(id, name, if id < 200 { 1 } else { 2 }).unwrap();
@@ -63,7 +68,6 @@ fn database(dir: &std::path::Path) -> std::path::PathBuf {
         let bytes = b.encode().unwrap();
         store.store_batch(&BatchView::parse(&bytes).unwrap(), start).unwrap();
     }
-    path
 }
 
 fn since_an_hour_ago() -> u64 {
@@ -190,4 +194,42 @@ fn the_query_command_reads_a_live_database() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("expected a number with s, m, h or d"), "{stderr}");
+}
+
+#[test]
+fn the_query_command_answers_the_same_from_clickhouse() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(dir.path());
+    let cluster = collector_storage_clickhouse::cluster::LocalCluster::start(2).unwrap();
+    let mut store = collector_storage_clickhouse::ClickHouseStore::open(collector_storage_clickhouse::Options {
+        database: "query".into(),
+        cluster: collector_storage_clickhouse::cluster::CLUSTER.into(),
+        shard_urls: cluster.urls(),
+        ..collector_storage_clickhouse::Options::new(cluster.url(0))
+    })
+    .unwrap();
+    fill(&mut store);
+    let query = |question: &[&str], backend: &[&str]| -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_flowmesh-collector"))
+            .arg("query")
+            .args(question)
+            .args(["--since", "2h"])
+            .args(backend)
+            .env("FLOWMESH_COLLECTOR_STORAGE__CLICKHOUSE__DATABASE", "query")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    for question in [
+        &["worst-paths"][..],
+        &["top-talkers"],
+        &["node", "r1n1"],
+        &["completeness"],
+    ] {
+        let sqlite = query(question, &["--database", db.to_str().unwrap()]);
+        let clickhouse = query(question, &["--clickhouse", &cluster.url(1)]);
+        assert!(sqlite.lines().count() > 1, "{question:?}: {sqlite}");
+        assert_eq!(clickhouse, sqlite, "{question:?}");
+    }
 }
