@@ -241,7 +241,7 @@ pub trait Component: Serialize + DeserializeOwned + Default {
 
     /// Loads the configuration: defaults, then `file` (if given), then
     /// environment overrides, then validation. A value of the wrong type is
-    /// refused, see the [module documentation](self).
+    /// refused with its key, its value and the type expected.
     fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_env(file, std::env::vars())
     }
