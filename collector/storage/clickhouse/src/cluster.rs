@@ -6,8 +6,16 @@
 //! Each server gets its own directory under a temporary directory, free
 //! loopback ports and a configuration written here (not the packaged one,
 //! which points at `/var/lib/clickhouse`), so nothing touches a system
-//! instance. Dropping the cluster kills every server it started, by PID, and
-//! removes the directory — also when a test fails.
+//! instance. Dropping the cluster kills every server it started and removes
+//! the directory — also when a test fails.
+//!
+//! A server must not outlive the process that started it even when that
+//! process is killed (a test timing out, Ctrl-C on a benchmark), when no
+//! destructor runs. So each server runs under a small `sh` that holds the
+//! read end of a pipe whose write end only this process has: when the pipe
+//! closes — the cluster dropped or the process gone, however it ended — the
+//! shell kills the server. (`PR_SET_PDEATHSIG` would follow the thread that
+//! started the server, not the process, and needs `unsafe`.)
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +29,16 @@ pub const CLUSTER: &str = "flowmesh";
 /// How long a server may take to answer `/ping` after it starts (it takes
 /// about 3 s on a 2-core machine; a loaded CI machine more).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `clickhouse-server ARGS…` and kills it (SIGKILL, as a crash would)
+/// once its standard input reaches end of file; exits when the server does.
+/// (A background job's standard input is /dev/null in `sh`, so the pipe is
+/// handed to the watcher as descriptor 3.)
+const WATCH: &str = r#"exec 3<&0
+clickhouse-server "$@" </dev/null 3<&- & server=$!
+(read -r _ <&3; kill -9 "$server" 2>/dev/null) &
+exec 3<&-
+wait "$server""#;
 
 /// One shard's server.
 #[derive(Debug)]
@@ -76,6 +94,11 @@ impl LocalCluster {
         format!("http://127.0.0.1:{}", self.servers[shard].http_port)
     }
 
+    /// The directory holding every server's configuration, data and logs.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// Every shard's HTTP URL, in shard order.
     pub fn urls(&self) -> Vec<String> {
         (0..self.servers.len()).map(|i| self.url(i)).collect()
@@ -84,9 +107,8 @@ impl LocalCluster {
     /// Kills shard `shard`'s server (SIGKILL, as a crash would) and waits
     /// for it to exit; its data stays for [`LocalCluster::start_shard`].
     pub fn stop_shard(&mut self, shard: usize) -> std::io::Result<()> {
-        if let Some(mut child) = self.servers[shard].child.take() {
-            child.kill()?;
-            child.wait()?;
+        if let Some(child) = self.servers[shard].child.take() {
+            stop(child)?;
         }
         Ok(())
     }
@@ -99,19 +121,16 @@ impl LocalCluster {
             return Ok(());
         }
         let log = std::fs::File::create(server.dir.join("log/stdout"))?;
-        let child = Command::new("clickhouse-server")
+        let child = Command::new("sh")
+            .args(["-c", WATCH, "sh"])
             .arg(format!("--config-file={}", server.dir.join("config.xml").display()))
             .current_dir(&server.dir)
-            .stdin(Stdio::null())
+            // The pipe whose end stops the server (see the module docs).
+            .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("starting clickhouse-server (scripts/setup installs it): {e}"),
-                )
-            })?;
+            .map_err(|e| std::io::Error::new(e.kind(), format!("starting sh for clickhouse-server: {e}")))?;
         server.child = Some(child);
         wait_ready(server)
     }
@@ -120,12 +139,17 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for server in &mut self.servers {
-            if let Some(mut child) = server.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Some(child) = server.child.take() {
+                let _ = stop(child);
             }
         }
     }
+}
+
+/// Closes the server's pipe, so its shell kills it, and waits for both.
+fn stop(mut child: Child) -> std::io::Result<()> {
+    drop(child.stdin.take());
+    child.wait().map(|_| ())
 }
 
 /// Polls `/ping` until the server answers `Ok.`, it exits, or the timeout.
@@ -140,7 +164,11 @@ fn wait_ready(server: &mut Server) -> std::io::Result<()> {
             None => true,
         };
         if exited || Instant::now() > deadline {
-            let why = if exited { "exited" } else { "did not answer in time" };
+            let why = if exited {
+                "exited (scripts/setup installs clickhouse-server)"
+            } else {
+                "did not answer in time"
+            };
             return Err(std::io::Error::other(format!(
                 "clickhouse-server in {} {why}: {}",
                 server.dir.display(),

@@ -29,12 +29,24 @@ fn sql(question: &Question) -> &'static str {
                    GROUP BY src_node, dst_node)
              ORDER BY loss_rate DESC, worst_rtt_p99_us DESC, src_node, dst_node LIMIT {limit}"
         }
+        // Each flow (node_id, flow_id, start_ns) counts once over the range,
+        // by its latest report in it (counters are cumulative) — the largest
+        // `latest`, SQLite's `ROW_NUMBER() … ORDER BY` the same columns —
+        // times that report's weight. The innermost SELECT aggregates on the
+        // shards: a flow's reports of several windows came in several
+        // batches, possibly on different shards.
         Question::TopTalkers => {
-            "SELECT node_id, node_id AS node_name, dst_addr, flows AS est_flows, sent AS est_bytes_sent,
+            "SELECT node_id, node_id AS node_name, dst AS dst_addr, flows AS est_flows, sent AS est_bytes_sent,
                     received AS est_bytes_received
-             FROM (SELECT node_id, dst_addr, sum(weight) AS flows, sum(weight * bytes_acked) AS sent,
-                          sum(weight * bytes_received) AS received
-                   FROM sampled_flows FINAL WHERE window_start_ns >= {since} GROUP BY node_id, dst_addr)
+             FROM (SELECT node_id, dst, sum(w) AS flows, sum(w * acked) AS sent, sum(w * got) AS received
+                   FROM (SELECT node_id,
+                                argMax(dst_addr, (duration_ns, bytes_acked, bytes_received, segs_out, retrans_segs,
+                                                  weight, anomalies) AS latest) AS dst,
+                                argMax(weight, latest) AS w, argMax(bytes_acked, latest) AS acked,
+                                argMax(bytes_received, latest) AS got
+                         FROM sampled_flows FINAL WHERE window_start_ns >= {since}
+                         GROUP BY node_id, flow_id, start_ns)
+                   GROUP BY node_id, dst)
              ORDER BY est_bytes_sent DESC, node_id, dst_addr LIMIT {limit}"
         }
         Question::Node(_) => {

@@ -50,7 +50,8 @@ fn histogram(rng: &mut Rng, n: u64, base: u64) -> Vec<u8> {
 /// Rack `rack`'s batch (part `part`) of the window at `window`: paths from
 /// the rack's nodes with probe rows of two DSCP classes (so a path has
 /// several probe rows to merge by histogram), flows-only rows, one probe row
-/// without a histogram, agent completeness, sampled flows and probes.
+/// without a histogram, agent completeness, sampled flows (with reports of
+/// every node's long flow, [`long_flow`]) and probes.
 fn batch(rack: u32, window: u64, part: u16, seed: u64) -> Vec<u8> {
     let mut rng = Rng(seed | 1);
     let sampler = 100 + rack;
@@ -133,6 +134,10 @@ fn batch(rack: u32, window: u64, part: u16, seed: u64) -> Vec<u8> {
             min_rtt_us: 40,
         };
         b.push_flow(SampleMeta::new(src, 1, anomaly::RETRANS), flow.to_record());
+        for k in 0..2 {
+            let (meta, report) = long_flow(rack, src, window, part, k);
+            b.push_flow(meta, report.to_record());
+        }
         let probe = Probe {
             transport: Transport::RdmaUd,
             src: ProbeAddr::Gid(Gid([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])),
@@ -154,6 +159,78 @@ fn batch(rack: u32, window: u64, part: u16, seed: u64) -> Vec<u8> {
         b.push_probe(SampleMeta::new(src, 10, 0), probe.to_record());
     }
     b.encode().unwrap()
+}
+
+/// Where every node's long flow goes: no other sampled flow does.
+const LONG_FLOW_DST: &str = "198.18.9.9";
+
+/// Report `k` (0 or 1) of node `src`'s long flow in its rack's batch `part`
+/// of the window at `window`. The flow is open from before `fleet()`'s
+/// first window past its last, reported twice in every batch (rack 2's
+/// windows come in two parts: four times a window), with growing
+/// cumulative counters and varying weights; its last report, in the last
+/// window's last part, is a reset. Every reader must count it once, by that
+/// report ([`long_flow_final_bytes`]).
+fn long_flow(rack: u32, src: u32, window: u64, part: u16, k: u64) -> (SampleMeta, Flow) {
+    let w = (window - T0) / (10 * SECOND);
+    let seq = w * 4 + u64::from(part) * 2 + k;
+    let last_part = if rack == 2 { 1 } else { 0 };
+    let last = w == 5 && part == last_part && k == 1;
+    let bytes = (seq + 1) * 1_000_000 + u64::from(src);
+    let flow = Flow {
+        // The high bit set: SQLite stores it negative.
+        flow_id: (1 << 63) + u64::from(src),
+        src: "198.18.1.1".parse().unwrap(),
+        dst: LONG_FLOW_DST.parse().unwrap(),
+        src_port: 40_001,
+        dst_port: 8080,
+        dscp: 0,
+        direction: Direction::Outbound,
+        end_reason: if last { EndReason::Reset } else { EndReason::Open },
+        start_ns: T0 - 100 * SECOND,
+        duration_ns: (100 + seq) * SECOND,
+        bytes_acked: bytes,
+        bytes_received: bytes / 10,
+        segs_out: seq as u32 * 100,
+        segs_in: seq as u32 * 10,
+        retrans_segs: 0,
+        srtt_us: 100,
+        min_rtt_us: 40,
+    };
+    let meta = if last {
+        SampleMeta::new(src, 1, anomaly::RESET)
+    } else {
+        SampleMeta::new(src, 1 + (seq % 3) as u32, 0)
+    };
+    (meta, flow)
+}
+
+/// The bytes sent of node `src`'s long flow at its last report (weight 1).
+fn long_flow_final_bytes(src: u32) -> u64 {
+    let seq = if src / 10 == 2 { 5 * 4 + 2 + 1 } else { 5 * 4 + 1 };
+    (seq + 1) * 1_000_000 + u64::from(src)
+}
+
+/// The top-talkers rows of the long flows: one flow per node, counted once
+/// by its last report.
+fn check_long_flows(reader: &dyn Reader) {
+    let answer = reader.ask(&Question::TopTalkers, 0, 1000).unwrap();
+    let dst = answer.columns.iter().position(|c| c == "dst_addr").unwrap();
+    let rows: Vec<&Vec<Value>> = answer
+        .rows
+        .iter()
+        .filter(|r| r[dst] == Value::Text(LONG_FLOW_DST.into()))
+        .collect();
+    assert_eq!(rows.len(), 12, "{answer:?}");
+    for row in rows {
+        let Value::Int(node) = row[0] else { panic!("{row:?}") };
+        let bytes = long_flow_final_bytes(node as u32) as i64;
+        assert_eq!(
+            row[3..],
+            [Value::Int(1), Value::Int(bytes), Value::Int(bytes / 10)],
+            "node {node}"
+        );
+    }
 }
 
 /// Three racks over six windows across a UTC midnight; rack 2 sends its
@@ -225,6 +302,10 @@ fn everything(reader: &dyn Reader) -> String {
         }
         out += &format!("{q:?} {:?} {rows:?}\n", answer.columns);
     }
+    // From the fourth window on: the long flows by their latest report in
+    // the range, the earlier windows' flows left out.
+    let later = reader.ask(&Question::TopTalkers, T0 + 30 * SECOND, 1000).unwrap();
+    out += &format!("TopTalkers since the fourth window {later:?}\n");
     out
 }
 
@@ -295,6 +376,7 @@ fn clickhouse_backend_on_two_shards() {
             .all(|s| *s == Stored::New)
     );
     let reference = everything(&sqlite);
+    check_long_flows(&sqlite);
 
     // 1. Same batches, same answers — from either shard's server.
     let mut store = ClickHouseStore::open(options(&cluster, "same")).unwrap();
@@ -309,6 +391,7 @@ fn clickhouse_backend_on_two_shards() {
                 .all(|s| *s == Stored::New)
         );
     }
+    check_long_flows(&store);
     for line in reference.lines().zip(everything(&store).lines()) {
         assert_eq!(line.0, line.1);
     }
@@ -486,4 +569,54 @@ fn schema_versions_and_retention() {
         assert!(matches!(refused, StoreError::Backend { .. }));
         assert!(refused.to_string().contains("newer than this build's"), "{refused}");
     }
+}
+
+/// Run by [`servers_die_with_a_killed_parent`] in a child process: starts a
+/// cluster, prints its first shard's directory and waits to be killed.
+#[test]
+#[ignore = "run by servers_die_with_a_killed_parent"]
+fn child_holding_a_cluster() {
+    if std::env::var_os("FLOWMESH_CLUSTER_CHILD").is_none() {
+        return;
+    }
+    let cluster = LocalCluster::start(2).unwrap();
+    println!("CLUSTER {} {}", cluster.url(0), cluster.dir().display());
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(120));
+}
+
+/// A process killed with SIGKILL runs no destructor; its servers must still
+/// stop (their pipe closes), not live on holding ports and files.
+#[test]
+fn servers_die_with_a_killed_parent() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_holding_a_cluster", "--ignored", "--nocapture"])
+        .env("FLOWMESH_CLUSTER_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("CLUSTER ").map(str::to_string))
+        .expect("the child started no cluster");
+    let (url, dir) = line.split_once(' ').unwrap();
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let answers = || std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok();
+    assert!(answers(), "the child's server is not up");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while answers() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server at {url} outlived the process that started it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // What the killed process could not remove.
+    std::fs::remove_dir_all(dir).unwrap();
 }
