@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use collector::query::{self, Format};
-use collector::server::{self, Stats, Writer};
+use collector::server::{self, Authorization, Stats, Writer};
 use collector_storage::{BatchWriter, Question, Reader, SqliteStore};
 use collector_storage_clickhouse::{ClickHouseStore, Options};
 use configs::{Backend, CollectorConfig, ConfigArgs, Topology};
 use configs_runtime::tls::{self, DevPki};
-use tracing::info;
+use tracing::{info, warn};
 
 /// flowmesh collector: a QUIC server that stores rack samplers' batches in
 /// SQLite, each once, acknowledging only after commit.
@@ -64,7 +64,10 @@ enum Command {
         /// Names the collector's certificate is valid for.
         #[arg(long = "server-name", value_name = "NAME", default_values_t = [String::from("flowmesh-collector"), String::from("localhost")])]
         server_names: Vec<String>,
-        /// Sampler certificates to issue, by name.
+        /// Sampler certificates to issue, by name (the certificate's DNS name). A
+        /// certificate named after a topology rack may write that rack's batches
+        /// as the sampler id equal to the rack's id; other names need an
+        /// `[[authorize]]` entry in the collector's configuration.
         #[arg(long = "sampler", value_name = "NAME", default_values_t = [String::from("sampler")])]
         samplers: Vec<String>,
     },
@@ -143,13 +146,12 @@ fn run() -> anyhow::Result<()> {
 
 /// Opens the configured store for writing and records the topology's racks
 /// and nodes in it.
-fn open_writer(config: &CollectorConfig) -> anyhow::Result<Box<dyn BatchWriter>> {
+fn open_writer(config: &CollectorConfig, topology: Option<&Topology>) -> anyhow::Result<Box<dyn BatchWriter>> {
     let mut store: Box<dyn BatchWriter> = match config.storage.backend {
         Backend::Sqlite => Box::new(SqliteStore::open(&config.database)?),
         Backend::Clickhouse => Box::new(ClickHouseStore::open(Options::from_config(&config.storage.clickhouse))?),
     };
-    if let Some(path) = &config.topology {
-        let topology = Topology::load(path)?;
+    if let Some(topology) = topology {
         for rack in topology.racks() {
             store.upsert_rack(rack.id, &rack.name)?;
         }
@@ -187,9 +189,22 @@ fn open_reader(
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     // Handle SIGTERM from the very start, so an early stop is still clean.
     let shutdown = configs_runtime::signal::shutdown_signal().context("installing the SIGTERM handler")?;
+    let topology = config.topology.as_deref().map(Topology::load).transpose()?;
+    // Who may write what, before anything is opened: without it, refuse to start.
+    let authorization = Authorization::from_config(&config, topology.as_ref())?;
+    if authorization.is_any_signed_sampler() {
+        warn!(
+            message = "authorize_any_signed_sampler is set: any certificate the CA signed may write any rack's batches as any sampler. For development only."
+        );
+    } else {
+        info!(
+            message = "Samplers are authorized by certificate name.",
+            certificates = authorization.grant_list().len()
+        );
+    }
     // On a thread of its own: a backend with its own async client (ClickHouse)
     // blocks on its own runtime, which cannot run inside this one.
-    let store = std::thread::scope(|scope| scope.spawn(|| open_writer(&config)).join())
+    let store = std::thread::scope(|scope| scope.spawn(|| open_writer(&config, topology.as_ref())).join())
         .map_err(|_| anyhow::anyhow!("opening the store panicked"))??;
     let mut server_config = tls::server_config(&config.tls)?;
     server_config.transport_config(Arc::new(server::transport_config(32)));
@@ -235,7 +250,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     });
 
     telemetry.set_ready(true);
-    server::serve(endpoint, writer, stats, shutdown).await;
+    server::serve_authorized(endpoint, writer, stats, authorization, shutdown).await;
     telemetry.set_ready(false);
     retention_task.abort();
     let _ = retention_task.await;

@@ -5,15 +5,32 @@
 //! Back-pressure: the writer's queue is bounded (`max_pending_batches`); when
 //! it is full, stream handlers wait before reading on, QUIC flow control
 //! slows the samplers, and memory stays bounded.
+//!
+//! Authorization: the CA decides who may connect; [`Authorization`] decides
+//! what each connected sampler may write. A sampler's identity is the name
+//! its client certificate carries, and a [`Grant`] for that name says which
+//! rack's batches it may write and as which sampler ids. A batch for another
+//! rack, from a sampler id not granted, or whose batch id is not the one
+//! [`BatchId::for_window`] gives for its sampler id and window, is refused
+//! before storage ([`Unauthorized`]): acknowledged `rejected` with
+//! [`ACK_UNAUTHORIZED`], counted, logged once per connection. Since batch
+//! ids begin with the sampler id and each sampler id belongs to one
+//! certificate, no sampler can store a batch under another's id and so turn
+//! the real one into a "duplicate".
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use configs::{CollectorConfig, Topology};
+use configs_runtime::tls::{PeerCertificate, is_certificate_name};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
-use wire_format::{AckStatus, BatchAck, BatchId, BatchView, DropReason, MAX_BATCH_BYTES};
+use wire_format::batch::ACK_UNAUTHORIZED;
+use wire_format::{AckStatus, BatchAck, BatchHeader, BatchId, BatchView, DropReason, MAX_BATCH_BYTES};
 use zerocopy::IntoBytes;
 
 use collector_storage::{BatchWriter, Stored};
@@ -27,6 +44,9 @@ pub struct Stats {
     pub batches_duplicate: AtomicU64,
     /// Batches refused as invalid.
     pub batches_rejected: AtomicU64,
+    /// Batches refused because the sampler's certificate may not write
+    /// them, by [`Unauthorized`] reason (indexed like [`Unauthorized::ALL`]).
+    pub batches_unauthorized: [AtomicU64; Unauthorized::ALL.len()],
     /// Batches answered "retry later" because storing failed.
     pub batches_retry: AtomicU64,
     /// Rows written (all tables).
@@ -49,6 +69,306 @@ impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Batches refused as unauthorized for `reason`.
+    pub fn unauthorized(&self, reason: Unauthorized) -> u64 {
+        Stats::get(&self.batches_unauthorized[reason as usize])
+    }
+
+    /// Batches refused as unauthorized, all reasons.
+    pub fn unauthorized_total(&self) -> u64 {
+        self.batches_unauthorized.iter().map(Stats::get).sum()
+    }
+}
+
+/// Why a batch was refused as unauthorized: the `reason` label of
+/// `flowmesh_collector_batches_unauthorized_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthorized {
+    /// The sampler's certificate carries none of the names granted anything,
+    /// or several of them.
+    Certificate = 0,
+    /// The batch is another rack's (its `rack_id`).
+    Rack = 1,
+    /// Its `sampler_id` is not one the certificate may write as.
+    Sampler = 2,
+    /// Its `batch_id` is not the one [`BatchId::for_window`] gives for its
+    /// `sampler_id` and `window_start_ns`: another sampler's id.
+    BatchId = 3,
+}
+
+impl Unauthorized {
+    /// Every reason, in label order.
+    pub const ALL: [Unauthorized; 4] = [
+        Unauthorized::Certificate,
+        Unauthorized::Rack,
+        Unauthorized::Sampler,
+        Unauthorized::BatchId,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Unauthorized::Certificate => "certificate",
+            Unauthorized::Rack => "rack",
+            Unauthorized::Sampler => "sampler",
+            Unauthorized::BatchId => "batch_id",
+        }
+    }
+}
+
+impl std::fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the sampler certificate named `certificate` may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The name the certificate carries (a DNS subject alternative name; see
+    /// [`PeerCertificate`]).
+    pub certificate: String,
+    /// The topology id of the rack whose batches it may write.
+    pub rack_id: u32,
+    /// The sampler ids it may write as; empty: none.
+    pub sampler_ids: Vec<u32>,
+}
+
+/// Why no [`Authorization`] could be made of the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizationError {
+    /// Nothing says who may write.
+    #[error(
+        "no sampler may write: set `topology` (a sampler whose certificate is named after a rack writes that \
+         rack's batches as the sampler id equal to the rack's id), add `[[authorize]]` entries (certificate, \
+         rack, sampler_ids), or, for development only, set `authorize_any_signed_sampler = true`"
+    )]
+    Unconfigured,
+    /// `[[authorize]]` entries without a topology to find their racks in.
+    #[error("`authorize` names racks: set `topology` to the topology file that has them")]
+    NeedsTopology,
+    /// An `[[authorize]]` entry names a rack the topology does not have.
+    #[error("authorize[{index}].rack = {rack:?}: not a rack in the topology file; expected the name of one")]
+    UnknownRack {
+        /// The entry's index.
+        index: usize,
+        /// The rack it names.
+        rack: String,
+    },
+    /// A name no certificate can be valid for.
+    #[error("{0:?} cannot be a certificate's name; expected a DNS name such as \"sampler-a.dc1\"")]
+    BadName(String),
+    /// Two grants for one certificate name.
+    #[error("certificate {0:?} is granted twice; expected one entry per certificate")]
+    DuplicateCertificate(String),
+    /// One sampler id granted to two certificates.
+    #[error(
+        "sampler id {sampler_id} is granted to both {first:?} and {second:?}; a sampler id belongs to one certificate"
+    )]
+    DuplicateSampler {
+        /// The sampler id.
+        sampler_id: u32,
+        /// One certificate.
+        first: String,
+        /// The other.
+        second: String,
+    },
+}
+
+/// Who may write what. Built once at start-up; each connection looks its
+/// certificate up once ([`Authorization::any_signed_sampler`] aside).
+#[derive(Debug, Clone)]
+pub struct Authorization {
+    /// `None`: every certificate the CA signed may write anything.
+    grants: Option<Vec<Grant>>,
+}
+
+impl Authorization {
+    /// Every client certificate the CA signed may write any rack's batches
+    /// as any sampler id (batch ids must still match their sampler id and
+    /// window). For development, and for tests and benchmarks in one process.
+    pub fn any_signed_sampler() -> Authorization {
+        Authorization { grants: None }
+    }
+
+    /// Exactly `grants`: each certificate name once (ignoring ASCII case)
+    /// and a DNS name, each sampler id granted to one certificate.
+    pub fn grants(grants: Vec<Grant>) -> Result<Authorization, AuthorizationError> {
+        let mut names = std::collections::HashMap::new();
+        let mut owners = std::collections::HashMap::new();
+        for grant in &grants {
+            if !is_certificate_name(&grant.certificate) {
+                return Err(AuthorizationError::BadName(grant.certificate.clone()));
+            }
+            if names.insert(grant.certificate.to_ascii_lowercase(), ()).is_some() {
+                return Err(AuthorizationError::DuplicateCertificate(grant.certificate.clone()));
+            }
+            for &sampler_id in &grant.sampler_ids {
+                if let Some(first) = owners.insert(sampler_id, &grant.certificate)
+                    && first != &grant.certificate
+                {
+                    return Err(AuthorizationError::DuplicateSampler {
+                        sampler_id,
+                        first: first.clone(),
+                        second: grant.certificate.clone(),
+                    });
+                }
+            }
+        }
+        Ok(Authorization { grants: Some(grants) })
+    }
+
+    /// The collector's rules: with `authorize_any_signed_sampler`, anyone
+    /// signed; otherwise a grant per `[[authorize]]` entry, and for every
+    /// rack of `topology` whose name no entry lists, a grant to the
+    /// certificate named after it for its rack, as the sampler id equal to
+    /// the rack's id unless an entry grants that id. Fails when that grants
+    /// nothing.
+    pub fn from_config(
+        config: &CollectorConfig,
+        topology: Option<&Topology>,
+    ) -> Result<Authorization, AuthorizationError> {
+        if config.authorize_any_signed_sampler {
+            return Ok(Authorization::any_signed_sampler());
+        }
+        let mut explicit = Vec::with_capacity(config.authorize.len());
+        for (index, entry) in config.authorize.iter().enumerate() {
+            let topology = topology.ok_or(AuthorizationError::NeedsTopology)?;
+            let rack = topology
+                .rack_by_name(&entry.rack)
+                .ok_or_else(|| AuthorizationError::UnknownRack {
+                    index,
+                    rack: entry.rack.clone(),
+                })?;
+            explicit.push(Grant {
+                certificate: entry.certificate.trim().to_owned(),
+                rack_id: rack.id,
+                sampler_ids: entry.sampler_ids.clone(),
+            });
+        }
+        let listed: HashSet<String> = explicit.iter().map(|g| g.certificate.to_ascii_lowercase()).collect();
+        let granted: HashSet<u32> = explicit.iter().flat_map(|g| g.sampler_ids.iter().copied()).collect();
+        let mut grants: Vec<Grant> = topology
+            .map(Topology::racks)
+            .unwrap_or_default()
+            .iter()
+            // A rack name that cannot be a certificate's is nobody's.
+            .filter(|rack| is_certificate_name(&rack.name) && !listed.contains(&rack.name.to_ascii_lowercase()))
+            .map(|rack| Grant {
+                certificate: rack.name.clone(),
+                rack_id: rack.id,
+                sampler_ids: if granted.contains(&rack.id) {
+                    Vec::new()
+                } else {
+                    vec![rack.id]
+                },
+            })
+            .collect();
+        grants.extend(explicit);
+        if grants.is_empty() {
+            return Err(AuthorizationError::Unconfigured);
+        }
+        Authorization::grants(grants)
+    }
+
+    /// Whether any signed certificate may write anything.
+    pub fn is_any_signed_sampler(&self) -> bool {
+        self.grants.is_none()
+    }
+
+    /// The grants (none for [`Authorization::any_signed_sampler`]).
+    pub fn grant_list(&self) -> &[Grant] {
+        self.grants.as_deref().unwrap_or_default()
+    }
+
+    /// Who the peer presenting `certificate` is.
+    fn identify(&self, certificate: Option<&PeerCertificate>) -> Identity {
+        let Some(grants) = &self.grants else {
+            return Identity::Anyone;
+        };
+        let names = certificate.map_or_else(Vec::new, |c| {
+            c.names_among(grants.iter().map(|g| g.certificate.as_str()))
+        });
+        match names.as_slice() {
+            [] => Identity::Unknown,
+            [name] => grants
+                .iter()
+                .find(|g| g.certificate == *name)
+                .map_or(Identity::Unknown, |g| Identity::Granted(g.clone())),
+            several => Identity::Ambiguous(several.iter().map(|n| n.to_string()).collect()),
+        }
+    }
+}
+
+/// A connected sampler, as far as authorization goes.
+#[derive(Debug)]
+enum Identity {
+    /// Anyone signed may write anything.
+    Anyone,
+    /// Its certificate's one granted name.
+    Granted(Grant),
+    /// Its certificate carries no granted name.
+    Unknown,
+    /// Its certificate carries several granted names: which one it is
+    /// cannot be told, so it writes nothing.
+    Ambiguous(Vec<String>),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Anyone => f.write_str("any signed certificate"),
+            Identity::Granted(grant) => f.write_str(&grant.certificate),
+            Identity::Unknown => f.write_str("no granted name"),
+            Identity::Ambiguous(names) => write!(f, "several granted names: {}", names.join(", ")),
+        }
+    }
+}
+
+impl Identity {
+    /// Whether this identity may write the batch with `header`.
+    fn authorize(&self, header: &BatchHeader) -> Result<(), Unauthorized> {
+        match self {
+            Identity::Anyone => {}
+            Identity::Unknown | Identity::Ambiguous(_) => return Err(Unauthorized::Certificate),
+            Identity::Granted(grant) => {
+                if header.rack_id.get() != grant.rack_id {
+                    return Err(Unauthorized::Rack);
+                }
+                if !grant.sampler_ids.contains(&header.sampler_id.get()) {
+                    return Err(Unauthorized::Sampler);
+                }
+            }
+        }
+        // The id's namespace is its sampler's: bytes 0–11 are the sampler id
+        // and the window, 14–15 zero; only the part (12–13) is free.
+        let id = header.batch_id.0;
+        let part = u16::from_be_bytes([id[12], id[13]]);
+        if header.batch_id != BatchId::for_window(header.sampler_id.get(), header.window_start_ns.get(), part) {
+            return Err(Unauthorized::BatchId);
+        }
+        Ok(())
+    }
+
+    /// The rack and sampler ids it may write, for logs.
+    fn allowed(&self) -> String {
+        match self {
+            Identity::Anyone => "any rack, any sampler id".into(),
+            Identity::Granted(grant) => format!("rack {} as sampler ids {:?}", grant.rack_id, grant.sampler_ids),
+            Identity::Unknown | Identity::Ambiguous(_) => "nothing".into(),
+        }
+    }
+}
+
+/// One sampler connection: who it is, and whether a refusal has been logged.
+#[derive(Debug)]
+struct Peer {
+    remote: SocketAddr,
+    identity: Identity,
+    /// A refusal on this connection was logged at warn level; later ones go
+    /// to debug, so a misconfigured sampler logs one line per connection.
+    warned: AtomicBool,
 }
 
 /// Where the writer says what happened to one batch.
@@ -238,15 +558,31 @@ pub fn transport_config(max_streams_per_connection: u32) -> quinn::TransportConf
     transport
 }
 
-/// Accepts connections on `endpoint` until `shutdown` completes, then closes
-/// the endpoint and waits (bounded) for connections to finish.
+/// [`serve_authorized`] with [`Authorization::any_signed_sampler`]: every
+/// certificate the CA signed may write anything. For tests and benchmarks
+/// in one process; the daemon authorizes samplers by their certificates.
 pub async fn serve(endpoint: quinn::Endpoint, writer: Writer, stats: Arc<Stats>, shutdown: impl Future<Output = ()>) {
+    serve_authorized(endpoint, writer, stats, Authorization::any_signed_sampler(), shutdown).await;
+}
+
+/// Accepts connections on `endpoint` until `shutdown` completes, then closes
+/// the endpoint and waits (bounded) for connections to finish. Each
+/// connection's batches are stored only as far as `authorization` lets its
+/// certificate write them.
+pub async fn serve_authorized(
+    endpoint: quinn::Endpoint,
+    writer: Writer,
+    stats: Arc<Stats>,
+    authorization: Authorization,
+    shutdown: impl Future<Output = ()>,
+) {
+    let authorization = Arc::new(authorization);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tokio::spawn(connection(incoming, writer.clone(), stats.clone()));
+                tokio::spawn(connection(incoming, writer.clone(), stats.clone(), authorization.clone()));
             }
             () = &mut shutdown => break,
         }
@@ -256,7 +592,7 @@ pub async fn serve(endpoint: quinn::Endpoint, writer: Writer, stats: Arc<Stats>,
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
 }
 
-async fn connection(incoming: quinn::Incoming, writer: Writer, stats: Arc<Stats>) {
+async fn connection(incoming: quinn::Incoming, writer: Writer, stats: Arc<Stats>, authorization: Arc<Authorization>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -266,11 +602,17 @@ async fn connection(incoming: quinn::Incoming, writer: Writer, stats: Arc<Stats>
             return;
         }
     };
-    debug!(message = "Sampler connected.", %remote);
+    let identity = authorization.identify(PeerCertificate::of(&conn).as_ref());
+    debug!(message = "Sampler connected.", %remote, %identity, may_write = %identity.allowed());
+    let peer = Arc::new(Peer {
+        remote,
+        identity,
+        warned: AtomicBool::new(false),
+    });
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(stream(send, recv, writer.clone(), stats.clone()));
+                tokio::spawn(stream(send, recv, writer.clone(), stats.clone(), peer.clone()));
             }
             Err(error) => {
                 debug!(message = "Sampler connection ended.", %remote, %error);
@@ -280,9 +622,15 @@ async fn connection(incoming: quinn::Incoming, writer: Writer, stats: Arc<Stats>
     }
 }
 
-async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, writer: Writer, stats: Arc<Stats>) {
+async fn stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    writer: Writer,
+    stats: Arc<Stats>,
+    peer: Arc<Peer>,
+) {
     let ack = match recv.read_to_end(MAX_BATCH_BYTES).await {
-        Ok(bytes) => answer(bytes, &writer, &stats).await,
+        Ok(bytes) => answer(bytes, &writer, &stats, &peer).await,
         Err(quinn::ReadToEndError::TooLong) => {
             Stats::add(&stats.batches_rejected, 1);
             BatchAck::new(BatchId([0; 16]), AckStatus::Rejected, DropReason::TooLarge.code())
@@ -301,9 +649,15 @@ async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, writer
     let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
 }
 
-async fn answer(bytes: Vec<u8>, writer: &Writer, stats: &Stats) -> BatchAck {
+async fn answer(bytes: Vec<u8>, writer: &Writer, stats: &Stats, peer: &Peer) -> BatchAck {
     let batch_id = match BatchView::parse(&bytes) {
-        Ok(view) => view.header.batch_id,
+        Ok(view) => {
+            if let Err(reason) = peer.identity.authorize(view.header) {
+                refuse(peer, view.header, reason, stats);
+                return BatchAck::new(view.header.batch_id, AckStatus::Rejected, ACK_UNAUTHORIZED);
+            }
+            view.header.batch_id
+        }
         Err(error) => {
             Stats::add(&stats.batches_rejected, 1);
             warn!(message = "Rejected an invalid batch.", %error, reason = %error.reason());
@@ -327,5 +681,21 @@ async fn answer(bytes: Vec<u8>, writer: &Writer, stats: &Stats) -> BatchAck {
             Stats::add(&stats.batches_retry, 1);
             BatchAck::new(batch_id, AckStatus::RetryLater, 0)
         }
+    }
+}
+
+/// Counts and logs a batch refused as unauthorized: at warn level the first
+/// time on a connection, at debug level after that.
+fn refuse(peer: &Peer, header: &BatchHeader, reason: Unauthorized, stats: &Stats) {
+    Stats::add(&stats.batches_unauthorized[reason as usize], 1);
+    let (remote, identity, may_write) = (peer.remote, &peer.identity, peer.identity.allowed());
+    let (rack, sampler, batch) = (header.rack_id.get(), header.sampler_id.get(), header.batch_id);
+    if peer.warned.swap(true, Ordering::Relaxed) {
+        debug!(message = "Refused a batch the sampler's certificate may not write.", %remote, %identity, %reason, rack, sampler, %batch, %may_write);
+    } else {
+        warn!(
+            message = "Refused a batch the sampler's certificate may not write; further ones on this connection are logged at debug level.",
+            %remote, %identity, %reason, rack, sampler, %batch, %may_write
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! What the collector's Prometheus endpoint reports
-//! ([`configs_runtime::endpoint`] serves it): batches by outcome, rows
-//! stored, refused clients, write latency and database size. Each family is
-//! declared once here and recorded through that declaration.
+//! ([`configs_runtime::endpoint`] serves it): batches by outcome (and
+//! unauthorized ones by reason), rows stored, refused clients, write
+//! latency and database size. Each family is declared once here and
+//! recorded through that declaration.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,10 +11,20 @@ use configs_runtime::endpoint::Endpoint;
 use configs_runtime::metric::Family;
 use metrics::Unit;
 
-use crate::server::Stats;
+use crate::server::{Stats, Unauthorized};
 
 /// Batches answered, by outcome.
-pub const BATCHES: Family = Family::counter("flowmesh_collector_batches_total", "Batches answered, by outcome.");
+pub const BATCHES: Family = Family::counter(
+    "flowmesh_collector_batches_total",
+    "Batches answered, by outcome: stored, duplicate, rejected (invalid), unauthorized, retry_later.",
+);
+/// Batches refused because the sampler's certificate may not write them.
+pub const BATCHES_UNAUTHORIZED: Family = Family::counter(
+    "flowmesh_collector_batches_unauthorized_total",
+    "Batches refused because the sampler's certificate may not write them, by reason: certificate (it carries \
+     no granted name), rack (another rack's batch), sampler (a sampler id not granted to it), batch_id (an id \
+     outside its sampler id's namespace).",
+);
 /// Rows written.
 pub const ROWS_STORED: Family = Family::counter(
     "flowmesh_collector_rows_stored_total",
@@ -53,6 +64,7 @@ pub const DATABASE_BYTES: Family = Family::gauge(
 /// Every family the collector exports.
 pub const FAMILIES: &[Family] = &[
     BATCHES,
+    BATCHES_UNAUTHORIZED,
     ROWS_STORED,
     CONNECTIONS_REFUSED,
     TRANSACTIONS,
@@ -77,6 +89,10 @@ pub fn endpoint(stats: Arc<Stats>, database: Option<&Path>) -> Endpoint {
                 ("retry_later", &s.batches_retry),
             ] {
                 BATCHES.absolute(&[("outcome", outcome)], Stats::get(counter));
+            }
+            BATCHES.absolute(&[("outcome", "unauthorized")], s.unauthorized_total());
+            for reason in Unauthorized::ALL {
+                BATCHES_UNAUTHORIZED.absolute(&[("reason", reason.as_str())], s.unauthorized(reason));
             }
             ROWS_STORED.absolute(&[], Stats::get(&s.rows_stored));
             CONNECTIONS_REFUSED.absolute(&[], Stats::get(&s.connections_refused));

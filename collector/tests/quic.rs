@@ -1,9 +1,10 @@
 //! The collector over a real QUIC connection with mutual TLS: batches are
 //! stored and acknowledged, repeats are duplicates, invalid batches are
 //! rejected with a reason, unknown client certificates are refused, several
-//! samplers can write at once, the metrics endpoint reports it all, SIGTERM
-//! exits cleanly after the last commit, and a
-//! collector killed with SIGKILL loses no acknowledged batch.
+//! samplers can write at once, the metrics endpoint reports it all (batches
+//! a certificate may not write included), SIGTERM exits cleanly after the
+//! last commit, and a collector killed with SIGKILL loses no acknowledged
+//! batch. Who may write what is tests/authorization.rs.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -197,20 +198,28 @@ struct Collector(Child);
 
 impl Collector {
     fn start(dir: &Path, pki: &DevPki, port: u16) -> Collector {
-        Collector::start_with_metrics(dir, pki, port, "127.0.0.1:0")
+        Collector::start_with_metrics(dir, pki, port, "127.0.0.1:0", None)
     }
 
-    fn start_with_metrics(dir: &Path, pki: &DevPki, port: u16, metrics: &str) -> Collector {
+    /// With its topology of one rack, id 1, named like the "sampler-a"
+    /// certificate: that certificate writes rack 1 as sampler 1. Its log
+    /// goes to `log` when given.
+    fn start_with_metrics(dir: &Path, pki: &DevPki, port: u16, metrics: &str, log: Option<&Path>) -> Collector {
         let files = pki.collector();
+        let topology = dir.join("topology.toml");
+        std::fs::write(&topology, "[[racks]]\nid = 1\nname = \"sampler-a\"\n").unwrap();
+        let stderr = log.map_or_else(Stdio::inherit, |log| std::fs::File::create(log).unwrap().into());
         let child = Command::new(env!("CARGO_BIN_EXE_flowmesh-collector"))
             .env("FLOWMESH_COLLECTOR_LISTEN", format!("127.0.0.1:{port}"))
             .env("FLOWMESH_COLLECTOR_DATABASE", dir.join("flowmesh.db"))
+            .env("FLOWMESH_COLLECTOR_TOPOLOGY", &topology)
             .env("FLOWMESH_COLLECTOR_TLS__CA", &files.ca)
             .env("FLOWMESH_COLLECTOR_TLS__CERT", &files.cert)
             .env("FLOWMESH_COLLECTOR_TLS__KEY", &files.key)
             .env("FLOWMESH_COLLECTOR_METRICS__LISTEN", metrics)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Collector(child)
@@ -255,7 +264,7 @@ async fn sigkill_loses_no_acknowledged_batch() {
         let acked_tx = acked_tx.clone();
         senders.push(tokio::spawn(async move {
             for w in (lane..total).step_by(4) {
-                match send(&conn, &batch(7, w, 20)).await {
+                match send(&conn, &batch(1, w, 20)).await {
                     Ok(ack) if ack.status() == AckStatus::Stored => acked_tx.send(w).unwrap(),
                     Ok(ack) => panic!("unexpected acknowledgement {:?}", ack.status()),
                     Err(_) => return, // the collector died
@@ -297,7 +306,7 @@ async fn sigkill_loses_no_acknowledged_batch() {
     let conn = connect_with_retry(&endpoint, addr).await;
     let mut stored = 0;
     for w in 0..total {
-        match send(&conn, &batch(7, w, 20)).await.unwrap().status() {
+        match send(&conn, &batch(1, w, 20)).await.unwrap().status() {
             AckStatus::Stored => stored += 1,
             AckStatus::Duplicate => {}
             other => panic!("replay of window {w}: {other:?}"),
@@ -332,7 +341,8 @@ async fn prometheus_scrape_reports_what_happened() {
         .unwrap()
         .port();
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
-    let _collector = Collector::start_with_metrics(dir.path(), &pki, port, &metrics.to_string());
+    let log = dir.path().join("collector.log");
+    let _collector = Collector::start_with_metrics(dir.path(), &pki, port, &metrics.to_string(), Some(&log));
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -349,9 +359,16 @@ async fn prometheus_scrape_reports_what_happened() {
 
     let endpoint = client(&pki.sampler("sampler-a"));
     let conn = connect_with_retry(&endpoint, format!("127.0.0.1:{port}").parse().unwrap()).await;
-    let bytes = batch(3, 0, 5);
+    let bytes = batch(1, 0, 5);
     assert_eq!(send(&conn, &bytes).await.unwrap().status(), AckStatus::Stored);
     assert_eq!(send(&conn, &bytes).await.unwrap().status(), AckStatus::Duplicate);
+    // The certificate writes rack 1 as sampler 1 only: sampler 3's batches
+    // are refused as unauthorized, counted each, logged once.
+    for w in 0..2 {
+        let ack = send(&conn, &batch(3, w, 1)).await.unwrap();
+        assert_eq!(ack.status(), AckStatus::Rejected);
+        assert_eq!(ack.error_code.get(), wire_format::batch::ACK_UNAUTHORIZED);
+    }
 
     let (status, body) = http_get(metrics, "/metrics").await.unwrap();
     configs_runtime::promtool::promtool_check(&body).unwrap();
@@ -365,12 +382,35 @@ async fn prometheus_scrape_reports_what_happened() {
     };
     assert_eq!(value("flowmesh_collector_batches_total{outcome=\"stored\"}"), 1.0);
     assert_eq!(value("flowmesh_collector_batches_total{outcome=\"duplicate\"}"), 1.0);
+    assert_eq!(value("flowmesh_collector_batches_total{outcome=\"unauthorized\"}"), 2.0);
+    assert_eq!(value("flowmesh_collector_batches_total{outcome=\"rejected\"}"), 0.0);
+    assert_eq!(
+        value("flowmesh_collector_batches_unauthorized_total{reason=\"sampler\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("flowmesh_collector_batches_unauthorized_total{reason=\"rack\"}"),
+        0.0
+    );
     assert_eq!(value("flowmesh_collector_rows_stored_total"), 6.0); // the batch row + 5 paths
     assert_eq!(value("flowmesh_collector_write_seconds_count"), 2.0); // one per transaction
     assert!(value("flowmesh_collector_database_bytes") > 0.0);
     assert!(
         body.contains("# TYPE flowmesh_collector_batches_total counter"),
         "{body}"
+    );
+    // One warning for the connection, naming the certificate and the claim.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Refused a batch the sampler's certificate may not write"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    assert!(
+        refusals[0].contains("identity=sampler-a")
+            && refusals[0].contains("sampler=3")
+            && refusals[0].contains("rack=1"),
+        "{log}"
     );
 }
 
@@ -415,7 +455,7 @@ async fn sigterm_exits_cleanly_after_the_last_commit() {
     let endpoint = client(&pki.sampler("sampler-a"));
     let conn = connect_with_retry(&endpoint, format!("127.0.0.1:{port}").parse().unwrap()).await;
     for w in 0..5 {
-        assert_eq!(send(&conn, &batch(5, w, 10)).await.unwrap().status(), AckStatus::Stored);
+        assert_eq!(send(&conn, &batch(1, w, 10)).await.unwrap().status(), AckStatus::Stored);
     }
     let pid = collector.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());

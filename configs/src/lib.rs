@@ -26,7 +26,7 @@ mod topology;
 
 pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};
 pub use analyzer::{AnalyzerConfig, Detection, Localization};
-pub use collector::CollectorConfig;
+pub use collector::{Authorize, CollectorConfig};
 pub use component::{Component, ConfigArgs, ConfigError, Invalid, MetricsEndpoint, Since, TlsFiles};
 pub use sampler::{Aggregation, Ingest, SamplerConfig, SamplerUplink};
 pub use storage::{Backend, ClickHouseStorage, Storage};

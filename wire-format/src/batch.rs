@@ -690,6 +690,15 @@ pub const ACK_MAGIC: [u8; 4] = *b"FMAK";
 /// The acknowledgement format version.
 pub const ACK_VERSION: u8 = 1;
 
+/// [`BatchAck::error_code`] of a batch [`AckStatus::Rejected`] because the
+/// sampler's certificate may not write it: another rack's, a sampler id not
+/// granted to that certificate, or a batch id outside its sampler's
+/// namespace ([`BatchId::for_window`]). Resending the same bytes over the
+/// same certificate is refused again. Codes from 256 up say who sent a
+/// batch, not what is wrong with its bytes; below 256 they are
+/// [`DropReason`](crate::DropReason) codes.
+pub const ACK_UNAUTHORIZED: u16 = 256;
+
 /// The collector's answer to one batch (24 bytes), sent on the batch's
 /// stream once the outcome is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -701,7 +710,8 @@ pub struct BatchAck {
     pub version: u8,
     /// [`AckStatus`].
     pub status: u8,
-    /// For [`AckStatus::Rejected`], the [`DropReason`](crate::DropReason) code; else 0.
+    /// For [`AckStatus::Rejected`], the [`DropReason`](crate::DropReason) code,
+    /// or [`ACK_UNAUTHORIZED`]; else 0.
     pub error_code: U16,
     /// The batch this answers.
     pub batch_id: BatchId,

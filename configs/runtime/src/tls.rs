@@ -115,6 +115,55 @@ pub fn client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TlsError> 
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
 
+/// The certificate a peer presented, as the handshake verified it (signed by
+/// the configured CA). Its identity is the DNS names it carries as subject
+/// alternative names, matched as TLS matches a server's name: ignoring ASCII
+/// case, a wildcard name (`*.dc1`) matching one label in its place. The
+/// subject's common name is not an identity.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(CertificateDer<'static>);
+
+impl PeerCertificate {
+    /// The end-entity certificate `connection`'s peer presented; `None`
+    /// when it presented none.
+    pub fn of(connection: &quinn::Connection) -> Option<PeerCertificate> {
+        let chain = connection
+            .peer_identity()?
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .ok()?;
+        chain.into_iter().next().map(PeerCertificate)
+    }
+
+    /// The names of `names` this certificate is valid for, in their order:
+    /// the certificate is parsed once, however many names are asked about.
+    /// Names that are not DNS names or IP addresses match nothing, as does
+    /// every name when the certificate does not parse.
+    pub fn names_among<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Vec<&'n str> {
+        let Ok(parsed) = rustls::server::ParsedCertificate::try_from(&self.0) else {
+            return Vec::new();
+        };
+        names
+            .into_iter()
+            .filter(|name| {
+                rustls::pki_types::ServerName::try_from(*name)
+                    .is_ok_and(|server_name| rustls::client::verify_server_name(&parsed, &server_name).is_ok())
+            })
+            .collect()
+    }
+
+    /// Whether this certificate is valid for `name` (see
+    /// [`PeerCertificate::names_among`]).
+    pub fn is_named(&self, name: &str) -> bool {
+        !self.names_among([name]).is_empty()
+    }
+}
+
+/// Whether `name` can be a certificate's identity: a DNS name or an IP
+/// address, as [`PeerCertificate::is_named`] matches it.
+pub fn is_certificate_name(name: &str) -> bool {
+    rustls::pki_types::ServerName::try_from(name).is_ok()
+}
+
 /// Generated development certificates: a CA, the collector's server
 /// certificate and one client certificate per sampler, in one directory.
 #[derive(Debug, Clone)]
@@ -196,5 +245,36 @@ impl DevPki {
             cert: self.dir.join(format!("{name}.pem")),
             key: self.dir.join(format!("{name}.key")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+    use super::*;
+
+    #[test]
+    fn a_development_sampler_certificate_is_named_after_its_sampler() {
+        // No tempfile here: a directory of this process's own, removed at the end.
+        let dir = std::env::temp_dir().join(format!("flowmesh-tls-test-{}", std::process::id()));
+        let pki = DevPki::generate(&dir, &["localhost".into()], &["rack1".into(), "rack2".into()]).unwrap();
+        let cert = |name: &str| PeerCertificate(certs("certificate", &pki.sampler(name).cert).unwrap().remove(0));
+        let rack1 = cert("rack1");
+        assert!(rack1.is_named("rack1"));
+        assert!(rack1.is_named("RACK1"), "DNS names ignore case");
+        assert!(!rack1.is_named("rack2"));
+        assert!(!rack1.is_named("rack"));
+        assert!(!rack1.is_named("not a name"));
+        assert_eq!(
+            rack1.names_among(["rack2", "rack1", "localhost", "bad name"]),
+            ["rack1"]
+        );
+        assert_eq!(cert("rack2").names_among(["rack1", "rack2"]), ["rack2"]);
+        // The collector's certificate names are its own, not a sampler's.
+        let collector = PeerCertificate(certs("certificate", &pki.collector().cert).unwrap().remove(0));
+        assert_eq!(collector.names_among(["rack1", "localhost"]), ["localhost"]);
+        assert!(is_certificate_name("sampler-a.dc1") && !is_certificate_name("rack 1") && !is_certificate_name(""));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
