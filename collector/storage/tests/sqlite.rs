@@ -9,7 +9,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use collector_storage::sqlite::SCHEMA_VERSION;
-use collector_storage::{BatchWriter, Reader, RowCounts, SqliteStore, StoreError, Stored, WindowInfo};
+use collector_storage::{BatchWriter, Question, Reader, RowCounts, SqliteStore, StoreError, Stored, Value, WindowInfo};
 use wire_format::*;
 
 const SECOND: u64 = 1_000_000_000;
@@ -343,6 +343,157 @@ fn documented_views_answer() {
         .expect("sqlite3 CLI (scripts/setup installs it)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "r1n1,r2n3,0.05");
+}
+
+/// A report of the long-lived flow of
+/// [`a_long_flow_counts_its_final_bytes_once`]: cumulative counters at
+/// `duration_ns` into the flow.
+fn long_flow_report(flow_id: u64, start_ns: u64, end: EndReason, duration_ns: u64, bytes_acked: u64) -> FlowRecord {
+    Flow {
+        flow_id,
+        src: "198.18.1.1".parse().unwrap(),
+        dst: "198.18.2.3".parse().unwrap(),
+        src_port: 40_001,
+        dst_port: 443,
+        dscp: 0,
+        direction: Direction::Outbound,
+        end_reason: end,
+        start_ns,
+        duration_ns,
+        bytes_acked,
+        bytes_received: bytes_acked / 10,
+        segs_out: (bytes_acked / 1_000) as u32,
+        segs_in: 1,
+        retrans_segs: 0,
+        srtt_us: 50,
+        min_rtt_us: 40,
+    }
+    .to_record()
+}
+
+/// Issue 16: sampled flows carry cumulative counters, and an open flow is
+/// reported again and again. A flow reported open three times in one window
+/// and closed in the next counts its final bytes once in top-talkers (times
+/// the weight of that report), and once per window, by its latest report
+/// there, in `flow_estimates` — not once per report.
+#[test]
+fn a_long_flow_counts_its_final_bytes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flowmesh.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    store.upsert_node(101, "r1n1", 1).unwrap();
+    let first = 1_700_000_000 * SECOND;
+    let second = first + 10 * SECOND;
+    let (cookie, began) = (u64::MAX - 7, first - 60 * SECOND);
+
+    let mut a = BatchBuilder::new(BatchInfo::window(9, 1, first, 10 * SECOND));
+    for (duration, bytes) in [(61, 1_000u64), (64, 2_000), (67, 3_000)] {
+        let report = long_flow_report(cookie, began, EndReason::Open, duration * SECOND, bytes);
+        a.push_flow(SampleMeta::new(101, 4, 0), report);
+    }
+    // Another flow with the same cookie after a reboot (another start) is
+    // another flow; so is the same cookie and start on another node.
+    let rebooted = long_flow_report(cookie, first, EndReason::Closed, SECOND, 700);
+    a.push_flow(SampleMeta::new(101, 1, anomaly::RETRANS), rebooted);
+    let elsewhere = long_flow_report(cookie, began, EndReason::Open, 62 * SECOND, 50);
+    a.push_flow(SampleMeta::new(102, 1, anomaly::HIGH_RTT), elsewhere);
+    let mut b = BatchBuilder::new(BatchInfo::window(9, 1, second, 10 * SECOND));
+    let closed = long_flow_report(cookie, began, EndReason::Closed, 72 * SECOND, 5_000);
+    b.push_flow(SampleMeta::new(101, 2, 0), closed);
+    for batch in [a.encode().unwrap(), b.encode().unwrap()] {
+        store.store_batch(&BatchView::parse(&batch).unwrap(), 1).unwrap();
+    }
+
+    let talkers = |since| {
+        let answer = store.ask(&Question::TopTalkers, since, 10).unwrap();
+        assert_eq!(
+            answer.columns,
+            [
+                "node_id",
+                "node_name",
+                "dst_addr",
+                "est_flows",
+                "est_bytes_sent",
+                "est_bytes_received"
+            ]
+        );
+        answer.rows
+    };
+    let int = Value::Int;
+    // The long flow by its closing report (2 × 5 000), plus the rebooted one.
+    assert_eq!(
+        talkers(0),
+        [
+            vec![
+                int(101),
+                Value::Text("r1n1".into()),
+                Value::Text("198.18.2.3".into()),
+                int(2 + 1),
+                int(2 * 5_000 + 700),
+                int(2 * 500 + 70)
+            ],
+            vec![
+                int(102),
+                Value::Null,
+                Value::Text("198.18.2.3".into()),
+                int(1),
+                int(50),
+                int(5)
+            ],
+        ]
+    );
+    // From the second window: the bytes up to its latest report there.
+    assert_eq!(
+        talkers(second),
+        [vec![
+            int(101),
+            Value::Text("r1n1".into()),
+            Value::Text("198.18.2.3".into()),
+            int(2),
+            int(2 * 5_000),
+            int(2 * 500)
+        ]]
+    );
+
+    // The view: each flow once per window, by its latest report there.
+    let estimates: Vec<(i64, u32, i64, i64, i64)> = sql(&path)
+        .prepare(
+            "SELECT window_start_ns, node_id, est_flows, est_bytes_sent, anomalous_flows FROM flow_estimates
+             ORDER BY window_start_ns, node_id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (first, second) = (first as i64, second as i64);
+    assert_eq!(
+        estimates,
+        [
+            (first, 101, 4 + 1, 4 * 3_000 + 700, 1),
+            (first, 102, 1, 50, 1),
+            (second, 101, 2, 2 * 5_000, 0),
+        ]
+    );
+    // A bound on the window reaches the index through the view.
+    let conn = sql(&path);
+    let bounded = "SELECT node_id, est_bytes_sent FROM flow_estimates WHERE window_start_ns >= ?1";
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {bounded}"))
+        .unwrap()
+        .query_map([second], |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("USING INDEX sampled_flows_by_node (window_start_ns>?)")),
+        "{plan:?}"
+    );
+    let later: (u32, i64) = conn
+        .query_row(bounded, [second], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(later, (101, 2 * 5_000));
 }
 
 #[test]

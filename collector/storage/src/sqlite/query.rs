@@ -1,4 +1,4 @@
-//! The canned questions as SQL over the views of docs/schema.md.
+//! The canned questions as SQL over the views and tables of docs/schema.md.
 
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
@@ -24,11 +24,25 @@ pub(super) fn ask(conn: &Connection, question: &Question, since_ns: u64, limit: 
              LIMIT ?2",
             None,
         ),
+        // Each flow (node_id, flow_id, start_ns) counts once over the range,
+        // by its latest report in it (counters are cumulative), times that
+        // report's weight — not once per report or per window, which
+        // summing `flow_estimates` over windows would do (docs/schema.md).
+        // ClickHouse's query (collector-storage-clickhouse) is the same.
         Question::TopTalkers => (
-            "SELECT f.node_id, n.name AS node_name, f.dst_addr, SUM(f.est_flows) AS est_flows,
-                    SUM(f.est_bytes_sent) AS est_bytes_sent, SUM(f.est_bytes_received) AS est_bytes_received
-             FROM flow_estimates f LEFT JOIN nodes n ON n.node_id = f.node_id
-             WHERE f.window_start_ns >= ?1
+            "SELECT f.node_id, n.name AS node_name, f.dst_addr, SUM(f.weight) AS est_flows,
+                    SUM(f.weight * f.bytes_acked) AS est_bytes_sent,
+                    SUM(f.weight * f.bytes_received) AS est_bytes_received
+             FROM (SELECT node_id, dst_addr, weight, bytes_acked, bytes_received,
+                          ROW_NUMBER() OVER (
+                              PARTITION BY node_id, flow_id, start_ns
+                              ORDER BY duration_ns DESC, bytes_acked DESC, bytes_received DESC, segs_out DESC,
+                                       retrans_segs DESC, weight DESC, anomalies DESC
+                          ) AS report_rank
+                   FROM sampled_flows
+                   WHERE window_start_ns >= ?1) f
+             LEFT JOIN nodes n ON n.node_id = f.node_id
+             WHERE f.report_rank = 1
              GROUP BY f.node_id, f.dst_addr
              ORDER BY est_bytes_sent DESC, f.node_id, f.dst_addr
              LIMIT ?2",

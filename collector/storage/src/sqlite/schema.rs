@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Migration `i` takes a database from version `i` to version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -247,6 +247,56 @@ ORDER BY a.window_start_ns DESC, completeness;
 /// with `flowmesh-bench collector-ingest`: ceiling 280–300 k → 320–345 k
 /// rows/s).
 const V2: &str = "DROP INDEX path_windows_by_rack;";
+
+/// Version 3: `flow_estimates` counts each flow once per window. Sampled
+/// flows carry counters cumulative since the flow began, and an open flow is
+/// reported again every `flows.report_open_secs`; version 1 summed every
+/// report, so a flow reported three times in a window counted its bytes
+/// three times. Now each flow — `(node_id, flow_id, start_ns)` — counts by
+/// its latest report in the window (longest duration, then largest
+/// counters), times that report's weight; `anomalous_flows` counts flows
+/// with an anomalous report in the window. The columns are unchanged.
+///
+/// The sums are window functions over the chosen reports rather than a
+/// `GROUP BY` over a subquery: SQLite pushes a reader's bound on
+/// `window_start_ns` down through window functions partitioned by it, to
+/// `sampled_flows_by_node`, but not through an aggregate into the subquery
+/// below it (it would scan every window).
+const V3: &str = r#"
+DROP VIEW flow_estimates;
+
+-- Sampled flows expanded back into estimates: each flow counts once per
+-- window, by its latest report there, which stands for `weight` flows.
+CREATE VIEW flow_estimates AS
+SELECT
+    window_start_ns, node_id, src_addr, dst_addr, dst_port, dscp,
+    est_flows, est_bytes_sent, est_bytes_received, est_retrans_segs, anomalous_flows
+FROM (
+    SELECT
+        window_start_ns, node_id, src_addr, dst_addr, dst_port, dscp,
+        SUM(weight) OVER estimate AS est_flows,
+        SUM(weight * bytes_acked) OVER estimate AS est_bytes_sent,
+        SUM(weight * bytes_received) OVER estimate AS est_bytes_received,
+        SUM(weight * retrans_segs) OVER estimate AS est_retrans_segs,
+        SUM(anomalous) OVER estimate AS anomalous_flows,
+        ROW_NUMBER() OVER estimate AS estimate_row
+    FROM (
+        SELECT
+            window_start_ns, node_id, src_addr, dst_addr, dst_port, dscp, weight,
+            bytes_acked, bytes_received, retrans_segs,
+            ROW_NUMBER() OVER (
+                PARTITION BY window_start_ns, node_id, flow_id, start_ns
+                ORDER BY duration_ns DESC, bytes_acked DESC, bytes_received DESC, segs_out DESC,
+                         retrans_segs DESC, weight DESC, anomalies DESC
+            ) AS report_rank,
+            MAX(anomalies != 0) OVER (PARTITION BY window_start_ns, node_id, flow_id, start_ns) AS anomalous
+        FROM sampled_flows
+    )
+    WHERE report_rank = 1
+    WINDOW estimate AS (PARTITION BY window_start_ns, node_id, src_addr, dst_addr, dst_port, dscp)
+)
+WHERE estimate_row = 1;
+"#;
 
 /// The database's schema version (`PRAGMA user_version`).
 pub(super) fn version(conn: &Connection) -> rusqlite::Result<u32> {
