@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file could not be opened or is not an SQLite database.
-    #[error("cannot open database {}: {source}", .path.display())]
+    #[error("{}", open_message(path, source))]
     Open {
         /// The database file.
         path: PathBuf,
@@ -87,4 +87,16 @@ pub enum StoreError {
     /// Any other SQLite failure.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// "cannot open database PATH: WHY", naming the path once: SQLite's own
+/// message names it when the file could not be opened.
+fn open_message(path: &std::path::Path, source: &rusqlite::Error) -> String {
+    let why = source.to_string();
+    let path = path.display().to_string();
+    if why.contains(&path) {
+        format!("cannot open database: {why}")
+    } else {
+        format!("cannot open database {path}: {why}")
+    }
 }
