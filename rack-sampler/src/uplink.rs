@@ -522,8 +522,19 @@ async fn send_batch(
     }
     let status = ack.status();
     if status == AckStatus::Rejected {
-        let reason = DropReason::from_code(ack.error_code.get()).map_or("unknown", |r| r.as_str());
-        warn!(message = "collector rejected a batch as invalid", collector = %peer.collector, batch = %ack.batch_id, reason);
+        let code = ack.error_code.get();
+        if code == wire_format::batch::ACK_UNAUTHORIZED {
+            // Not the batch's bytes: this sampler's certificate may not write
+            // the rack or sampler id it claims (README, "Trust model").
+            warn!(
+                message = "collector refused a batch: this sampler's certificate may not write its rack or sampler id",
+                collector = %peer.collector,
+                batch = %ack.batch_id
+            );
+        } else {
+            let reason = DropReason::from_code(code).map_or("unknown", |r| r.as_str());
+            warn!(message = "collector rejected a batch as invalid", collector = %peer.collector, batch = %ack.batch_id, reason);
+        }
     }
     Ok(status)
 }
