@@ -15,6 +15,9 @@ fn collector_ingest_runs_all_three_paths() {
             "40",
             "--per-transaction",
             "4",
+            // And a private two-shard ClickHouse cluster, the same three ways.
+            "--store",
+            "clickhouse",
         ])
         .output()
         .unwrap();
@@ -25,10 +28,13 @@ fn collector_ingest_runs_all_three_paths() {
         "bare rusqlite loop (ceiling)",
         "collector store API",
         "QUIC → collector → SQLite",
+        "bare ClickHouse client (ceiling)",
+        "ClickHouse store API",
+        "QUIC → collector → ClickHouse",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in {stdout}");
     }
-    assert_eq!(stdout.matches("× ceiling").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("× ceiling").count(), 4, "{stdout}");
 }
 
 #[test]
@@ -43,14 +49,17 @@ fn analyzer_report_names_the_lossy_host() {
             "--paths-per-node",
             "20",
         ])
-        .args(["--windows", "12", "--runs", "1"])
+        // Both stores: a private two-shard ClickHouse cluster too.
+        .args(["--windows", "12", "--runs", "1", "--store", "both"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("path_windows rows: 21840"), "{stdout}");
-    assert!(stdout.contains("top anomaly host r7n13"), "{stdout}");
+    assert!(stdout.contains("SQLite: 21840 path_windows rows"), "{stdout}");
+    assert!(stdout.contains("ClickHouse: 21840 path_windows rows"), "{stdout}");
+    assert_eq!(stdout.matches("top anomaly host r7n13").count(), 2, "{stdout}");
     assert!(stdout.contains("× floor"), "{stdout}");
+    assert!(stdout.contains("same anomalies on both"), "{stdout}");
 }
 
 #[test]
