@@ -13,6 +13,7 @@ use collector::server::{self, Authorization, Stats, Writer};
 use collector_storage::{BatchWriter, Question, Reader, SqliteStore};
 use collector_storage_clickhouse::{ClickHouseStore, Options};
 use configs::{Backend, CollectorConfig, ConfigArgs, Topology};
+use configs_runtime::LogFormat;
 use configs_runtime::tls::{self, DevPki};
 use tracing::{info, warn};
 
@@ -23,6 +24,10 @@ use tracing::{info, warn};
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Log lines on stderr: `text`, or `json` (one object per line with
+    /// timestamp, level, target, message and the event's fields).
+    #[arg(long, value_name = "text|json", default_value_t = LogFormat::Text, value_parser = LogFormat::parse, global = true)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -93,8 +98,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    configs_runtime::init_logging();
     let cli = Cli::parse();
+    configs_runtime::init_logging(cli.log_format);
     match cli.command {
         Some(Command::DevCerts {
             out,

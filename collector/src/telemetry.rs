@@ -79,6 +79,7 @@ pub const FAMILIES: &[Family] = &[
 pub fn endpoint(stats: Arc<Stats>, database: Option<&Path>) -> Endpoint {
     let database = database.map(Path::to_path_buf);
     Endpoint::new(
+        "collector",
         FAMILIES,
         Arc::new(move || {
             let s = &stats;

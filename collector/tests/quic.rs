@@ -203,13 +203,15 @@ impl Collector {
 
     /// With its topology of one rack, id 1, named like the "sampler-a"
     /// certificate: that certificate writes rack 1 as sampler 1. Its log
-    /// goes to `log` when given.
+    /// goes to `log` when given, as JSON lines (`--log-format json`).
     fn start_with_metrics(dir: &Path, pki: &DevPki, port: u16, metrics: &str, log: Option<&Path>) -> Collector {
         let files = pki.collector();
         let topology = dir.join("topology.toml");
         std::fs::write(&topology, "[[racks]]\nid = 1\nname = \"sampler-a\"\n").unwrap();
         let stderr = log.map_or_else(Stdio::inherit, |log| std::fs::File::create(log).unwrap().into());
+        let log_format = if log.is_some() { "json" } else { "text" };
         let child = Command::new(env!("CARGO_BIN_EXE_flowmesh-collector"))
+            .args(["--log-format", log_format])
             .env("FLOWMESH_COLLECTOR_LISTEN", format!("127.0.0.1:{port}"))
             .env("FLOWMESH_COLLECTOR_DATABASE", dir.join("flowmesh.db"))
             .env("FLOWMESH_COLLECTOR_TOPOLOGY", &topology)
@@ -399,19 +401,42 @@ async fn prometheus_scrape_reports_what_happened() {
         body.contains("# TYPE flowmesh_collector_batches_total counter"),
         "{body}"
     );
-    // One warning for the connection, naming the certificate and the claim.
+    // Every build exports its version.
+    let build_info = format!(
+        "flowmesh_build_info{{component=\"collector\",version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        body.lines().any(|l| l == build_info),
+        "{build_info} missing from\n{body}"
+    );
+    // With --log-format json every log line is one JSON object, the event's
+    // fields beside the message. One warning for the connection, naming the
+    // certificate and the claim.
     let log = std::fs::read_to_string(&log).unwrap();
-    let refusals: Vec<&str> = log
+    let lines: Vec<serde_json::Value> = log
         .lines()
-        .filter(|l| l.contains("Refused a batch the sampler's certificate may not write"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(line[key].is_string(), "no {key} in {line}");
+        }
+    }
+    let refusals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Refused a batch the sampler's certificate may not write"))
+        })
         .collect();
     assert_eq!(refusals.len(), 1, "{log}");
-    assert!(
-        refusals[0].contains("identity=sampler-a")
-            && refusals[0].contains("sampler=3")
-            && refusals[0].contains("rack=1"),
-        "{log}"
-    );
+    assert_eq!(refusals[0]["level"], "WARN", "{log}");
+    assert_eq!(refusals[0]["identity"], "sampler-a", "{log}");
+    assert_eq!(refusals[0]["sampler"], 3, "{log}");
+    assert_eq!(refusals[0]["rack"], 1, "{log}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use configs::{AgentConfig, ConfigArgs, Topology};
+use configs_runtime::LogFormat;
 use node_agent::checks::{self, CheckError};
 use node_agent::probe::{self, ProbeStats, ProberSettings, RdmaEndpoint};
 use node_agent::sender::Sender;
@@ -25,6 +26,10 @@ use wire_format::{Flow, Origin, ProbeRecord};
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Log lines on stderr: `text`, or `json` (one object per line with
+    /// timestamp, level, target, message and the event's fields).
+    #[arg(long, value_name = "text|json", default_value_t = LogFormat::Text, value_parser = LogFormat::parse, global = true)]
+    log_format: LogFormat,
     /// Print each flow as it completes, one JSON object per line on stdout
     /// (with or without a sampler configured).
     #[arg(long)]
@@ -112,8 +117,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    configs_runtime::init_logging();
     let cli = Cli::parse();
+    configs_runtime::init_logging(cli.log_format);
     let Some(mut config) = cli.config.load_or_print::<AgentConfig>()? else {
         return Ok(());
     };

@@ -159,6 +159,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn endpoint(stats: Arc<Mutex<AgentStats>>, probes: Arc<Mutex<ProbeStats>>) -> Endpoint {
     let labels = Mutex::new(ConnectLabels::default());
     Endpoint::new(
+        "agent",
         FAMILIES,
         Arc::new(move || {
             let s = lock(&stats).clone();

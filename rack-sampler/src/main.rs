@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use configs::{ConfigArgs, SamplerConfig};
+use configs_runtime::LogFormat;
 use rack_sampler::service::Sampler;
 use tracing::info;
 
@@ -22,6 +23,10 @@ use tracing::info;
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Log lines on stderr: `text`, or `json` (one object per line with
+    /// timestamp, level, target, message and the event's fields).
+    #[arg(long, value_name = "text|json", default_value_t = LogFormat::Text, value_parser = LogFormat::parse, global = true)]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -29,8 +34,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    configs_runtime::init_logging();
     let cli = Cli::parse();
+    configs_runtime::init_logging(cli.log_format);
     let Some(config) = cli.config.load_or_print::<SamplerConfig>()? else {
         return Ok(());
     };

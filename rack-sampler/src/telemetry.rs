@@ -202,6 +202,7 @@ pub fn endpoint(
     topology: Arc<Topology>,
 ) -> Endpoint {
     Endpoint::new(
+        "sampler",
         FAMILIES,
         Arc::new(move || {
             let (totals, tracked) = {

@@ -1,6 +1,6 @@
 //! The HTTP endpoint every daemon serves: `GET /metrics` (Prometheus text
 //! exposition), `/healthz` (the process serves) and `/readyz` (the daemon
-//! says it is ready).
+//! says it is ready). Every endpoint also exports [`BUILD_INFO`].
 //!
 //! Daemons keep their counters in atomics and publish them through their
 //! [`Family`]s only when scraped, so counting costs an atomic add on the hot
@@ -17,6 +17,18 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::metric::{Family, Kind};
+
+/// `flowmesh_build_info{component="…",version="…"} 1`, the Prometheus
+/// convention for which build runs: join on it (`* on(instance)
+/// group_left(version)`) to see versions beside any other series, or count
+/// by `version` during a rollout. Every [`Endpoint`] exports it.
+pub const BUILD_INFO: Family = Family::gauge(
+    "flowmesh_build_info",
+    "The flowmesh component and version this process runs; always 1.",
+);
+
+/// The workspace's version, which every flowmesh crate shares.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Installs the process-wide Prometheus recorder on first call, with the
 /// buckets of the histogram `families`, and returns its handle. Later calls
@@ -59,13 +71,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint whose `/metrics` page shows `families`, as `publish()`
-    /// sets them at each scrape; not ready until [`Endpoint::set_ready`].
-    pub fn new(families: &[Family], publish: Publish) -> Self {
+    /// The endpoint of `component` (`agent`, `sampler`, `collector`: the
+    /// `component` label of [`BUILD_INFO`]), whose `/metrics` page shows
+    /// `families`, as `publish()` sets them at each scrape, and
+    /// [`BUILD_INFO`]; not ready until [`Endpoint::set_ready`].
+    pub fn new(component: &str, families: &[Family], publish: Publish) -> Self {
         let handle = prometheus(families);
-        for family in families {
+        for family in families.iter().chain([&BUILD_INFO]) {
             family.describe();
         }
+        BUILD_INFO.set(&[("component", component), ("version", VERSION)], 1.0);
         Endpoint {
             publish,
             handle,
@@ -141,6 +156,7 @@ mod tests {
         let served = Arc::new(AtomicU64::new(0));
         let count = served.clone();
         let endpoint = Endpoint::new(
+            "test",
             &[REQUESTS, DEPTH, LATENCY],
             Arc::new(move || {
                 let n = count.fetch_add(1, Ordering::Relaxed) + 1;
@@ -173,6 +189,12 @@ mod tests {
             page.contains("flowmesh_test_latency_seconds_bucket{le=\"1\"} 1"),
             "{page}"
         );
+        let build_info = format!("flowmesh_build_info{{component=\"test\",version=\"{VERSION}\"}} 1");
+        assert!(
+            page.lines().any(|l| l == build_info),
+            "{build_info} missing from\n{page}"
+        );
+        assert!(page.contains("# TYPE flowmesh_build_info gauge"), "{page}");
         crate::promtool::promtool_check(&page).unwrap();
         let _ = stop.send(());
         server.await.unwrap().unwrap();

@@ -4,7 +4,7 @@
 //! it — what a long-running daemon serves and how it talks TLS.
 //!
 //! - [`exit`]: one line on stderr and the exit status, never a backtrace.
-//! - [`logging`]: `tracing` to stderr.
+//! - [`logging`]: `tracing` to stderr, as text or JSON lines ([`LogFormat`]).
 //! - [`promtool`]: `promtool check metrics` on an exposition (tests).
 //! - feature `daemon`: [`endpoint`] (`/metrics`, `/healthz`, `/readyz`),
 //!   [`metric`] (each metric family declared once, described and recorded
@@ -25,4 +25,4 @@ pub mod signal;
 pub mod tls;
 
 pub use exit::exit_code;
-pub use logging::init_logging;
+pub use logging::{LogFormat, init_logging};
