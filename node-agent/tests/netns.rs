@@ -280,8 +280,16 @@ fn dropped_segments_show_as_retransmissions_on_that_flow_only() {
     let (lossy, clean) = (to(9001), to(9002));
     assert_eq!(lossy["bytes_acked"], 300_000, "{lossy}");
     assert_eq!(clean["bytes_acked"], 300_000, "{clean}");
-    assert!(lossy["retrans_segs"].as_u64().unwrap() > 0, "{lossy}");
-    assert_eq!(clean["retrans_segs"], 0, "{clean}");
+    // The clean flow may show one retransmission: on a loaded machine an
+    // ACK delayed past the probe timeout makes TCP send a tail-loss probe,
+    // which the kernel counts as one (seen in CI with 340 other tests
+    // running). A dropped segment on it would show as more.
+    let (lossy_retrans, clean_retrans) = (
+        lossy["retrans_segs"].as_u64().unwrap(),
+        clean["retrans_segs"].as_u64().unwrap(),
+    );
+    assert!(clean_retrans <= 1, "{clean}");
+    assert!(lossy_retrans > clean_retrans, "{lossy} against {clean}");
 }
 
 /// With `flows.netns`, only that namespace's sockets are traced, even when
