@@ -217,26 +217,25 @@ fn clean_period(
     let window = Duration::from_secs(options.window_secs);
     say(format!("clean running for {} s", options.clean_secs));
     let clean_started = Instant::now();
-    if options.collector_outage && sim.daemons.collectors > 1 {
+    if options.collector_outage {
+        // With two collectors the first crashes and the samplers fail over;
+        // with one it stops as an operator would and the samplers spool.
+        let crash = sim.daemons.collectors > 1;
+        let (stopped, restarted) = if crash {
+            ("killed collector 1 (SIGKILL)", "the samplers fail over to collector 2")
+        } else {
+            ("stopped the collector", "the samplers spool their windows")
+        };
         pause(Duration::from_secs(5))?;
-        sim.daemons.stop_collector(0, true)?;
-        say(format!(
-            "killed collector 1 (SIGKILL) for {} s: the samplers fail over to collector 2",
-            2 * options.window_secs
-        ));
+        sim.daemons.stop_collector(0, crash)?;
+        say(format!("{stopped} for {} s: {restarted}", 2 * options.window_secs));
         pause(window * 2)?;
         sim.daemons.start_collector(&sim.net, 0)?;
-        say("restarted collector 1");
-    } else if options.collector_outage {
-        pause(Duration::from_secs(5))?;
-        sim.daemons.stop_collector(0, false)?;
-        say(format!(
-            "stopped the collector for {} s: the samplers spool their windows",
-            2 * options.window_secs
-        ));
-        pause(window * 2)?;
-        sim.daemons.start_collector(&sim.net, 0)?;
-        say("restarted the collector: the samplers replay their spools");
+        say(if crash {
+            "restarted collector 1"
+        } else {
+            "restarted the collector: the samplers replay their spools"
+        });
     }
     let clean_until = Duration::from_secs(options.clean_secs) + window + Duration::from_secs(3);
     while let Some(left) = clean_until
