@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use collector_storage::{Reader, SqliteStore};
 use configs::{AnalyzerConfig, Backend, ConfigArgs, Since, Topology};
 
+mod serve;
+
 /// flowmesh analyzer: reads the collector's store — its SQLite database or
 /// a ClickHouse cluster — read-only (safe while the collector writes), flags RTT and loss anomalies and
 /// localizes them with the topology file.
@@ -71,7 +73,23 @@ enum Command {
         /// The topology file; default: `topology` from the configuration.
         #[arg(long, value_name = "FILE")]
         topology: Option<std::path::PathBuf>,
+        /// Serve the findings to Prometheus here (`/metrics`, `/healthz`,
+        /// `/readyz`); default: `metrics.listen` from the configuration.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
+}
+
+/// Which path windows an analysis keeps after judging them.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// None: memory holds a few windows at a time.
+    Nothing,
+    /// Every one (the HTML report draws them).
+    All,
+    /// The newest two windows' (the metrics page describes the newest
+    /// judged window, which may be the one before the newest stored).
+    Newest,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -98,15 +116,14 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Reads and analyzes the windows from `since` ago to now, window by window.
-/// The path windows themselves are kept only when `keep_paths` (the HTML
-/// report draws them); otherwise memory holds a few windows at a time.
+/// Reads and analyzes the windows from `since` ago to now, window by window,
+/// keeping the path windows `keep` says.
 fn analyze_since(
     store: &dyn Reader,
     topology: &Topology,
     config: &AnalyzerConfig,
     since: Since,
-    keep_paths: bool,
+    keep: Keep,
 ) -> anyhow::Result<(analyzer::report::Analysis, analyzer::model::Observations)> {
     let now = now_ns();
     let from = since.start_ns(now);
@@ -118,6 +135,7 @@ fn analyze_since(
     let to = now.saturating_add(1);
     let mut analyzer = analyzer::report::Analyzer::new(from, now, topology, config);
     let mut paths = Vec::new();
+    let mut before = Vec::new();
     let progress = Progress::new();
     collector_storage::for_each_window(
         store,
@@ -126,13 +144,23 @@ fn analyze_since(
         &|read, expected| progress.show(read, expected),
         &mut |window| {
             analyzer.window(window);
-            if keep_paths {
-                paths.extend_from_slice(window);
+            match keep {
+                Keep::Nothing => {}
+                Keep::All => paths.extend_from_slice(window),
+                Keep::Newest => {
+                    std::mem::swap(&mut paths, &mut before);
+                    paths.clear();
+                    paths.extend_from_slice(window);
+                }
             }
         },
     )
     .with_context(reading)?;
     progress.done();
+    if keep == Keep::Newest {
+        before.append(&mut paths);
+        paths = before;
+    }
     let agents = store.agent_windows(history, to).with_context(reading)?;
     let analysis = analyzer.finish(&agents);
     Ok((analysis, analyzer::model::Observations { paths, agents }))
@@ -192,29 +220,63 @@ impl Progress {
 }
 
 /// `watch`: a pass every `interval_secs`, printing what started and what
-/// cleared since the previous pass.
+/// cleared since the previous pass, and serving the findings as metrics
+/// when `metrics.listen` is set. The first pass must succeed (a wrong path
+/// or URL should stop the command at once); a later pass that fails is
+/// reported on stderr and counted, and the next pass reopens the store.
 fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Option<u64>) -> anyhow::Result<()> {
     let topology = Topology::load(&config.topology)?;
-    let store = open(config)?;
+    let server = match config.metrics.listen {
+        Some(addr) => Some(serve::Server::start(addr)?),
+        None => None,
+    };
+    let mut store = Some(open(config)?);
     let mut previous = std::collections::BTreeMap::new();
     let mut pass = 0u64;
     loop {
-        let (analysis, _) = analyze_since(store.as_ref(), &topology, config, since, false)?;
-        let active = analysis.active();
-        let stamp = analyzer::report::utc(now_ns());
-        let mut out = std::io::stdout().lock();
-        for (key, what) in &active {
-            if !previous.contains_key(key) {
-                writeln!(out, "{stamp} NEW     {} {}: {what}", key.0, key.1)?;
+        let started = std::time::Instant::now();
+        let outcome = match &store {
+            Some(store) => analyze_since(store.as_ref(), &topology, config, since, Keep::Newest),
+            None => open(config).and_then(|opened| {
+                let store = store.insert(opened);
+                analyze_since(store.as_ref(), &topology, config, since, Keep::Newest)
+            }),
+        };
+        match outcome {
+            Ok((analysis, observations)) => {
+                let active = analysis.active();
+                let stamp = analyzer::report::utc(now_ns());
+                let mut out = std::io::stdout().lock();
+                for (key, what) in &active {
+                    if !previous.contains_key(key) {
+                        writeln!(out, "{stamp} NEW     {} {}: {what}", key.0, key.1)?;
+                    }
+                }
+                for key in previous.keys() {
+                    if !active.contains_key(key) {
+                        writeln!(out, "{stamp} CLEARED {} {}", key.0, key.1)?;
+                    }
+                }
+                out.flush()?;
+                previous = active;
+                if let Some(server) = &server {
+                    let limit = usize::try_from(config.metrics.max_host_series).unwrap_or(usize::MAX);
+                    let page = analyzer::results::exposition(&analysis, &observations.paths, &topology, limit);
+                    server.passed(page, started.elapsed());
+                }
             }
-        }
-        for key in previous.keys() {
-            if !active.contains_key(key) {
-                writeln!(out, "{stamp} CLEARED {} {}", key.0, key.1)?;
+            Err(error) if pass > 0 => {
+                eprintln!(
+                    "flowmesh-analyzer: pass failed, retrying in {interval_secs} s: {}",
+                    configs_runtime::exit::error_line(error.as_ref())
+                );
+                store = None;
+                if let Some(server) = &server {
+                    server.failed(started.elapsed());
+                }
             }
+            Err(error) => return Err(error),
         }
-        out.flush()?;
-        previous = active;
         pass += 1;
         if passes.is_some_and(|n| pass >= n) {
             return Ok(());
@@ -291,8 +353,10 @@ fn run() -> anyhow::Result<bool> {
             database,
             clickhouse,
             topology,
+            metrics_listen,
         } => {
             choose_store(&mut config, database, clickhouse);
+            config.metrics.listen = metrics_listen.or(config.metrics.listen);
             config.topology = topology.unwrap_or(config.topology);
             watch(&config, since, interval_secs, passes)?;
             return Ok(false);
@@ -307,7 +371,11 @@ fn run() -> anyhow::Result<bool> {
         &topology,
         &config,
         since,
-        matches!(format, Format::Html),
+        if matches!(format, Format::Html) {
+            Keep::All
+        } else {
+            Keep::Nothing
+        },
     )?;
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(

@@ -165,6 +165,8 @@ pub struct Analysis {
     pub last_window_ns: u64,
     /// Path windows judged.
     pub judged_paths: usize,
+    /// Path windows judged in the newest window.
+    pub last_window_judged_paths: usize,
     /// Anomalies, most severe first.
     pub anomalies: Vec<Anomaly>,
     /// Telemetry gaps. Silence is never read as health: a silent agent's
@@ -212,6 +214,7 @@ pub struct Analyzer<'a> {
     /// Open anomaly per key, for merging consecutive windows.
     open: BTreeMap<(&'static str, String), usize>,
     judged_paths: usize,
+    last_window_judged_paths: usize,
     windows: usize,
     last_window_ns: u64,
 }
@@ -229,6 +232,7 @@ impl<'a> Analyzer<'a> {
             anomalies: Vec::new(),
             open: BTreeMap::new(),
             judged_paths: 0,
+            last_window_judged_paths: 0,
             windows: 0,
             last_window_ns: 0,
         }
@@ -249,6 +253,7 @@ impl<'a> Analyzer<'a> {
         self.windows += 1;
         self.last_window_ns = window;
         self.judged_paths += judged.len();
+        self.last_window_judged_paths = judged.len();
         self.localize(window, &judged);
     }
 
@@ -349,6 +354,7 @@ impl<'a> Analyzer<'a> {
             windows: self.windows,
             last_window_ns: self.last_window_ns,
             judged_paths: self.judged_paths,
+            last_window_judged_paths: self.last_window_judged_paths,
             anomalies: self.anomalies,
             telemetry_gaps: gaps(self.topology, &detect::gaps(agents, self.from_ns, &self.cfg.detect)),
         }

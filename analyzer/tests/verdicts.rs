@@ -769,3 +769,264 @@ fn the_same_batches_give_the_same_report_on_clickhouse_as_on_sqlite() {
         serde_json::to_string_pretty(&sqlite).unwrap()
     );
 }
+
+/// The sample lines of `family` on a metrics page.
+fn samples<'p>(page: &'p str, family: &str) -> Vec<&'p str> {
+    page.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .collect()
+}
+
+/// The newest window's path windows, as `watch` keeps them.
+fn newest_paths(store: &SqliteStore, a: &Analysis) -> Vec<collector_storage::PathWindow> {
+    load(store, 0, u64::MAX)
+        .unwrap()
+        .paths
+        .into_iter()
+        .filter(|p| p.window_ns == a.last_window_ns)
+        .collect()
+}
+
+#[test]
+fn the_metrics_page_names_an_active_anomaly_and_drops_it_once_it_clears() {
+    use analyzer::results::exposition;
+    let dir = tempfile::tempdir().unwrap();
+    let store = lossy_r3n3(dir.path());
+    let a = analysis(&store, 3, 0);
+    let page = exposition(&a, &newest_paths(&store, &a), &topology(), 100);
+    configs_runtime::promtool::promtool_check(&page).unwrap();
+    assert_eq!(
+        samples(&page, "flowmesh_anomaly_active"),
+        ["flowmesh_anomaly_active{element_type=\"host\",element=\"r3n3\",kind=\"loss\"} 1"],
+        "{page}"
+    );
+    assert_eq!(
+        samples(&page, "flowmesh_active_anomalies"),
+        ["flowmesh_active_anomalies 1"]
+    );
+    assert_eq!(
+        samples(&page, "flowmesh_anomaly_bad_paths"),
+        ["flowmesh_anomaly_bad_paths{element_type=\"host\",element=\"r3n3\"} 16"]
+    );
+    let started = format!(
+        "flowmesh_anomaly_started_timestamp_seconds{{element_type=\"host\",element=\"r3n3\"}} {}",
+        T0 / SECOND
+    );
+    assert_eq!(samples(&page, "flowmesh_anomaly_started_timestamp_seconds"), [started]);
+    // r3n3 loses half of every probe, out and in.
+    assert_eq!(
+        samples(&page, "flowmesh_host_probe_loss_ratio"),
+        ["flowmesh_host_probe_loss_ratio{host=\"r3n3\",rack=\"rack3\"} 0.5"]
+    );
+    // Every directed rack pair: rack1 → rack3 holds 3 of 9 paths through r3n3.
+    assert_eq!(samples(&page, "flowmesh_rack_pair_probe_loss_ratio").len(), 9, "{page}");
+    let third = 3.0 * 50.0 / 900.0;
+    assert!(
+        page.contains(&format!(
+            "flowmesh_rack_pair_probe_loss_ratio{{src_rack=\"rack1\",dst_rack=\"rack3\"}} {third}"
+        )),
+        "{page}"
+    );
+    let p99 = format!(
+        "flowmesh_rack_pair_rtt_p99_seconds{{src_rack=\"rack2\",dst_rack=\"rack1\"}} {}\n",
+        80_000.0 / 1e9
+    );
+    assert!(page.contains(&p99), "{page}");
+    assert!(page.contains("flowmesh_rack_pair_probes{src_rack=\"rack1\",dst_rack=\"rack1\"} 600"));
+    let end = format!(
+        "flowmesh_analyzer_last_window_end_timestamp_seconds {}",
+        (T0 + 3 * W) / SECOND
+    );
+    assert_eq!(
+        samples(&page, "flowmesh_analyzer_last_window_end_timestamp_seconds"),
+        [end]
+    );
+    assert_eq!(
+        samples(&page, "flowmesh_analyzer_judged_paths"),
+        ["flowmesh_analyzer_judged_paths 72"]
+    );
+    // The host limit bounds host series, not the anomaly itself.
+    let bounded = exposition(&a, &newest_paths(&store, &a), &topology(), 0);
+    assert!(
+        samples(&bounded, "flowmesh_host_probe_loss_ratio").is_empty(),
+        "{bounded}"
+    );
+    assert_eq!(samples(&bounded, "flowmesh_anomaly_active").len(), 1);
+
+    // Two healthy windows later the anomaly is over: its series are gone.
+    drop(store);
+    let mut writer = SqliteStore::open(&dir.path().join("flowmesh.db")).unwrap();
+    fill(&mut writer, 3..5, healthy, never);
+    drop(writer);
+    let store = SqliteStore::open_read_only(&dir.path().join("flowmesh.db")).unwrap();
+    let a = analysis(&store, 5, 0);
+    let page = exposition(&a, &newest_paths(&store, &a), &topology(), 100);
+    configs_runtime::promtool::promtool_check(&page).unwrap();
+    for gone in [
+        "flowmesh_anomaly_active",
+        "flowmesh_anomaly_started_timestamp_seconds",
+        "flowmesh_host_probe_loss_ratio",
+        "flowmesh_host_rtt_p99_seconds",
+    ] {
+        assert!(samples(&page, gone).is_empty(), "{gone} still on\n{page}");
+    }
+    assert_eq!(
+        samples(&page, "flowmesh_active_anomalies"),
+        ["flowmesh_active_anomalies 0"]
+    );
+    assert!(page.contains("flowmesh_rack_pair_probe_loss_ratio{src_rack=\"rack1\",dst_rack=\"rack3\"} 0\n"));
+}
+
+#[test]
+fn the_metrics_page_reports_a_silent_agent_and_a_slow_responder() {
+    use analyzer::results::exposition;
+    let dir = tempfile::tempdir().unwrap();
+    let (down, slow) = (102, 202);
+    let store = database(
+        dir.path(),
+        4,
+        |w, s, d| {
+            if w >= 2 && s == down {
+                None
+            } else if w >= 2 && d == down {
+                Some(Shows { lost: 100, ..HEALTHY })
+            } else if w >= 2 && d == slow {
+                Some(Shows {
+                    responder_p99_us: 5_000,
+                    ..HEALTHY
+                })
+            } else {
+                Some(HEALTHY)
+            }
+        },
+        |w, n| w >= 2 && n == down,
+    );
+    let a = analysis(&store, 4, 0);
+    let page = exposition(&a, &newest_paths(&store, &a), &topology(), 100);
+    configs_runtime::promtool::promtool_check(&page).unwrap();
+    assert_eq!(
+        samples(&page, "flowmesh_agent_telemetry_gap"),
+        ["flowmesh_agent_telemetry_gap{host=\"r1n2\",rack=\"rack1\",state=\"silent\"} 1"],
+        "{page}"
+    );
+    assert_eq!(
+        samples(&page, "flowmesh_active_telemetry_gaps"),
+        ["flowmesh_active_telemetry_gaps 1"]
+    );
+    let active = samples(&page, "flowmesh_anomaly_active");
+    assert!(
+        active.contains(&"flowmesh_anomaly_active{element_type=\"host\",element=\"r2n2\",kind=\"responder_delay\"} 1"),
+        "{page}"
+    );
+    assert!(
+        active.contains(&"flowmesh_anomaly_active{element_type=\"host\",element=\"r1n2\",kind=\"loss\"} 1"),
+        "{page}"
+    );
+    // Every probe into the silent host is lost: its worse direction.
+    assert!(
+        page.contains("flowmesh_host_probe_loss_ratio{host=\"r1n2\",rack=\"rack1\"} 1\n"),
+        "{page}"
+    );
+}
+
+#[test]
+fn docs_list_every_metric_the_analyzer_serves() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/analyzer.md")).unwrap();
+    let missing: Vec<_> = analyzer::results::FAMILIES
+        .iter()
+        .map(|f| f.name)
+        .chain([
+            "flowmesh_analyzer_passes_total",
+            "flowmesh_analyzer_pass_duration_seconds",
+            "flowmesh_analyzer_last_pass_timestamp_seconds",
+            "flowmesh_build_info",
+        ])
+        .filter(|name| !doc.contains(&format!("`{name}")))
+        .collect();
+    assert!(missing.is_empty(), "docs/analyzer.md does not list {missing:?}");
+}
+
+/// `GET path` over plain HTTP/1.1: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn watch_serves_its_findings_to_prometheus_and_stops_exporting_a_cleared_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(lossy_r3n3(dir.path()));
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, topology_racks().concat()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
+        .args(["watch", "--since", "all", "--interval-secs", "1", "--passes", "600"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--database"])
+        .arg(dir.path().join("flowmesh.db"))
+        .arg("--topology")
+        .arg(&topology)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the child whatever happens below.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Kill(child);
+    let first = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .next()
+        .unwrap()
+        .unwrap();
+    let addr = first.rsplit(' ').next().unwrap().to_string();
+    assert!(first.contains("serving /metrics"), "{first}");
+    assert_eq!(http_get(&addr, "/healthz").0, "HTTP/1.1 200 OK");
+    // Ready once the first pass is in (bounded: the pass takes milliseconds).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        let (status, _) = http_get(&addr, "/readyz");
+        if status == "HTTP/1.1 200 OK" {
+            break http_get(&addr, "/metrics").1;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    configs_runtime::promtool::promtool_check(&page).unwrap();
+    assert!(
+        page.contains("flowmesh_anomaly_active{element_type=\"host\",element=\"r3n3\",kind=\"loss\"} 1"),
+        "{page}"
+    );
+    assert!(page.contains("flowmesh_build_info{component=\"analyzer\""), "{page}");
+    assert!(page.contains("flowmesh_analyzer_passes_total{result=\"ok\"}"), "{page}");
+    // Healthy windows arrive; a later pass no longer exports the anomaly.
+    let mut store = SqliteStore::open(&dir.path().join("flowmesh.db")).unwrap();
+    fill(&mut store, 3..5, healthy, never);
+    drop(store);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page = http_get(&addr, "/metrics").1;
+        if page.contains("flowmesh_active_anomalies 0") {
+            assert!(samples(&page, "flowmesh_anomaly_active").is_empty(), "{page}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still active:\n{page}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "watch exited");
+}

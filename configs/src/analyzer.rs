@@ -23,6 +23,33 @@ pub struct AnalyzerConfig {
     pub detect: Detection,
     /// Attribution of anomalous paths to a host, rack or rack pair.
     pub localize: Localization,
+    /// What `watch` serves to Prometheus.
+    pub metrics: ResultsEndpoint,
+}
+
+/// The endpoint `flowmesh-analyzer watch` serves: its findings as metrics
+/// (`/metrics`), `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResultsEndpoint {
+    /// Listen address; unset: `watch` serves nothing (`--metrics-listen`
+    /// sets it too). A report run never serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Most hosts exported with their own loss and RTT series at once (the
+    /// hosts an active anomaly or telemetry gap names, worst first): bounds
+    /// the series a fleet-wide fault can create. Rack pairs are bounded by
+    /// the topology (racks²).
+    pub max_host_series: u32,
+}
+
+impl Default for ResultsEndpoint {
+    fn default() -> Self {
+        ResultsEndpoint {
+            listen: None,
+            max_host_series: 100,
+        }
+    }
 }
 
 /// Anomaly thresholds. Defaults follow the anchors: Pingmesh treats drop
@@ -81,6 +108,7 @@ impl Default for AnalyzerConfig {
             topology: PathBuf::from("/etc/flowmesh/topology.toml"),
             detect: Detection::default(),
             localize: Localization::default(),
+            metrics: ResultsEndpoint::default(),
         }
     }
 }
@@ -144,6 +172,12 @@ impl Component for AnalyzerConfig {
         let l = &self.localize;
         c.range("localize.min_bad_share", l.min_bad_share, 0.0..=1.0, "a fraction");
         c.range("localize.min_paths", l.min_paths, 1..=100_000, "paths");
+        c.range(
+            "metrics.max_host_series",
+            self.metrics.max_host_series,
+            0..=100_000,
+            "series",
+        );
         c.0
     }
 }

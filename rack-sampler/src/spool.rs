@@ -904,6 +904,12 @@ impl Spool {
         self.bytes + self.set_aside().map_or(0, |(len, _)| len)
     }
 
+    /// The most bytes the spool holds (`uplink.spool_max_bytes`): alerts
+    /// compare [`Spool::bytes`] with it.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     fn set_aside(&self) -> Option<(u64, u32)> {
         self.outstanding.and_then(|o| o.set_aside)
     }

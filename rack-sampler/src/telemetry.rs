@@ -146,6 +146,13 @@ pub const SPOOL_BATCHES: Family = Family::gauge("flowmesh_sampler_spool_batches"
 pub const SPOOL_BYTES: Family =
     Family::gauge("flowmesh_sampler_spool_bytes", "Bytes waiting in the spool.").with_unit(Unit::Bytes);
 
+/// The spool's capacity, for alerting on how full it is.
+pub const SPOOL_CAPACITY_BYTES: Family = Family::gauge(
+    "flowmesh_sampler_spool_capacity_bytes",
+    "The most bytes the spool holds (uplink.spool_max_bytes); beyond it the oldest batches are dropped.",
+)
+.with_unit(Unit::Bytes);
+
 /// 1 while connected to a collector, else 0.
 pub const UPLINK_CONNECTED: Family = Family::gauge(
     "flowmesh_sampler_uplink_connected",
@@ -192,6 +199,7 @@ pub const FAMILIES: &[Family] = &[
     UPLINK_COLLECTOR_CONNECTED,
     AGENT_LAST_SEEN_SECONDS,
     SPOOL_BYTES,
+    SPOOL_CAPACITY_BYTES,
 ];
 
 /// The sampler's endpoint over its shared state.
@@ -237,6 +245,7 @@ pub fn endpoint(
                 let s = uplink::lock(&spool);
                 SPOOL_BATCHES.set(&[], s.len() as f64);
                 SPOOL_BYTES.set(&[], s.bytes() as f64);
+                SPOOL_CAPACITY_BYTES.set(&[], s.max_bytes() as f64);
                 SPOOL_DROPPED_BATCHES.absolute(&[], s.dropped_total());
             }
             let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);

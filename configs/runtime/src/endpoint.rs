@@ -62,10 +62,17 @@ fn prometheus(families: &[Family]) -> &'static PrometheusHandle {
 /// [`Family`]s.
 pub type Publish = Arc<dyn Fn() + Send + Sync>;
 
+/// Text a scrape appends to the page after the families: a whole
+/// exposition (HELP, TYPE and samples) the process renders itself, for
+/// series that must vanish when what they describe does (a metrics
+/// registry keeps exporting a gauge nobody sets any more).
+pub type Snapshot = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The endpoint of one daemon.
 #[derive(Clone)]
 pub struct Endpoint {
     publish: Publish,
+    snapshot: Option<Snapshot>,
     handle: &'static PrometheusHandle,
     ready: Arc<AtomicBool>,
 }
@@ -83,15 +90,31 @@ impl Endpoint {
         BUILD_INFO.set(&[("component", component), ("version", VERSION)], 1.0);
         Endpoint {
             publish,
+            snapshot: None,
             handle,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
 
+    /// Appends `snapshot()` to every page; its family names must not be
+    /// among the endpoint's families.
+    #[must_use]
+    pub fn with_snapshot(mut self, snapshot: Snapshot) -> Self {
+        self.snapshot = Some(snapshot);
+        self
+    }
+
     /// The `/metrics` page now: publishes, then renders.
     pub fn render(&self) -> String {
         (self.publish)();
-        self.handle.render()
+        let mut page = self.handle.render();
+        if let Some(snapshot) = &self.snapshot {
+            if !page.is_empty() && !page.ends_with('\n') {
+                page.push('\n');
+            }
+            page.push_str(&snapshot());
+        }
+        page
     }
 
     /// Marks the daemon ready (or not) for `/readyz`.
@@ -163,7 +186,10 @@ mod tests {
                 REQUESTS.absolute(&[("kind", "scrape")], n);
                 DEPTH.set(&[], 3.0);
             }),
-        );
+        )
+        .with_snapshot(Arc::new(|| {
+            "# HELP flowmesh_test_findings Findings now.\n# TYPE flowmesh_test_findings gauge\nflowmesh_test_findings{what=\"x\"} 1\n".to_string()
+        }));
         LATENCY.record(&[], 0.5);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -195,6 +221,7 @@ mod tests {
             "{build_info} missing from\n{page}"
         );
         assert!(page.contains("# TYPE flowmesh_build_info gauge"), "{page}");
+        assert!(page.ends_with("flowmesh_test_findings{what=\"x\"} 1\n"), "{page}");
         crate::promtool::promtool_check(&page).unwrap();
         let _ = stop.send(());
         server.await.unwrap().unwrap();
