@@ -4,13 +4,18 @@
 //! no anomaly — then injects each fault class (host down, host NIC loss,
 //! rack uplink loss, rack-pair queueing delay, TCP retransmissions) and
 //! fails unless the analyzer names each one, with the right element,
-//! within two aggregation windows. Afterwards nothing of it remains.
+//! within two aggregation windows. With `--prometheus`, each fault's alert
+//! must also reach a webhook through a real Prometheus (the shipped rules)
+//! and Alertmanager, and resolve; nothing may fire in the clean period;
+//! every Grafana panel's query must return data. Afterwards nothing of it
+//! remains.
 //!
 //! The same on a two-shard ClickHouse cluster with two collectors, the
 //! first killed (SIGKILL) during the clean period: every fault still named,
 //! every window stored exactly once.
 //!
-//! Needs root, `ip`, `nft`, `tc`, clickhouse-server and the four binaries
+//! Needs root, `ip`, `nft`, `tc`, clickhouse-server, prometheus,
+//! prometheus-alertmanager and the four binaries
 //! (built by the same `cargo nextest run --workspace`), as CI has.
 //! .config/nextest.toml runs them alone: they load the two cores on purpose.
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
@@ -19,7 +24,26 @@ use std::process::Command;
 
 #[test]
 fn rack_sim_names_every_fault_within_two_windows() {
-    run_and_check(&["--clean-secs", "180"]);
+    // With the operators' stack: the analyzer's watch, Prometheus with the
+    // shipped rules, Alertmanager posting to the simulation's webhook.
+    let stdout = run_and_check(&["--clean-secs", "180", "--prometheus"]);
+    assert!(stdout.contains("clean period: 0 alerts fired"), "{stdout}");
+    for (alert, element) in [
+        ("FlowmeshHostDroppingPackets", "r2n2"),
+        ("FlowmeshHostDroppingPackets", "r1n3"),
+        ("FlowmeshRackUplinkDegraded", "rack3"),
+        ("FlowmeshRackPairDegraded", "rack1↔rack2"),
+        ("FlowmeshHostDroppingPackets", "r3n1"),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(alert)
+                && l.contains(element)
+                && l.ends_with("windows)")
+                && !l.contains("NOT RESOLVED")),
+            "{alert} {element} did not fire and resolve:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("Grafana dashboards: "), "{stdout}");
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! their namespaces — a `flowmesh-agent` per node (its own cgroup, so it
 //! traces only its node's sockets), a `flowmesh-sampler` per rack on its
 //! switch, the `flowmesh-collector` (two, on a ClickHouse cluster, with
-//! `--store clickhouse`) and, when asked, Prometheus on the spine. Also
-//! here: stopping and restarting a collector, Prometheus's
-//! and promtool's verdicts, and noticing a daemon that died.
+//! `--store clickhouse`). Also here: stopping and restarting a collector,
+//! Prometheus's and promtool's verdicts (Prometheus itself is started by
+//! [`super::alerting`]), and noticing a daemon that died.
 //!
 //! [`Daemons`] owns every process it started, the traffic generators and a
 //! fault's helpers included, and stops them all when dropped (SIGTERM, then
@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use configs_runtime::tls::DevPki;
 
+use super::alerting::{ANALYZER_METRICS_PORT, PROMETHEUS_PORT};
 use super::namespaces::{Network, SPINE_IP, nsenter, sampler_ip};
 use crate::harness::{ClickHouseToml, CollectorToml, SamplerToml, terminate};
 
@@ -33,8 +34,6 @@ const SAMPLER_PORT: u16 = 5001;
 const SAMPLER_METRICS_PORT: u16 = 9102;
 /// Each agent's metrics port.
 const AGENT_METRICS_PORT: u16 = 9101;
-/// Prometheus's port, on the spine.
-const PROMETHEUS_PORT: u16 = 9090;
 /// How long the processes get to exit after SIGTERM at the end.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the collector gets to finish its transaction when stopped.
@@ -268,28 +267,6 @@ impl Daemons {
         terminate([&mut child], COLLECTOR_STOP_GRACE)
     }
 
-    /// Starts Prometheus on the spine, which routes to every daemon.
-    pub(super) fn start_prometheus(&mut self, net: &Network) -> anyhow::Result<()> {
-        let targets: Vec<String> = metrics_targets(net, self.collectors)
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect();
-        let config = self.write(
-            "prometheus.yml",
-            &format!(
-                "global: {{ scrape_interval: 2s, scrape_timeout: 1s }}\nscrape_configs:\n  - job_name: flowmesh\n    \
-                 static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
-        )?;
-        let args = [
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", self.dir.join("prometheus").display()),
-            format!("--web.listen-address={}", addr(SPINE_IP, PROMETHEUS_PORT)),
-        ];
-        self.spawn("prometheus", &net.spine(), Path::new("prometheus"), &args)
-    }
-
     /// How many daemons Prometheus has up, and the expositions promtool
     /// rejects.
     pub(super) fn check_prometheus(&self, net: &Network) -> anyhow::Result<(usize, Vec<String>)> {
@@ -300,7 +277,8 @@ impl Daemons {
             .as_array()
             .map_or(0, |r| r.iter().filter(|x| x["value"][1] == "1").count());
         let mut rejected = Vec::new();
-        for target in metrics_targets(net, self.collectors) {
+        let analyzer = addr(SPINE_IP, ANALYZER_METRICS_PORT);
+        for target in metrics_targets(net, self.collectors).into_iter().chain([analyzer]) {
             let page = get(net, &format!("http://{target}/metrics"))?;
             let mut check = std::process::Command::new("promtool")
                 .args(["check", "metrics"])
@@ -343,7 +321,7 @@ fn config_arg(config: &Path) -> [String; 2] {
 }
 
 /// An HTTP GET from the spine (where every address routes), via curl.
-fn get(net: &Network, url: &str) -> anyhow::Result<String> {
+pub(super) fn get(net: &Network, url: &str) -> anyhow::Result<String> {
     let out = nsenter(&net.spine())
         .args(["curl", "-fsS", "--max-time", "5", url])
         .output()

@@ -22,6 +22,7 @@
 //! - [`scenario`]: the clean period, the fault loop and every check;
 //! - here: the options, the order of it all, and Ctrl-C.
 
+mod alerting;
 mod daemons;
 mod faults;
 mod namespaces;
@@ -68,9 +69,14 @@ pub(crate) struct Options {
     /// every window is stored exactly once.
     #[arg(long)]
     collector_outage: bool,
-    /// Run a Prometheus server (on the spine) scraping every daemon, and
-    /// check at the end that all are up and `promtool check metrics`
-    /// accepts each exposition.
+    /// Run the operators' stack on the spine: `flowmesh-analyzer watch`
+    /// serving its findings, Prometheus scraping every daemon and
+    /// evaluating deploy/prometheus's rules, Alertmanager posting to a
+    /// webhook receiver in this process. Checks: every daemon up and
+    /// promtool accepting each exposition; each fault's alert firing with
+    /// its element within two windows plus the evaluation interval and
+    /// resolving after the fault clears; nothing firing in the clean
+    /// period; every Grafana panel's query (deploy/grafana/) returning data.
     #[arg(long)]
     prometheus: bool,
     /// At the end, print the analyzer's report over the whole run and
@@ -243,9 +249,6 @@ pub(crate) fn run_sim(options: &Options) -> anyhow::Result<()> {
     pause(Duration::from_secs(2))?;
     traffic::start_generators(&sim.net, &mut sim.daemons)?;
     sim.daemons.check_alive()?;
-    if options.prometheus {
-        sim.daemons.start_prometheus(&sim.net)?;
-    }
     let store = match &sim.clickhouse {
         Some(c) => format!("ClickHouse at {} (shards {:?})", c.toml.url, c.toml.shard_urls),
         None => format!("SQLite at {}", dir.join("flowmesh.db").display()),

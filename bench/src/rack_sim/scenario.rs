@@ -22,6 +22,7 @@ use collector_storage::{Reader, SqliteStore};
 use collector_storage_clickhouse::{ClickHouseStore, Options as ClickHouseOptions};
 use rack_sampler::now_ns;
 
+use super::alerting::{Alerting, EVALUATION_INTERVAL, run_dashboards};
 use super::daemons::{Daemons, metrics_targets};
 use super::faults::{Expected, FaultKind};
 use super::namespaces::{in_netns, nsenter};
@@ -40,6 +41,30 @@ struct Outcome {
     latency: Option<Duration>,
     /// What the analyzer named at the last look.
     named: Vec<Named>,
+    /// With `--prometheus`: the alert that fired for it, if one did.
+    alert: Option<FiredAlert>,
+}
+
+/// An alert Alertmanager delivered for a fault.
+struct FiredAlert {
+    /// Its name (`FlowmeshHostDroppingPackets`, …).
+    name: String,
+    /// From injection to the webhook receiving it.
+    fired: Duration,
+    /// From clearing the fault to the webhook receiving its resolution.
+    resolved: Option<Duration>,
+}
+
+/// The alerts (deploy/prometheus/flowmesh-rules.yml) that name an element
+/// of `kind`.
+fn alert_names(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "host" => &["FlowmeshHostDroppingPackets", "FlowmeshHostDelayingPackets"],
+        "rack" => &["FlowmeshRackUplinkDegraded"],
+        "rack_pair" => &["FlowmeshRackPairDegraded"],
+        "slow_host" => &["FlowmeshHostRespondingSlowly"],
+        _ => &[],
+    }
 }
 
 /// `flowmesh-analyzer` on the simulation's store.
@@ -135,13 +160,32 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
     let clickhouse = sim.clickhouse.as_ref().map(|c| c.toml.clone());
     let analyzer = Analyzer::configure(&sim.daemons, clickhouse.as_ref(), sim.net.spine())?;
     let dir = sim.daemons.dir.clone();
+    let alerting = match options.prometheus {
+        true => Some(Alerting::start(sim, &analyzer.config)?),
+        false => None,
+    };
     // Warm-up: agents' first probes meet responders not yet started.
     pause(window * 2)?;
     let clean_from = now_ns().div_ceil(window_ns) * window_ns;
+    let clean_started = Instant::now();
     let clean = clean_period(sim, options, &analyzer, clean_from)?;
+    // Whatever fired while the network was clean (a resolution of something
+    // from the warm-up is not a firing).
+    let clean_alerts: Vec<String> = alerting
+        .iter()
+        .flat_map(Alerting::notices)
+        .filter(|n| n.received >= clean_started && n.status == "firing")
+        .map(|n| n.describe())
+        .collect();
+    if alerting.is_some() {
+        say(format!(
+            "clean period: {} alerts fired {clean_alerts:?}",
+            clean_alerts.len()
+        ));
+    }
     let mut outcomes = Vec::new();
     for &fault in faults {
-        outcomes.push(detect(sim, fault, options, &analyzer)?);
+        outcomes.push(detect(sim, fault, options, &analyzer, alerting.as_ref())?);
     }
     // The last windows reach the database.
     pause(window + Duration::from_secs(4))?;
@@ -160,9 +204,10 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
             "windows missing or repeated (sampler: present of expected): {missing:?}"
         ));
     }
-    if options.prometheus {
+    if let Some(alerting) = &alerting {
         let (up, rejected) = sim.daemons.check_prometheus(&sim.net)?;
-        let all = metrics_targets(&sim.net, sim.daemons.collectors).len();
+        // The daemons and the analyzer's watch.
+        let all = metrics_targets(&sim.net, sim.daemons.collectors).len() + 1;
         if up == all && rejected.is_empty() {
             say(format!(
                 "Prometheus scraped all {all} daemons (up = 1); promtool accepts every exposition"
@@ -172,6 +217,30 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
                 "Prometheus sees {up} of {all} daemons up; promtool rejects {rejected:?}"
             ));
         }
+        failures.extend(check_alerts(alerting, &outcomes, &clean_alerts, window));
+        // Every notification, for people reading a run afterwards; and
+        // whether an element's alert fired more than once (a flap).
+        let notices = alerting.notices();
+        let log: String = notices
+            .iter()
+            .map(|n| {
+                let at = n.received.duration_since(alerting.started_at).as_secs_f64();
+                format!("{at:>7.1} s  {}\n", n.describe())
+            })
+            .collect();
+        std::fs::write(dir.join("alerts.log"), log)?;
+        let mut fired: BTreeMap<String, usize> = BTreeMap::new();
+        for n in notices.iter().filter(|n| n.status == "firing") {
+            *fired.entry(n.describe()).or_default() += 1;
+        }
+        say(format!(
+            "Alertmanager delivered {} notifications ({} firing); fired more than once: {:?}",
+            notices.len(),
+            fired.values().sum::<usize>(),
+            fired.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+        ));
+        let every_fault = FaultKind::ALL.iter().all(|f| faults.contains(f));
+        failures.extend(check_dashboards(sim, alerting, &outcomes, every_fault)?);
     }
     if options.report {
         let since = format!("{}s", (now_ns() - clean_from) / 1_000_000_000 + options.window_secs);
@@ -180,6 +249,14 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
     println!("\nfault              expected               detection latency");
     for o in &outcomes {
         println!("{}", outcome_row(o, window));
+    }
+    if alerting.is_some() {
+        println!(
+            "\nalert (Alertmanager → webhook)          element        fired after            resolved after clearing"
+        );
+        for o in &outcomes {
+            println!("{}", alert_row(o, window));
+        }
     }
     let missed: Vec<String> = outcomes
         .iter()
@@ -266,7 +343,13 @@ fn clean_period(
 /// Injects `fault`, polls the analyzer until it names the fault or two
 /// windows (and 4 s) have passed, keeps it for `--hold-secs`, clears it and
 /// lets two clean windows pass.
-fn detect(sim: &mut Simulation, fault: FaultKind, options: &Options, analyzer: &Analyzer) -> anyhow::Result<Outcome> {
+fn detect(
+    sim: &mut Simulation,
+    fault: FaultKind,
+    options: &Options,
+    analyzer: &Analyzer,
+    alerting: Option<&Alerting>,
+) -> anyhow::Result<Outcome> {
     let window = Duration::from_secs(options.window_secs);
     let window_ns = options.window_secs * 1_000_000_000;
     let injected = now_ns();
@@ -280,17 +363,35 @@ fn detect(sim: &mut Simulation, fault: FaultKind, options: &Options, analyzer: &
         expected: expected.clone(),
         latency: None,
         named: Vec::new(),
+        alert: None,
     };
-    while started.elapsed() < deadline {
+    let names = alert_names(expected.kind);
+    // The alert may follow the report by a watch pass, a scrape, a rule
+    // evaluation and Alertmanager's group wait.
+    let alert_deadline = deadline + EVALUATION_INTERVAL;
+    let mut alert_pending = alerting.is_some();
+    while started.elapsed() < deadline || (alert_pending && started.elapsed() < alert_deadline) {
         pause(Duration::from_millis(500))?;
-        let report = analyzer.json(started.elapsed() + window * 2)?;
-        outcome.named = anomalies_after(&report, from_window);
-        if outcome
-            .named
-            .iter()
-            .any(|(kind, element, _)| kind == expected.kind && *element == expected.element)
-        {
-            outcome.latency = Some(started.elapsed());
+        if let Some(notice) = alerting.and_then(|a| a.find(started, "firing", names, &expected.element)) {
+            alert_pending = false;
+            outcome.alert = Some(FiredAlert {
+                name: notice.labels.get("alertname").cloned().unwrap_or_default(),
+                fired: notice.received.duration_since(started),
+                resolved: None,
+            });
+        }
+        if outcome.latency.is_none() {
+            let report = analyzer.json(started.elapsed() + window * 2)?;
+            outcome.named = anomalies_after(&report, from_window);
+            if outcome
+                .named
+                .iter()
+                .any(|(kind, element, _)| kind == expected.kind && *element == expected.element)
+            {
+                outcome.latency = Some(started.elapsed());
+            }
+        }
+        if outcome.latency.is_some() && !alert_pending {
             break;
         }
     }
@@ -307,12 +408,41 @@ fn detect(sim: &mut Simulation, fault: FaultKind, options: &Options, analyzer: &
             outcome.named
         )),
     }
+    if let Some(alert) = &outcome.alert {
+        say(format!(
+            "  alert {} element={} fired after {:.1} s",
+            alert.name,
+            expected.element,
+            alert.fired.as_secs_f64()
+        ));
+    } else if alerting.is_some() {
+        say(format!(
+            "  NO alert among {names:?} for {} within {:.0} s",
+            expected.element,
+            alert_deadline.as_secs_f64()
+        ));
+    }
     pause(Duration::from_secs(options.hold_secs).saturating_sub(started.elapsed()))?;
     fault.clear(&sim.net, &mut sim.daemons)?;
+    let cleared = Instant::now();
     say(format!("cleared {fault:?}"));
     sim.daemons.check_alive()?;
-    // Recovery: the next fault starts from clean windows.
-    pause(window * 2)?;
+    // Recovery: the next fault starts from clean windows; the alert
+    // resolves once a clean window is analyzed (bounded: three windows).
+    match (alerting, &mut outcome.alert) {
+        (Some(alerting), Some(alert)) => {
+            let resolve_deadline = window * 3 + EVALUATION_INTERVAL * 4;
+            while cleared.elapsed() < resolve_deadline {
+                pause(Duration::from_millis(500))?;
+                if let Some(n) = alerting.find(cleared, "resolved", &[alert.name.as_str()], &expected.element) {
+                    alert.resolved = Some(n.received.duration_since(cleared));
+                    break;
+                }
+            }
+            pause((window * 2).saturating_sub(cleared.elapsed()))?;
+        }
+        _ => pause(window * 2)?,
+    }
     Ok(outcome)
 }
 
@@ -331,6 +461,104 @@ fn outcome_row(o: &Outcome, window: Duration) -> String {
         format!("{:?}", o.fault),
         o.expected.to_string()
     )
+}
+
+/// A row of the alert table: the alert, its element, when it fired and
+/// when it resolved (or what is missing).
+fn alert_row(o: &Outcome, window: Duration) -> String {
+    let windows = |d: Duration| {
+        format!(
+            "{:.1} s ({:.1} windows)",
+            d.as_secs_f64(),
+            d.as_secs_f64() / window.as_secs_f64()
+        )
+    };
+    match &o.alert {
+        Some(a) => format!(
+            "{:<39} {:<14} {:<22} {}",
+            a.name,
+            o.expected.element,
+            windows(a.fired),
+            a.resolved.map_or("NOT RESOLVED".to_string(), windows)
+        ),
+        None => format!(
+            "{:<39} {:<14} NO ALERT",
+            alert_names(o.expected.kind).join("|"),
+            o.expected.element
+        ),
+    }
+}
+
+/// The alerting verdicts: each fault's alert fired within two windows plus
+/// the evaluation interval (and the same slack the report gets) and
+/// resolved; nothing fired while the network was clean; every
+/// notification was readable.
+fn check_alerts(alerting: &Alerting, outcomes: &[Outcome], clean_alerts: &[String], window: Duration) -> Vec<String> {
+    let mut failures = Vec::new();
+    let limit = window * 2 + EVALUATION_INTERVAL + Duration::from_secs(4);
+    for o in outcomes {
+        match &o.alert {
+            None => failures.push(format!("no alert named {} for {:?}", o.expected.element, o.fault)),
+            Some(a) if a.fired > limit => failures.push(format!(
+                "{} for {} fired after {:.1} s (limit {:.0} s)",
+                a.name,
+                o.expected.element,
+                a.fired.as_secs_f64(),
+                limit.as_secs_f64()
+            )),
+            Some(a) if a.resolved.is_none() => {
+                failures.push(format!("{} for {} never resolved", a.name, o.expected.element));
+            }
+            Some(_) => {}
+        }
+    }
+    if !clean_alerts.is_empty() {
+        failures.push(format!("alerts fired in the clean period: {clean_alerts:?}"));
+    }
+    let malformed = alerting.malformed();
+    if !malformed.is_empty() {
+        failures.push(format!("unreadable notifications: {malformed:?}"));
+    }
+    failures
+}
+
+/// Runs every dashboard panel's query over the run, with `rack` and `host`
+/// set to elements a fault named. With every fault class run, a panel with
+/// no data is a failure; with some, panels of what did not happen (no host
+/// went silent: no telemetry gap) are only listed.
+fn check_dashboards(
+    sim: &Simulation,
+    alerting: &Alerting,
+    outcomes: &[Outcome],
+    every_fault: bool,
+) -> anyhow::Result<Vec<String>> {
+    let named = |kind: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.expected.kind == kind)
+            .map(|o| o.expected.element.clone())
+    };
+    let host = named("host").unwrap_or_else(|| sim.net.node(1, 1).name());
+    let rack = named("rack").unwrap_or_else(|| "rack1".to_string());
+    let queries = run_dashboards(&sim.net, alerting.started, &rack, &host)?;
+    let empty: Vec<String> = queries
+        .iter()
+        .filter(|q| q.series == 0)
+        .map(|q| format!("{}: {}", q.panel, q.expr))
+        .collect();
+    say(format!(
+        "Grafana dashboards: {} of {} panel queries return data (rack={rack}, host={host})",
+        queries.len() - empty.len(),
+        queries.len()
+    ));
+    Ok(match (empty.is_empty(), every_fault) {
+        (true, _) => Vec::new(),
+        (false, true) => vec![format!("dashboard queries without data: {empty:?}")],
+        (false, false) => {
+            say(format!("  without data in this subset of faults: {empty:?}"));
+            Vec::new()
+        }
+    })
 }
 
 /// Anomalies of a report whose last window ends after `after_ns`, as
@@ -429,6 +657,7 @@ mod tests {
             },
             latency: Some(Duration::from_millis(4_300)),
             named: Vec::new(),
+            alert: None,
         };
         let window = Duration::from_secs(5);
         assert_eq!(
