@@ -215,17 +215,23 @@ impl DevPki {
 
     fn write(&self, name: &str, contents: &str) -> Result<(), TlsError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let path = self.dir.join(name);
-        // Private keys are readable by their owner only.
-        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        // Private keys are readable by their owner and group: the service
+        // user reads them through the `flowmesh` group (deploy/tmpfiles.d
+        // makes /etc/flowmesh/tls set-group-id), never by others. The mode
+        // is set on an existing file too: `mode` applies only on creation.
+        let mode = if name.ends_with(".key") { 0o640 } else { 0o644 };
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
             .open(&path)
-            .and_then(|mut file| file.write_all(contents.as_bytes()))
+            .and_then(|mut file| {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                file.write_all(contents.as_bytes())
+            })
             .map_err(|source| TlsError::Write { path, source })
     }
 
@@ -275,6 +281,24 @@ mod tests {
         let collector = PeerCertificate(certs("certificate", &pki.collector().cert).unwrap().remove(0));
         assert_eq!(collector.names_among(["rack1", "localhost"]), ["localhost"]);
         assert!(is_certificate_name("sampler-a.dc1") && !is_certificate_name("rack 1") && !is_certificate_name(""));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Keys are group-readable (the service group reads them), never
+    /// world-readable, also when `dev-certs` runs again over older keys.
+    #[test]
+    fn development_keys_are_readable_by_owner_and_group_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("flowmesh-tls-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("rack1.key");
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        DevPki::generate(&dir, &["localhost".into()], &["rack1".into()]).unwrap();
+        let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("rack1.key"), 0o640);
+        assert_eq!(mode("collector.key"), 0o640);
+        assert_eq!(mode("collector.pem"), 0o644);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
