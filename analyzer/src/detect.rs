@@ -24,7 +24,14 @@
 //! - **responder delay**: the responder held probes longer than
 //!   `p99_responder_delay_us` at the 99th percentile — a slow *host*, kept apart from
 //!   the network symptoms because the sampler already subtracts it from the
-//!   network RTT.
+//!   network RTT;
+//! - **pooled loss** (`loss_pooled`): a path that lost probes, though not
+//!   beyond the SLA, of a host whose probes — every probe of the window from
+//!   or to it, pooled — lose above `loss_rate` by a one-sided binomial test
+//!   at significance `loss_significance`. Tens of probes per path cannot tell
+//!   3 % from 2 %; the host's hundreds can ([`Detector::judge_window`]).
+
+use std::f64::consts::PI;
 
 use configs::Detection;
 use rustc_hash::FxHashMap;
@@ -99,6 +106,18 @@ pub enum Symptom {
         /// p99 responder delay, µs.
         p99_us: f64,
     },
+    /// Probes lost on a path of a host whose pooled probes lose
+    /// significantly more than the SLA, though this path alone does not.
+    LossPooled {
+        /// Lost share of this path's probes.
+        rate: f64,
+        /// Lost share of the host's probes, from and to it.
+        host_rate: f64,
+        /// The host's probes.
+        host_probes: u64,
+        /// One-sided binomial p-value of the host's lost probes at the SLA.
+        p_value: f64,
+    },
 }
 
 impl Symptom {
@@ -118,6 +137,7 @@ impl Symptom {
             Symptom::Rtt { .. } => "rtt",
             Symptom::RttBaseline { .. } => "rtt_baseline",
             Symptom::ResponderDelay { .. } => "responder_delay",
+            Symptom::LossPooled { .. } => "loss_pooled",
         }
     }
 }
@@ -140,6 +160,28 @@ impl Judged<'_> {
     /// Whether its responder was slow.
     pub fn responder_slow(&self) -> bool {
         self.symptoms.iter().any(|s| !s.is_network())
+    }
+
+    /// Whether it is network-bad only as part of its host's pooled loss
+    /// ([`Symptom::LossPooled`]), not on its own evidence.
+    pub fn pooled_only(&self) -> bool {
+        self.network_bad()
+            && self
+                .symptoms
+                .iter()
+                .all(|s| !s.is_network() || matches!(s, Symptom::LossPooled { .. }))
+    }
+
+    /// Whether its TCP flows retransmit: `None` when it carried too few
+    /// segments to judge.
+    pub fn retransmits(&self) -> Option<bool> {
+        let flagged = self.symptoms.iter().any(|s| {
+            matches!(
+                s,
+                Symptom::Retransmissions { .. } | Symptom::RetransmissionsBaseline { .. }
+            )
+        });
+        (flagged || self.path.segs_out >= MIN_SEGMENTS).then_some(flagged)
     }
 }
 
@@ -176,6 +218,24 @@ pub struct Detector<'c> {
     /// Recent retransmission rates, parts per billion.
     retrans: Baselines,
     scratch: Vec<f64>,
+    /// Each node's dense index, for pooling its probes.
+    nodes: FxHashMap<u32, usize>,
+    /// Per path slot: the dense indexes of its source and destination
+    /// (`None` for addresses outside the topology, node 0).
+    ends: Vec<[Option<usize>; 2]>,
+    /// Per dense node: the window's probes from and to it.
+    pools: Vec<Pool>,
+    /// The slots of the window's judged paths, in order.
+    judged_slots: Vec<usize>,
+}
+
+/// A host's probes in one window, from and to it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pool {
+    sent: u64,
+    lost: u64,
+    /// One-sided p-value of `lost` at the SLA; 1 when not above it.
+    p_value: f64,
 }
 
 /// Rates are kept in the baseline arenas as parts per billion.
@@ -245,15 +305,23 @@ impl<'c> Detector<'c> {
             loss: Baselines::new(cfg.baseline_windows as usize),
             retrans: Baselines::new(cfg.baseline_windows as usize),
             scratch: Vec::new(),
+            nodes: FxHashMap::default(),
+            ends: Vec::new(),
+            pools: Vec::new(),
+            judged_slots: Vec::new(),
         }
     }
 
     /// Judges `paths`, all of one window and later than every window judged
-    /// before; those without evidence enough are left out.
+    /// before; those without evidence enough are left out. Each path is
+    /// judged alone, then each host's probes are pooled
+    /// (`pool_hosts`).
     pub fn judge_window<'a>(&mut self, paths: &'a [PathWindow]) -> Vec<Judged<'a>> {
         let last = std::mem::take(&mut self.last);
         let mut seen = Vec::with_capacity(paths.len());
-        let judged = paths
+        let mut slots = std::mem::take(&mut self.judged_slots);
+        slots.clear();
+        let mut judged: Vec<Judged<'a>> = paths
             .iter()
             .enumerate()
             .filter_map(|(i, path)| {
@@ -263,10 +331,14 @@ impl<'c> Detector<'c> {
                     _ => self.slot(key),
                 };
                 seen.push((key, slot));
-                self.judge(path, slot).map(|symptoms| Judged { path, symptoms })
+                let symptoms = self.judge(path, slot)?;
+                slots.push(slot);
+                Some(Judged { path, symptoms })
             })
             .collect();
         self.last = seen;
+        self.pool_hosts(&mut judged, &slots);
+        self.judged_slots = slots;
         judged
     }
 
@@ -274,10 +346,92 @@ impl<'c> Detector<'c> {
     fn slot(&mut self, key: (u32, u32)) -> usize {
         let next = self.slots.len();
         let slot = *self.slots.entry(key).or_insert(next);
+        if slot == next {
+            let ends = [key.0, key.1].map(|node| self.node(node));
+            self.ends.push(ends);
+        }
         for arena in [&mut self.history, &mut self.loss, &mut self.retrans] {
             arena.grow(slot);
         }
         slot
+    }
+
+    /// A node's dense index, made on first sight; `None` for node 0, the
+    /// addresses outside the topology, which are no host.
+    fn node(&mut self, id: u32) -> Option<usize> {
+        let next = self.nodes.len();
+        (id != 0).then(|| *self.nodes.entry(id).or_insert(next))
+    }
+
+    /// The pooled test of each host's probe loss against the SLA.
+    ///
+    /// Every probe of the window from or to a host is one trial: a probe is a
+    /// round trip, so a host dropping packets either way loses probes of
+    /// both directions alike, and pooling both doubles the evidence. A host
+    /// whose pool loses above `loss_rate` with a one-sided binomial p-value
+    /// (the chance of losing as many at exactly `loss_rate`) at or below
+    /// `loss_significance` is taken to lose above the SLA, and each of its
+    /// paths that lost probes without crossing the SLA alone is flagged
+    /// [`Symptom::LossPooled`]; paths that lost none stay healthy, so a
+    /// host whose loss is all on some of its paths (a rack uplink's, one
+    /// peer's) is not painted bad throughout. One window is pooled, not
+    /// two: pooling the previous one dilutes a fault's first window with
+    /// healthy probes and, at the same false-positive rate, finds no more.
+    fn pool_hosts(&mut self, judged: &mut [Judged<'_>], slots: &[usize]) {
+        let (sla, significance) = (self.cfg.loss_rate, self.cfg.loss_significance);
+        if significance <= 0.0 || judged.is_empty() {
+            return;
+        }
+        self.pools.clear();
+        self.pools.resize(self.nodes.len(), Pool::default());
+        for (j, &slot) in judged.iter().zip(slots) {
+            let p = j.path;
+            let lost = (p.probes_lost + p.probes_failed).min(p.probes_sent);
+            for node in self.ends[slot].into_iter().flatten() {
+                self.pools[node].sent += p.probes_sent;
+                self.pools[node].lost += lost;
+            }
+        }
+        let mut any = false;
+        for pool in &mut self.pools {
+            // At or below the SLA the p-value is near 1/2 or more: skipped,
+            // as nearly every host of a window is.
+            pool.p_value = if pool.lost as f64 > pool.sent as f64 * sla {
+                binomial_tail(pool.sent, pool.lost, sla)
+            } else {
+                1.0
+            };
+            any |= pool.p_value <= significance;
+        }
+        if !any {
+            return;
+        }
+        let min_probes = u64::from(self.cfg.min_probes);
+        for (j, &slot) in judged.iter_mut().zip(slots) {
+            let p = j.path;
+            let lost = (p.probes_lost + p.probes_failed).min(p.probes_sent);
+            let crossed = j
+                .symptoms
+                .iter()
+                .any(|s| matches!(s, Symptom::Loss { .. } | Symptom::LossBaseline { .. }));
+            if p.probes_sent < min_probes || lost == 0 || crossed {
+                continue;
+            }
+            let host = self.ends[slot]
+                .into_iter()
+                .flatten()
+                .map(|node| self.pools[node])
+                .filter(|pool| pool.p_value <= significance)
+                .min_by(|x, y| x.p_value.total_cmp(&y.p_value));
+            if let Some(pool) = host {
+                j.symptoms.push(Symptom::LossPooled {
+                    rate: lost as f64 / p.probes_sent as f64,
+                    host_rate: pool.lost as f64 / pool.sent as f64,
+                    host_probes: pool.sent,
+                    p_value: pool.p_value,
+                });
+            }
+        }
     }
 
     /// The symptoms of one path window (empty: healthy), or `None` when it
@@ -456,6 +610,61 @@ fn baseline(history: &[u64], k: f64, value: u64, spread: Spread, scratch: &mut V
     Some((median, median + k * spread))
 }
 
+/// P(X ≥ k) for X ~ Binomial(n, p): the one-sided p-value of `k` lost of
+/// `n` probes each lost with probability `p`. Summed from `k` up: past the
+/// mean the terms shrink geometrically, so a few standard deviations' worth
+/// are added, not `n`.
+fn binomial_tail(n: u64, k: u64, p: f64) -> f64 {
+    if k == 0 || p >= 1.0 {
+        return 1.0;
+    }
+    if k > n || p <= 0.0 {
+        return 0.0;
+    }
+    let (nf, kf) = (n as f64, k as f64);
+    if kf <= nf * p {
+        // Up to the mean, the complement is the tail that converges: with
+        // Y = n − X lost at 1 − p, P(X ≤ k − 1) = P(Y ≥ n − k + 1).
+        return 1.0 - binomial_tail(n, n - k + 1, 1.0 - p);
+    }
+    let ln_first =
+        ln_gamma(nf + 1.0) - ln_gamma(kf + 1.0) - ln_gamma(nf - kf + 1.0) + kf * p.ln() + (nf - kf) * (-p).ln_1p();
+    let odds = p / (1.0 - p);
+    let mut term = ln_first.exp();
+    let mut sum = term;
+    let mut i = k;
+    while i < n && term > sum * 1e-15 {
+        term *= (n - i) as f64 / (i + 1) as f64 * odds;
+        sum += term;
+        i += 1;
+    }
+    sum.min(1.0)
+}
+
+/// ln Γ(x) for x ≥ 1 (Lanczos, g = 7, nine terms: relative error near
+/// 1e-15).
+fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    let x = x - 1.0;
+    let t = x + G + 0.5;
+    let series = C[1..]
+        .iter()
+        .enumerate()
+        .fold(C[0], |sum, (i, c)| sum + c / (x + i as f64 + 1.0));
+    0.5 * (2.0 * PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -497,6 +706,35 @@ mod tests {
         let loss = Spread { share: 0.0, min: 10.0 };
         assert!(baseline(&zero, 5.0, 50, loss, &mut scratch).is_none());
         assert_eq!(baseline(&zero, 5.0, 51, loss, &mut scratch), Some((0.0, 50.0)));
+    }
+
+    #[test]
+    fn binomial_tails_match_exact_sums() {
+        // Γ(n + 1) = n!.
+        for (n, factorial) in [(1.0, 1.0), (5.0, 120.0), (10.0, 3_628_800.0_f64)] {
+            assert!((ln_gamma(n + 1.0) - factorial.ln()).abs() < 1e-12, "{n}");
+        }
+        // P(X ≥ 3), X ~ B(10, 1/2) = 1 − (1 + 10 + 45) / 1024.
+        assert!((binomial_tail(10, 3, 0.5) - (1.0 - 56.0 / 1_024.0)).abs() < 1e-12);
+        // Against the plain sum of the pmf, built term by term.
+        for (n, p) in [(50, 0.02_f64), (800, 0.02), (1_600, 0.02), (5_000, 0.001)] {
+            let mut pmf = vec![(1.0 - p).powi(n as i32)];
+            for i in 0..n {
+                let next = pmf[i] * (n - i) as f64 / (i + 1) as f64 * p / (1.0 - p);
+                pmf.push(next);
+            }
+            for k in [1, 2, n / 50, n / 40, n / 20, n] {
+                let exact: f64 = pmf[k..].iter().sum();
+                let tail = binomial_tail(n as u64, k as u64, p);
+                assert!(
+                    (tail - exact).abs() <= 1e-9 * exact.max(1e-300),
+                    "{n} {k} {tail} {exact}"
+                );
+            }
+        }
+        assert_eq!(binomial_tail(800, 0, 0.02), 1.0);
+        assert_eq!(binomial_tail(800, 801, 0.02), 0.0);
+        assert_eq!(binomial_tail(800, 1, 0.0), 0.0);
     }
 
     #[test]

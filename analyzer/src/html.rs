@@ -1,15 +1,17 @@
 //! The HTML report: one self-contained file (no scripts, no external
 //! resources) with the rack × rack heatmaps of p99 RTT and probe loss — the
-//! view Pingmesh made famous — a section per anomaly with its evidence, and
-//! a time series of each flagged path.
+//! view Pingmesh made famous — a section per incident with its runs and
+//! flaps (a timeline and a table), its evidence, and a time series of each
+//! flagged path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use configs::Topology;
 
+use crate::incident::Incident;
 use crate::model::{Observations, PathWindow};
-use crate::report::{Analysis, utc};
+use crate::report::{Analysis, symptom_summary, utc};
 
 /// Escapes text for HTML.
 fn esc(text: &str) -> String {
@@ -139,6 +141,37 @@ fn series(out: &mut String, title: &str, points: &[(u64, f64)], unit: &str) {
     out.push_str("</svg>");
 }
 
+/// An incident's course as a strip: its runs red, the clean windows between
+/// them green, from its start to its end (or the newest window, while it is
+/// open).
+fn timeline(out: &mut String, incident: &Incident, window_len_ns: u64, newest_ns: u64) {
+    let (w, h) = (420.0, 18.0);
+    let start = incident.start_ns;
+    let end = incident
+        .end_ns
+        .unwrap_or(newest_ns.max(incident.last_window_ns) + window_len_ns)
+        .max(start + 1);
+    let x = |ns: u64| (ns.saturating_sub(start)) as f64 / (end - start) as f64 * w;
+    let _ = write!(
+        out,
+        "<svg class=\"timeline\" width=\"{w}\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <title>{} → {}</title><rect width=\"{w}\" height=\"{h}\" fill=\"rgb(0,200,80)\"/>",
+        utc(start),
+        utc(end)
+    );
+    for r in &incident.runs {
+        let (a, b) = (x(r.first_window_ns), x(r.last_window_ns + window_len_ns));
+        let _ = write!(
+            out,
+            "<rect class=\"bad\" x=\"{a:.1}\" width=\"{:.1}\" height=\"{h}\" fill=\"#c33\"><title>{} → {}</title></rect>",
+            (b - a).max(1.0),
+            utc(r.first_window_ns),
+            utc(r.last_window_ns)
+        );
+    }
+    out.push_str("</svg>");
+}
+
 /// Renders the analysis of `obs` as a self-contained HTML page.
 pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> String {
     let in_range = |p: &&PathWindow| p.window_ns >= analysis.from_ns && p.window_ns < analysis.to_ns;
@@ -162,14 +195,15 @@ pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> S
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>flowmesh report {} → {}</title>\
          <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}figure{{display:inline-block;margin:0 2em 1em 0}}\
          table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;font-size:90%}}\
-         section.anomaly{{border-left:4px solid #c33;padding-left:1em;margin:1.5em 0}}</style></head><body>\
-         <h1>flowmesh network report</h1><p>{} → {} UTC: {} windows, {} path windows judged, {} anomalies, {} telemetry gaps.</p>",
+         section.incident{{border-left:4px solid #c33;padding-left:1em;margin:1.5em 0}}svg.timeline{{display:block;margin:.5em 0}}table.runs{{margin-bottom:1em}}</style></head><body>\
+         <h1>flowmesh network report</h1><p>{} → {} UTC: {} windows, {} path windows judged, {} incidents ({} anomalies), {} telemetry gaps.</p>",
         utc(analysis.from_ns),
         utc(analysis.to_ns),
         utc(analysis.from_ns),
         utc(analysis.to_ns),
         analysis.windows,
         analysis.judged_paths,
+        analysis.incidents.len(),
         analysis.anomalies.len(),
         analysis.telemetry_gaps.len()
     );
@@ -187,21 +221,44 @@ pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> S
         c.loss().map(|l| (l * 20.0, format!("{:.2}%", l * 100.0), l))
     });
 
-    out.push_str("<h2>Anomalies</h2>");
-    if analysis.anomalies.is_empty() {
+    out.push_str("<h2>Incidents</h2>");
+    if analysis.incidents.is_empty() {
         out.push_str("<p class=\"none\">No network anomalies.</p>");
     }
-    for (n, a) in analysis.anomalies.iter().enumerate() {
+    let newest = analysis.last_window_ns;
+    for (n, a) in analysis.incidents.iter().enumerate() {
         let _ = write!(
             out,
-            "<section class=\"anomaly\" data-kind=\"{}\" data-element=\"{}\"><h3>{}. {} {}</h3><p>{}.</p>",
+            "<section class=\"incident\" data-kind=\"{}\" data-element=\"{}\" data-flaps=\"{}\" data-open=\"{}\">\
+             <h3>{}. {} {}</h3><p>{}.</p><p class=\"course\">{}.</p>",
             a.kind,
             esc(&a.element),
+            a.flaps,
+            a.open,
             n + 1,
             esc(&a.kind.replace('_', " ")),
             esc(&a.element),
-            esc(&a.evidence_line())
+            esc(&a.evidence_line()),
+            esc(&a.course(analysis.quiet_windows))
         );
+        timeline(&mut out, a, analysis.window_len_ns, newest);
+        out.push_str("<table class=\"runs\"><tr><th>run</th><th>from</th><th>to</th><th>windows</th><th>clean windows before</th><th>bad paths at worst</th><th>symptoms</th></tr>");
+        for (k, r) in a.runs.iter().enumerate() {
+            let _ = write!(
+                out,
+                "<tr class=\"run\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} of {} ({:.0} %)</td><td>{}</td></tr>",
+                k + 1,
+                utc(r.first_window_ns),
+                utc(r.last_window_ns),
+                r.windows,
+                r.clean_windows_before,
+                r.bad_paths,
+                r.paths,
+                r.share * 100.0,
+                esc(&symptom_summary(&r.symptoms))
+            );
+        }
+        out.push_str("</table>");
         out.push_str("<table><tr><th>window</th><th>path</th><th>probes</th><th>loss</th><th>p99 RTT µs</th><th>responder p99 µs</th><th>retrans</th></tr>");
         for w in &a.worst {
             let _ = write!(
@@ -253,16 +310,12 @@ pub fn render(analysis: &Analysis, obs: &Observations, topology: &Topology) -> S
     if !analysis.telemetry_gaps.is_empty() {
         out.push_str("<h2>Telemetry gaps (not evidence of health)</h2><table><tr><th>node</th><th>what</th><th>windows</th><th>from</th><th>to</th></tr>");
         for g in &analysis.telemetry_gaps {
-            let what = if g.silent {
-                "silent".to_string()
-            } else {
-                format!("{:.0} % of datagrams received", g.min_completeness * 100.0)
-            };
             let _ = write!(
                 out,
-                "<tr class=\"gap\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr class=\"gap\" data-state=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                g.state.label(),
                 esc(&g.node),
-                what,
+                esc(&g.describe()),
                 g.windows,
                 utc(g.first_window_ns),
                 utc(g.last_window_ns)

@@ -51,8 +51,9 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<std::path::PathBuf>,
     },
-    /// Re-analyze as windows arrive and print each anomaly when it starts
-    /// and when it clears, until SIGINT or SIGTERM.
+    /// Re-analyze as windows arrive and print each incident when it
+    /// starts, changes (flaps back, worsens) and ends, and each telemetry
+    /// gap, until SIGINT or SIGTERM.
     Watch {
         /// How far back each pass looks (context for baselines and merging).
         #[arg(long, default_value = "30m", value_parser = Since::parse)]
@@ -219,9 +220,10 @@ impl Progress {
     }
 }
 
-/// `watch`: a pass every `interval_secs`, printing what started and what
-/// cleared since the previous pass, and serving the findings as metrics
-/// when `metrics.listen` is set. The first pass must succeed (a wrong path
+/// `watch`: a pass every `interval_secs`, printing the incidents and
+/// telemetry gaps that started, changed or ended since the previous pass
+/// ([`analyzer::incident::Watch`] keeps what was open), and serving the
+/// findings as metrics when `metrics.listen` is set. The first pass must succeed (a wrong path
 /// or URL should stop the command at once); a later pass that fails is
 /// reported on stderr and counted, and the next pass reopens the store.
 fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Option<u64>) -> anyhow::Result<()> {
@@ -231,7 +233,7 @@ fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Opti
         None => None,
     };
     let mut store = Some(open(config)?);
-    let mut previous = std::collections::BTreeMap::new();
+    let mut followed = analyzer::incident::Watch::default();
     let mut pass = 0u64;
     loop {
         let started = std::time::Instant::now();
@@ -244,21 +246,12 @@ fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Opti
         };
         match outcome {
             Ok((analysis, observations)) => {
-                let active = analysis.active();
                 let stamp = analyzer::report::utc(now_ns());
                 let mut out = std::io::stdout().lock();
-                for (key, what) in &active {
-                    if !previous.contains_key(key) {
-                        writeln!(out, "{stamp} NEW     {} {}: {what}", key.0, key.1)?;
-                    }
-                }
-                for key in previous.keys() {
-                    if !active.contains_key(key) {
-                        writeln!(out, "{stamp} CLEARED {} {}", key.0, key.1)?;
-                    }
+                for event in followed.pass(&analysis) {
+                    writeln!(out, "{stamp} {event}")?;
                 }
                 out.flush()?;
-                previous = active;
                 if let Some(server) = &server {
                     let limit = usize::try_from(config.metrics.max_host_series).unwrap_or(usize::MAX);
                     let page = analyzer::results::exposition(&analysis, &observations.paths, &topology, limit);

@@ -1,5 +1,8 @@
 //! The analysis of a time range and its renderings: a terminal table (most
-//! severe first) and JSON (see docs/analyzer.md for the schema).
+//! severe first) and JSON (see docs/analyzer.md for the schema). Its
+//! anomalies are grouped into incidents by [`crate::incident`]; its
+//! telemetry gaps are runs of one state (silent, incomplete, no telemetry)
+//! of one agent.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,6 +11,7 @@ use configs::{AnalyzerConfig, Topology};
 use serde::Serialize;
 
 use crate::detect::{self, Judged};
+use crate::incident::{self, Incident};
 use crate::localize::{self, Verdict};
 use crate::model::{AgentWindow, Observations, PathWindow};
 
@@ -40,7 +44,7 @@ pub struct PathEvidence {
 /// A candidate that scored below the verdict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunnerUp {
-    /// `host`, `rack` or `rack_pair`.
+    /// `host`, `rack`, `rack_pair` or `node_pair`.
     pub kind: &'static str,
     /// Its name.
     pub element: String,
@@ -64,25 +68,44 @@ impl PathEvidence {
     }
 }
 
+/// Symptom counts as text: `loss ×48, rtt ×3`.
+pub(crate) fn symptom_summary(symptoms: &BTreeMap<&'static str, usize>) -> String {
+    let parts: Vec<String> = symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+    parts.join(", ")
+}
+
+/// `3 of 16 paths through it bad (19 %) at worst; 2 window(s) … → …; loss ×6`
+/// from (bad, judged, share) in the worst window, the windows, the first
+/// and last window starts and the symptom counts.
+pub(crate) fn evidence_line(
+    (bad, paths, share): (usize, usize, f64),
+    windows: u32,
+    (first_ns, last_ns): (u64, u64),
+    symptoms: &BTreeMap<&'static str, usize>,
+) -> String {
+    format!(
+        "{bad} of {paths} paths through it bad ({:.0} %) at worst; {windows} window(s) {} → {}; {}",
+        share * 100.0,
+        utc(first_ns),
+        utc(last_ns),
+        symptom_summary(symptoms)
+    )
+}
+
 impl Anomaly {
     /// Its symptom counts as text: `loss ×48, rtt ×3`.
     pub fn symptom_summary(&self) -> String {
-        let parts: Vec<String> = self.symptoms.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
-        parts.join(", ")
+        symptom_summary(&self.symptoms)
     }
 
     /// Its evidence in one line, as the table and the HTML report print it:
     /// `3 of 16 paths through it bad (19 %) at worst; 2 window(s) … → …; loss ×6`.
     pub fn evidence_line(&self) -> String {
-        format!(
-            "{} of {} paths through it bad ({:.0} %) at worst; {} window(s) {} → {}; {}",
-            self.bad_paths,
-            self.paths,
-            self.share * 100.0,
+        evidence_line(
+            (self.bad_paths, self.paths, self.share),
             self.windows,
-            utc(self.first_window_ns),
-            utc(self.last_window_ns),
-            self.symptom_summary()
+            (self.first_window_ns, self.last_window_ns),
+            &self.symptoms,
         )
     }
 }
@@ -104,8 +127,8 @@ impl std::fmt::Display for RunnerUp {
 /// One anomaly: an element blamed over consecutive windows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Anomaly {
-    /// `host`, `rack`, `rack_pair`, `slow_host` (responder delay, not the
-    /// network) or `unlocalized`.
+    /// `host`, `rack`, `rack_pair`, `node_pair`, `slow_host` (responder
+    /// delay, not the network) or `unlocalized`.
     pub kind: &'static str,
     /// The blamed element's name (`-` when unlocalized).
     pub element: String,
@@ -133,7 +156,43 @@ pub struct Anomaly {
     pub runners_up: Vec<RunnerUp>,
 }
 
-/// An agent's telemetry gap over consecutive windows.
+/// What was missing of an agent's telemetry in a gap's windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapState {
+    /// Its rack's sampler marked it `SILENT`: nothing arrived from it.
+    Silent,
+    /// Fewer than `detect.min_completeness` of its datagrams arrived.
+    Incomplete,
+    /// No row at all — its rack's sampler sent nothing for a window the
+    /// other racks sent (down, restarting, cut off) — or the sampler does
+    /// not know the agent.
+    NoTelemetry,
+}
+
+impl GapState {
+    /// As in the JSON report and the metrics' `state` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            GapState::Silent => "silent",
+            GapState::Incomplete => "incomplete",
+            GapState::NoTelemetry => "no_telemetry",
+        }
+    }
+
+    /// For people, without the completeness.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GapState::Silent => "silent",
+            GapState::Incomplete => "incomplete",
+            GapState::NoTelemetry => "no telemetry (no row from its rack's sampler)",
+        }
+    }
+}
+
+/// An agent's telemetry gap: consecutive windows of one [`GapState`]. A
+/// silent window and an incomplete one next to it are two gaps, so the
+/// silence stays visible.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TelemetryGap {
     /// The node's name.
@@ -144,10 +203,28 @@ pub struct TelemetryGap {
     pub last_window_ns: u64,
     /// Windows affected.
     pub windows: u32,
-    /// Whether it was silent (nothing arrived) in all of them.
+    /// Whether it was silent (nothing arrived, as its sampler says): `state`
+    /// is `silent`. Kept for readers of the first JSON reports.
     pub silent: bool,
-    /// Lowest received share of its datagrams.
+    /// Lowest received share of its datagrams (1 when silent and nothing is
+    /// known, 0 with no telemetry).
     pub min_completeness: f64,
+    /// Silent, incomplete or no telemetry.
+    pub state: GapState,
+    /// It lasts to the newest window analyzed — for no telemetry, to the
+    /// window before it, the newest not being checked for missing rows.
+    pub open: bool,
+}
+
+impl TelemetryGap {
+    /// What was missing, for people: `silent`, `41 % of datagrams
+    /// received`, `no telemetry (…)`.
+    pub fn describe(&self) -> String {
+        match self.state {
+            GapState::Incomplete => format!("{:.0} % of datagrams received", self.min_completeness * 100.0),
+            state => state.describe().to_string(),
+        }
+    }
 }
 
 /// The analysis of one time range.
@@ -167,8 +244,15 @@ pub struct Analysis {
     pub judged_paths: usize,
     /// Path windows judged in the newest window.
     pub last_window_judged_paths: usize,
-    /// Anomalies, most severe first.
+    /// Length of a window, ns; 0 when no window was read.
+    pub window_len_ns: u64,
+    /// `incidents.quiet_windows`: clean windows in a row that end an
+    /// incident.
+    pub quiet_windows: u32,
+    /// Anomalies, most severe first: one per run of consecutive windows.
     pub anomalies: Vec<Anomaly>,
+    /// The anomalies grouped into incidents, most severe first.
+    pub incidents: Vec<Incident>,
     /// Telemetry gaps. Silence is never read as health: a silent agent's
     /// own paths were not judged.
     pub telemetry_gaps: Vec<TelemetryGap>,
@@ -211,12 +295,17 @@ pub struct Analyzer<'a> {
     cfg: &'a AnalyzerConfig,
     detector: detect::Detector<'a>,
     anomalies: Vec<Anomaly>,
+    /// Per anomaly, the ordinals of its first and last window among the
+    /// windows with judged paths (1 for the first): incidents count the
+    /// clean windows between anomalies with them.
+    spans: Vec<(usize, usize)>,
     /// Open anomaly per key, for merging consecutive windows.
     open: BTreeMap<(&'static str, String), usize>,
     judged_paths: usize,
     last_window_judged_paths: usize,
     windows: usize,
     last_window_ns: u64,
+    window_len_ns: u64,
 }
 
 impl<'a> Analyzer<'a> {
@@ -230,11 +319,13 @@ impl<'a> Analyzer<'a> {
             cfg,
             detector: detect::Detector::new(&cfg.detect),
             anomalies: Vec::new(),
+            spans: Vec::new(),
             open: BTreeMap::new(),
             judged_paths: 0,
             last_window_judged_paths: 0,
             windows: 0,
             last_window_ns: 0,
+            window_len_ns: 0,
         }
     }
 
@@ -245,6 +336,7 @@ impl<'a> Analyzer<'a> {
             return;
         };
         let window = first.window_ns;
+        self.window_len_ns = first.window_len_ns;
         let judged = self.detector.judge_window(window_paths);
         // Earlier windows only build the baselines.
         if window < self.from_ns || judged.is_empty() {
@@ -259,7 +351,8 @@ impl<'a> Analyzer<'a> {
 
     fn localize(&mut self, window: u64, judged: &[Judged<'_>]) {
         let (topology, cfg) = (self.topology, self.cfg);
-        let (anomalies, open) = (&mut self.anomalies, &mut self.open);
+        let (anomalies, spans, open) = (&mut self.anomalies, &mut self.spans, &mut self.open);
+        let ordinal = self.windows;
         let len = judged.first().map_or(0, |j| j.path.window_len_ns);
         let network = localize::localize(topology, judged, Judged::network_bad, &cfg.localize);
         let slow = localize::slow_responders(judged, &cfg.localize);
@@ -298,8 +391,10 @@ impl<'a> Analyzer<'a> {
                     }
                 }
             }
-            match open.get(&key).map(|&i| &mut anomalies[i]) {
-                Some(a) if a.last_window_ns + len == window => {
+            match open.get(&key).copied() {
+                Some(i) if anomalies[i].last_window_ns + len == window => {
+                    let a = &mut anomalies[i];
+                    spans[i].1 = ordinal;
                     a.last_window_ns = window;
                     a.windows += 1;
                     a.bad_path_windows += bad;
@@ -317,6 +412,7 @@ impl<'a> Analyzer<'a> {
                 }
                 _ => {
                     open.insert(key, anomalies.len());
+                    spans.push((ordinal, ordinal));
                     let mut worst = evidence;
                     sort_worst(&mut worst);
                     anomalies.push(Anomaly {
@@ -340,6 +436,25 @@ impl<'a> Analyzer<'a> {
 
     /// The analysis, with the telemetry gaps of `agents`.
     pub fn finish(mut self, agents: &[AgentWindow]) -> Analysis {
+        // Grouped before the anomalies are sorted: in the order found, each
+        // element's anomalies come oldest first.
+        let quiet_windows = self.cfg.incidents.quiet_windows;
+        let incidents = incident::group(
+            &self.anomalies,
+            &self.spans,
+            self.windows,
+            self.window_len_ns,
+            quiet_windows,
+        );
+        let newest = (self.windows > 0).then_some(self.last_window_ns);
+        let telemetry_gaps = gaps(
+            self.topology,
+            agents,
+            self.from_ns,
+            &self.cfg.detect,
+            self.window_len_ns,
+            newest,
+        );
         // Most severe first: the most bad path windows explained, then the
         // clearest share.
         self.anomalies.sort_by(|x, y| {
@@ -355,8 +470,11 @@ impl<'a> Analyzer<'a> {
             last_window_ns: self.last_window_ns,
             judged_paths: self.judged_paths,
             last_window_judged_paths: self.last_window_judged_paths,
+            window_len_ns: self.window_len_ns,
+            quiet_windows,
             anomalies: self.anomalies,
-            telemetry_gaps: gaps(self.topology, &detect::gaps(agents, self.from_ns, &self.cfg.detect)),
+            incidents,
+            telemetry_gaps,
         }
     }
 }
@@ -391,7 +509,8 @@ fn evidence(topology: &Topology, judged: &[Judged], verdict: &Verdict) -> Vec<Pa
         .collect()
 }
 
-fn sort_worst(worst: &mut Vec<PathEvidence>) {
+/// The worst five path windows, worst first.
+pub(crate) fn sort_worst(worst: &mut Vec<PathEvidence>) {
     worst.sort_by(|x, y| {
         y.loss_rate
             .unwrap_or(0.0)
@@ -402,41 +521,87 @@ fn sort_worst(worst: &mut Vec<PathEvidence>) {
     worst.truncate(5);
 }
 
-fn gaps(topology: &Topology, gaps: &[detect::Gap]) -> Vec<TelemetryGap> {
-    let mut by_node: BTreeMap<u32, Vec<&detect::Gap>> = BTreeMap::new();
-    for g in gaps {
-        by_node.entry(g.node).or_default().push(g);
-    }
-    let mut out = Vec::new();
-    for (node, mut list) in by_node {
-        list.sort_by_key(|g| g.window_ns);
-        let mut current: Option<TelemetryGap> = None;
-        let mut previous = 0;
-        for g in list {
-            match &mut current {
-                // Consecutive gap windows merge; the window length is the
-                // spacing of the agent's rows.
-                Some(c) if c.windows == 1 || g.window_ns - c.last_window_ns == previous => {
-                    previous = g.window_ns - c.last_window_ns;
-                    c.last_window_ns = g.window_ns;
-                    c.windows += 1;
-                    c.silent &= g.silent;
-                    c.min_completeness = c.min_completeness.min(g.completeness);
-                }
-                _ => {
-                    out.extend(current.take());
-                    current = Some(TelemetryGap {
-                        node: node_name(topology, node),
-                        first_window_ns: g.window_ns,
-                        last_window_ns: g.window_ns,
-                        windows: 1,
-                        silent: g.silent,
-                        min_completeness: g.completeness,
-                    });
+/// The telemetry gaps of `agents` from `from_ns` on: each agent's runs of
+/// consecutive windows of one state. `newest` is the newest window with
+/// judged paths (`None`: none, and no gap is open).
+fn gaps(
+    topology: &Topology,
+    agents: &[AgentWindow],
+    from_ns: u64,
+    cfg: &configs::Detection,
+    window_len_ns: u64,
+    newest: Option<u64>,
+) -> Vec<TelemetryGap> {
+    // (node, window, state, completeness)
+    let mut found: Vec<(u32, u64, GapState, f64)> = detect::gaps(agents, from_ns, cfg)
+        .iter()
+        .map(|g| {
+            let state = if g.silent {
+                GapState::Silent
+            } else {
+                GapState::Incomplete
+            };
+            (g.node, g.window_ns, state, g.completeness)
+        })
+        .collect();
+
+    // Nodes without a row in a window others have rows for. Not in the
+    // newest window: the other samplers' batches for it may be on their way
+    // still, and a gap that vanishes at the next pass is noise.
+    let mut rows: Vec<(u64, u32)> = agents
+        .iter()
+        .filter(|a| a.window_ns >= from_ns)
+        .map(|a| (a.window_ns, a.node))
+        .collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let windows: Vec<&[(u64, u32)]> = rows.chunk_by(|a, b| a.0 == b.0).collect();
+    if let Some((_, checked)) = windows.split_last() {
+        for window in checked {
+            for node in topology.nodes() {
+                if window.binary_search_by_key(&node.id, |r| r.1).is_err() {
+                    found.push((node.id, window[0].0, GapState::NoTelemetry, 0.0));
                 }
             }
         }
-        out.extend(current);
+    }
+    // The window length: the path windows', else the agent windows'
+    // spacing.
+    let len = if window_len_ns > 0 {
+        window_len_ns
+    } else {
+        windows.windows(2).map(|w| w[1][0].0 - w[0][0].0).min().unwrap_or(0)
+    };
+
+    found.sort_by_key(|&(node, window, ..)| (node, window));
+    let mut out: Vec<TelemetryGap> = Vec::new();
+    let mut previous: Option<(u32, GapState)> = None;
+    for (node, window, state, completeness) in found {
+        match out.last_mut() {
+            // Consecutive windows of one state merge.
+            Some(g) if previous == Some((node, state)) && len > 0 && window == g.last_window_ns + len => {
+                g.last_window_ns = window;
+                g.windows += 1;
+                g.min_completeness = g.min_completeness.min(completeness);
+            }
+            _ => out.push(TelemetryGap {
+                node: node_name(topology, node),
+                first_window_ns: window,
+                last_window_ns: window,
+                windows: 1,
+                silent: state == GapState::Silent,
+                min_completeness: completeness,
+                state,
+                open: false,
+            }),
+        }
+        previous = Some((node, state));
+    }
+    if let Some(newest) = newest {
+        for g in &mut out {
+            let reach = if g.state == GapState::NoTelemetry { len } else { 0 };
+            g.open = g.last_window_ns + reach >= newest;
+        }
     }
     out
 }
@@ -464,7 +629,9 @@ pub fn utc(ns: u64) -> String {
 }
 
 impl Analysis {
-    /// The terminal report.
+    /// The terminal report: incidents, most severe first, each with its
+    /// runs when it has several, its worst path windows and runners-up;
+    /// then the telemetry gaps.
     pub fn write_table(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,
@@ -474,21 +641,42 @@ impl Analysis {
             self.windows,
             self.judged_paths
         )?;
-        if self.anomalies.is_empty() {
+        if self.incidents.is_empty() {
             writeln!(out, "\nNo network anomalies.")?;
         } else {
-            writeln!(out, "\nAnomalies, most severe first:")?;
+            writeln!(out, "\nIncidents, most severe first:")?;
         }
-        for (n, a) in self.anomalies.iter().enumerate() {
+        for (n, i) in self.incidents.iter().enumerate() {
             writeln!(
                 out,
                 "\n{}. {} {} — {}",
                 n + 1,
-                a.kind.replace('_', " ").to_uppercase(),
-                a.element,
-                a.evidence_line()
+                i.kind.replace('_', " ").to_uppercase(),
+                i.element,
+                i.evidence_line()
             )?;
-            for w in &a.worst {
+            writeln!(out, "     {}", i.course(self.quiet_windows))?;
+            if i.runs.len() > 1 {
+                for (k, r) in i.runs.iter().enumerate() {
+                    let after = match r.clean_windows_before {
+                        0 => String::new(),
+                        n => format!(" after {n} clean window(s)"),
+                    };
+                    writeln!(
+                        out,
+                        "     run {}: {} → {}, {} window(s){after}; {} of {} paths bad ({:.0} %); {}",
+                        k + 1,
+                        utc(r.first_window_ns),
+                        utc(r.last_window_ns),
+                        r.windows,
+                        r.bad_paths,
+                        r.paths,
+                        r.share * 100.0,
+                        symptom_summary(&r.symptoms)
+                    )?;
+                }
+            }
+            for w in &i.worst {
                 writeln!(
                     out,
                     "     {} → {}: {} probes, loss {}, p99 RTT {:.0} µs, responder p99 {:.0} µs, retrans {}",
@@ -501,8 +689,8 @@ impl Analysis {
                     w.retrans_text(),
                 )?;
             }
-            if !a.runners_up.is_empty() {
-                let runners: Vec<String> = a.runners_up.iter().map(RunnerUp::to_string).collect();
+            if !i.runners_up.is_empty() {
+                let runners: Vec<String> = i.runners_up.iter().map(RunnerUp::to_string).collect();
                 writeln!(out, "     runners-up: {}", runners.join("; "))?;
             }
         }
@@ -511,57 +699,17 @@ impl Analysis {
             for g in &self.telemetry_gaps {
                 writeln!(
                     out,
-                    "  {}: {} for {} window(s) {} → {}",
+                    "  {}: {} for {} window(s) {} → {}{}",
                     g.node,
-                    if g.silent {
-                        "silent".to_string()
-                    } else {
-                        format!("{:.0} % of datagrams received", g.min_completeness * 100.0)
-                    },
+                    g.describe(),
                     g.windows,
                     utc(g.first_window_ns),
-                    utc(g.last_window_ns)
+                    utc(g.last_window_ns),
+                    if g.open { " (open)" } else { "" }
                 )?;
             }
         }
         Ok(())
-    }
-}
-
-impl Analysis {
-    /// What is wrong in the newest window analyzed: (kind, element) → a one
-    /// line description. `watch` compares these between passes.
-    pub fn active(&self) -> BTreeMap<(String, String), String> {
-        let latest = self.last_window_ns;
-        let mut out = BTreeMap::new();
-        if self.windows == 0 {
-            return out;
-        }
-        for a in self.anomalies.iter().filter(|a| a.last_window_ns == latest) {
-            out.insert(
-                (a.kind.to_string(), a.element.clone()),
-                format!(
-                    "{} of {} paths bad ({:.0} %) since {}; {}",
-                    a.bad_paths,
-                    a.paths,
-                    a.share * 100.0,
-                    utc(a.first_window_ns),
-                    a.symptom_summary()
-                ),
-            );
-        }
-        for g in self.telemetry_gaps.iter().filter(|g| g.last_window_ns == latest) {
-            let what = if g.silent {
-                "silent".to_string()
-            } else {
-                format!("{:.0} % of datagrams", g.min_completeness * 100.0)
-            };
-            out.insert(
-                ("telemetry_gap".to_string(), g.node.clone()),
-                format!("{what} since {}", utc(g.first_window_ns)),
-            );
-        }
-        out
     }
 }
 

@@ -10,12 +10,18 @@
 //! Cardinality is bounded by configuration, not by the fleet: rack pairs
 //! are racks², hosts get series of their own only while an anomaly or a
 //! telemetry gap names them, and at most `metrics.max_host_series` of those.
+//!
+//! `flowmesh_anomaly_active` describes the newest window (alert rules rely
+//! on it); `flowmesh_incident_open` stays 1 through an incident's quiet
+//! windows, so a flapping element is one open incident, not a series that
+//! comes and goes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use configs::Topology;
 
+use crate::incident::symptom_kind;
 use crate::model::PathWindow;
 use crate::report::Analysis;
 
@@ -32,7 +38,7 @@ pub struct Family {
 /// `{element_type, element, kind}` 1 per kind of symptom an active anomaly shows.
 pub const ANOMALY_ACTIVE: Family = Family {
     name: "flowmesh_anomaly_active",
-    help: "1 while an anomaly is active: element_type (host, rack, rack_pair, unlocalized), element, kind (loss, rtt, retransmissions, responder_delay).",
+    help: "1 while an anomaly is active: element_type (host, rack, rack_pair, node_pair, unlocalized), element, kind (loss, rtt, retransmissions, responder_delay).",
 };
 /// When the active anomaly's first window started.
 pub const ANOMALY_STARTED: Family = Family {
@@ -48,6 +54,16 @@ pub const ANOMALY_BAD_PATHS: Family = Family {
 pub const ANOMALY_JUDGED_PATHS: Family = Family {
     name: "flowmesh_anomaly_judged_paths",
     help: "Judged paths through an anomaly's element in its worst window.",
+};
+/// An open incident.
+pub const INCIDENT_OPEN: Family = Family {
+    name: "flowmesh_incident_open",
+    help: "1 while an incident is open: its element was blamed in the newest analyzed window or fewer than incidents.quiet_windows clean windows before it. element_type (host, rack, rack_pair, node_pair, unlocalized), element.",
+};
+/// The flaps of an open incident.
+pub const INCIDENT_FLAPS: Family = Family {
+    name: "flowmesh_incident_flaps",
+    help: "Times an open incident cleared for at least one window and came back.",
 };
 /// How many anomalies are active (present even when 0).
 pub const ACTIVE_ANOMALIES: Family = Family {
@@ -87,7 +103,7 @@ pub const HOST_RTT_P99: Family = Family {
 /// An agent's active telemetry gap.
 pub const AGENT_GAP: Family = Family {
     name: "flowmesh_agent_telemetry_gap",
-    help: "1 while an agent's telemetry is missing: state silent (nothing arrived) or incomplete (datagrams missing).",
+    help: "1 while an agent's telemetry is missing: state silent (nothing arrived), incomplete (datagrams missing) or no_telemetry (no row: its rack's sampler sent nothing).",
 };
 /// The received share over an active gap.
 pub const AGENT_COMPLETENESS: Family = Family {
@@ -112,6 +128,8 @@ pub const FAMILIES: &[Family] = &[
     ANOMALY_STARTED,
     ANOMALY_BAD_PATHS,
     ANOMALY_JUDGED_PATHS,
+    INCIDENT_OPEN,
+    INCIDENT_FLAPS,
     ACTIVE_ANOMALIES,
     ACTIVE_GAPS,
     RACK_PAIR_LOSS,
@@ -164,18 +182,6 @@ impl Page {
 /// A label value as the text format needs it.
 fn escape(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// The kind of network symptom a detector label belongs to (baseline
-/// variants are the same kind).
-fn symptom_kind(label: &str) -> &'static str {
-    match label {
-        "loss" | "loss_baseline" => "loss",
-        "retransmissions" | "retransmissions_baseline" => "retransmissions",
-        "rtt" | "rtt_baseline" => "rtt",
-        "responder_delay" => "responder_delay",
-        _ => "other",
-    }
 }
 
 /// Probe counts of a set of paths in one window.
@@ -265,11 +271,31 @@ pub fn exposition(analysis: &Analysis, latest: &[PathWindow], topology: &Topolog
     }
     page.set(ACTIVE_ANOMALIES, Vec::new(), active.len() as f64);
 
-    // Telemetry gaps active in the newest window.
-    let gaps: Vec<_> = analysis
-        .telemetry_gaps
-        .iter()
-        .filter(|g| analysis.windows > 0 && g.last_window_ns == newest)
+    // Open incidents, through their quiet windows. A host's network and
+    // slow-responder incidents share a series: the larger flaps.
+    let mut open: BTreeMap<Labels, u32> = BTreeMap::new();
+    for i in analysis.incidents.iter().filter(|i| i.open) {
+        let element_type = if i.kind == "slow_host" { "host" } else { i.kind };
+        let labels = vec![
+            ("element_type", element_type.to_string()),
+            ("element", i.element.clone()),
+        ];
+        let flaps = open.entry(labels).or_default();
+        *flaps = (*flaps).max(i.flaps);
+    }
+    for (labels, flaps) in open {
+        page.set(INCIDENT_OPEN, labels.clone(), 1.0);
+        page.set(INCIDENT_FLAPS, labels, f64::from(flaps));
+    }
+
+    // Telemetry gaps open in the newest window (for no telemetry, the one
+    // before it).
+    let open: Vec<_> = analysis.telemetry_gaps.iter().filter(|g| g.open).collect();
+    // One per node (gaps come node by node, oldest first): the newer, when
+    // a node without telemetry is silent in the newest window.
+    let gaps: Vec<_> = open
+        .chunk_by(|a, b| a.node == b.node)
+        .filter_map(|same| same.last().copied())
         .collect();
     let node_by_name: BTreeMap<&str, &configs::Node> = topology.nodes().iter().map(|n| (n.name.as_str(), n)).collect();
     let host_labels = |name: &str| -> Labels {
@@ -277,10 +303,9 @@ pub fn exposition(analysis: &Analysis, latest: &[PathWindow], topology: &Topolog
         vec![("host", name.to_string()), ("rack", rack)]
     };
     for g in &gaps {
-        let state = if g.silent { "silent" } else { "incomplete" };
         let mut labels = host_labels(&g.node);
         page.set(AGENT_COMPLETENESS, labels.clone(), g.min_completeness);
-        labels.push(("state", state.to_string()));
+        labels.push(("state", g.state.label().to_string()));
         page.set(AGENT_GAP, labels, 1.0);
         hosts.push(&g.node);
     }

@@ -450,6 +450,8 @@ fn docs_describe_every_json_field() {
         ("evidence", &anomaly["worst"][0]),
         ("runner-up", &anomaly["runners_up"][0]),
         ("gap", &json["telemetry_gaps"][0]),
+        ("incident", &json["incidents"][0]),
+        ("incident run", &json["incidents"][0]["runs"][0]),
     ];
     for (what, object) in objects {
         let fields = object.as_object().unwrap_or_else(|| panic!("no {what} in {json:#}"));
@@ -516,7 +518,7 @@ fn the_html_report_renders_its_heatmaps_in_headless_chromium() {
 }
 
 #[test]
-fn watch_prints_an_anomaly_when_it_starts_and_when_it_clears() {
+fn watch_prints_an_incident_when_it_starts_and_when_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     drop(lossy_r3n3(dir.path()));
     let topology = dir.path().join("topology.toml");
@@ -541,13 +543,15 @@ fn watch_prints_an_anomaly_when_it_starts_and_when_it_clears() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("NEW     host r3n3: 16 of 16 paths bad"), "{first}");
-    // Two healthy windows arrive while it waits: the next pass clears it.
+    assert!(first.contains("START   host r3n3: 16 of 16 paths bad"), "{first}");
+    // Three healthy windows (`incidents.quiet_windows`) arrive while it
+    // waits: the next pass ends it.
     let mut store = SqliteStore::open(&dir.path().join("flowmesh.db")).unwrap();
-    fill(&mut store, 3..5, healthy, never);
+    fill(&mut store, 3..6, healthy, never);
     drop(store);
     let second = lines.next().unwrap().unwrap();
-    assert!(second.contains("CLEARED host r3n3"), "{second}");
+    assert!(second.contains("END     host r3n3: "), "{second}");
+    assert!(second.contains("3 bad window(s), 0 flap(s)"), "{second}");
     assert!(child.wait().unwrap().success());
 }
 

@@ -23,6 +23,8 @@ pub struct AnalyzerConfig {
     pub detect: Detection,
     /// Attribution of anomalous paths to a host, rack or rack pair.
     pub localize: Localization,
+    /// Grouping of anomalies into incidents.
+    pub incidents: Incidents,
     /// What `watch` serves to Prometheus.
     pub metrics: ResultsEndpoint,
 }
@@ -60,6 +62,16 @@ impl Default for ResultsEndpoint {
 pub struct Detection {
     /// Probe loss rate (lost / sent) above which a path window is flagged.
     pub loss_rate: f64,
+    /// Significance of the pooled test of each host's probe loss against
+    /// `loss_rate`: a one-sided binomial test of the window's probes from
+    /// and to the host. A host whose p-value is at or below this is taken to
+    /// lose above `loss_rate`, and its paths that lost probes are flagged
+    /// (`loss_pooled`) even when no path alone crosses `loss_rate`. It is
+    /// at most the share of windows in which a host losing exactly
+    /// `loss_rate` is flagged; one losing half as much is flagged about once
+    /// in 4 000 windows of 800 probes, a healthy one practically never. 0
+    /// turns the test off.
+    pub loss_significance: f64,
     /// TCP retransmission rate (retransmitted / sent segments) above which a
     /// path window is flagged.
     pub retrans_rate: f64,
@@ -94,10 +106,32 @@ pub struct Detection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Localization {
-    /// Share of an element's paths that must be bad before it is blamed.
+    /// Share of an element's paths (those not yet explained by an earlier
+    /// verdict of the window) that must be bad before it is blamed; of the
+    /// elements that pass, the one whose bad paths exceed this share of its
+    /// paths by the most is blamed first.
     pub min_bad_share: f64,
-    /// Fewest paths through an element before it can be blamed.
+    /// Fewest paths through an element before it can be blamed (a node
+    /// pair has two: above 2, node pairs are never blamed).
     pub min_paths: u32,
+}
+
+/// How anomalies are grouped into incidents: an element blamed again after
+/// fewer than `quiet_windows` clean windows is the same incident flapping,
+/// not a new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Incidents {
+    /// Clean windows in a row that end an incident (`watch` prints its END
+    /// then; until then it is open). The default, 3, makes a host flapping
+    /// every 10 s in 5 s windows (two bad windows, two clean) one incident.
+    pub quiet_windows: u32,
+}
+
+impl Default for Incidents {
+    fn default() -> Self {
+        Incidents { quiet_windows: 3 }
+    }
 }
 
 impl Default for AnalyzerConfig {
@@ -108,6 +142,7 @@ impl Default for AnalyzerConfig {
             topology: PathBuf::from("/etc/flowmesh/topology.toml"),
             detect: Detection::default(),
             localize: Localization::default(),
+            incidents: Incidents::default(),
             metrics: ResultsEndpoint::default(),
         }
     }
@@ -117,6 +152,7 @@ impl Default for Detection {
     fn default() -> Self {
         Detection {
             loss_rate: 0.02,
+            loss_significance: 0.2,
             retrans_rate: 0.01,
             min_retrans_flows: 2,
             p99_rtt_us: 500,
@@ -150,6 +186,12 @@ impl Component for AnalyzerConfig {
         c.path("topology", &self.topology);
         let d = &self.detect;
         c.range("detect.loss_rate", d.loss_rate, 0.0..=1.0, "a fraction");
+        c.range(
+            "detect.loss_significance",
+            d.loss_significance,
+            0.0..=1.0,
+            "a probability",
+        );
         c.range("detect.retrans_rate", d.retrans_rate, 0.0..=1.0, "a fraction");
         c.range("detect.min_retrans_flows", d.min_retrans_flows, 1..=1_000_000, "flows");
         c.range("detect.p99_rtt_us", d.p99_rtt_us, 1..=60_000_000, "microseconds");
@@ -172,6 +214,12 @@ impl Component for AnalyzerConfig {
         let l = &self.localize;
         c.range("localize.min_bad_share", l.min_bad_share, 0.0..=1.0, "a fraction");
         c.range("localize.min_paths", l.min_paths, 1..=100_000, "paths");
+        c.range(
+            "incidents.quiet_windows",
+            self.incidents.quiet_windows,
+            1..=100_000,
+            "windows",
+        );
         c.range(
             "metrics.max_host_series",
             self.metrics.max_host_series,

@@ -25,7 +25,7 @@ mod storage;
 mod topology;
 
 pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};
-pub use analyzer::{AnalyzerConfig, Detection, Localization, ResultsEndpoint};
+pub use analyzer::{AnalyzerConfig, Detection, Incidents, Localization, ResultsEndpoint};
 pub use collector::{Authorize, CollectorConfig};
 pub use component::{Component, ConfigArgs, ConfigError, Invalid, MetricsEndpoint, Since, TlsFiles};
 pub use sampler::{Aggregation, Ingest, SamplerConfig, SamplerUplink};

@@ -157,3 +157,210 @@ pub(crate) fn topology_racks() -> Vec<String> {
         })
         .collect()
 }
+
+/// What an agent's telemetry shows in one window, for [`fill_telemetry`].
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Telemetry {
+    /// Every datagram arrived.
+    Complete,
+    /// Nothing arrived (its sampler marks it `SILENT`).
+    Silent,
+    /// This many of 100 datagrams arrived.
+    Received(u32),
+    /// Its rack's sampler sent no batch for the window: no row at all.
+    NoBatch,
+}
+
+/// Like [`fill`], with each agent's telemetry said by `telemetry(window,
+/// node)`. A rack whose agents all show [`Telemetry::NoBatch`] in a window
+/// stores nothing for it, as when its sampler is down.
+pub(crate) fn fill_telemetry(
+    store: &mut dyn BatchWriter,
+    windows: std::ops::Range<u64>,
+    shows: impl Fn(u64, u32, u32) -> Option<Shows>,
+    telemetry: impl Fn(u64, u32) -> Telemetry,
+) {
+    for w in windows {
+        let start = T0 + w * W;
+        for rack in 1..=3u32 {
+            let agents: Vec<u32> = nodes().into_iter().filter(|n| n / 100 == rack).collect();
+            if agents.iter().all(|&n| telemetry(w, n) == Telemetry::NoBatch) {
+                continue;
+            }
+            let mut b = BatchBuilder::new(BatchInfo::window(rack, rack, start, W));
+            for &src in &agents {
+                let mut c = AgentCompleteness::new(src);
+                match telemetry(w, src) {
+                    Telemetry::Complete | Telemetry::NoBatch => {
+                        c.datagrams_expected = 100.into();
+                        c.datagrams_received = 100.into();
+                    }
+                    Telemetry::Silent => c.flags = completeness_flags::SILENT,
+                    Telemetry::Received(n) => {
+                        c.datagrams_expected = 100.into();
+                        c.datagrams_received = n.into();
+                    }
+                }
+                b.push_completeness(c);
+                for dst in nodes().into_iter().filter(|&d| d != src) {
+                    let Some(s) = shows(w, src, dst) else { continue };
+                    let mut p = PathSummary::new(src, dst, 0, Some(Transport::Udp));
+                    p.probes_sent = s.probes.into();
+                    p.probes_lost = s.lost.into();
+                    p.rtt_p50_ns = (s.p99_us * 600).into();
+                    p.rtt_p99_ns = (s.p99_us * 1_000).into();
+                    p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
+                    let (segs, retrans, flows) = s.segs;
+                    p.flows = 20.into();
+                    p.segs_out = segs.into();
+                    p.retrans_segs = retrans.into();
+                    p.flows_with_retrans = flows.into();
+                    b.push_path(p, &[]).unwrap();
+                }
+            }
+            let bytes = b.encode().unwrap();
+            store.store_batch(&BatchView::parse(&bytes).unwrap(), start).unwrap();
+        }
+    }
+}
+
+/// A database of `windows` windows built with [`fill_telemetry`].
+pub(crate) fn database_telemetry(
+    dir: &Path,
+    windows: u64,
+    shows: impl Fn(u64, u32, u32) -> Option<Shows>,
+    telemetry: impl Fn(u64, u32) -> Telemetry,
+) -> SqliteStore {
+    let path = dir.join("flowmesh.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    fill_telemetry(&mut store, 0..windows, shows, telemetry);
+    drop(store);
+    SqliteStore::open_read_only(&path).unwrap()
+}
+
+/// [`analysis`] with a configuration of the test's own.
+pub(crate) fn analysis_with(store: &SqliteStore, windows: u64, judge_from: u64, cfg: &AnalyzerConfig) -> Analysis {
+    let obs = load(store, 0, u64::MAX).unwrap();
+    analyze(&obs, T0 + judge_from * W, T0 + windows * W, &topology(), cfg)
+}
+
+/// What the paths show with `host` down in the windows `down` says: its
+/// agent sends nothing, its peers' probes to it are all lost.
+pub(crate) fn down_host(host: u32, down: impl Fn(u64) -> bool) -> impl Fn(u64, u32, u32) -> Option<Shows> {
+    move |w: u64, s: u32, d: u32| {
+        if down(w) && s == host {
+            None
+        } else if down(w) && d == host {
+            Some(Shows { lost: 100, ..HEALTHY })
+        } else {
+            Some(HEALTHY)
+        }
+    }
+}
+
+/// Which agents are silent with `host` down in the windows `down` says.
+pub(crate) fn down_agent(host: u32, down: impl Fn(u64) -> bool) -> impl Fn(u64, u32) -> bool {
+    move |w: u64, n: u32| down(w) && n == host
+}
+
+/// `racks` racks of `per_rack` nodes: rack r's nodes are rRn1.. (ids
+/// r·100+n), as [`topology_racks`] has for three of three.
+pub(crate) fn topology_sized(racks: u32, per_rack: u32) -> Topology {
+    let mut text = String::new();
+    for r in 1..=racks {
+        text += &format!("[[racks]]\nid = {r}\nname = \"rack{r}\"\n\n");
+        for n in 1..=per_rack {
+            text += &format!(
+                "[[nodes]]\nid = {}\nname = \"r{r}n{n}\"\nrack = \"rack{r}\"\naddresses = [\"198.18.{r}.{n}\"]\n\n",
+                r * 100 + n
+            );
+        }
+    }
+    Topology::parse(&text, Path::new("topology.toml")).unwrap()
+}
+
+/// Like [`database`] on a [`topology_sized`] topology, every agent complete.
+pub(crate) fn database_sized(
+    dir: &Path,
+    (racks, per_rack): (u32, u32),
+    windows: u64,
+    shows: impl Fn(u64, u32, u32) -> Option<Shows>,
+) -> SqliteStore {
+    let path = dir.join("flowmesh.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let nodes: Vec<u32> = (1..=racks)
+        .flat_map(|r| (1..=per_rack).map(move |n| r * 100 + n))
+        .collect();
+    for w in 0..windows {
+        let start = T0 + w * W;
+        for rack in 1..=racks {
+            let mut b = BatchBuilder::new(BatchInfo::window(rack, rack, start, W));
+            for &src in nodes.iter().filter(|n| *n / 100 == rack) {
+                let mut c = AgentCompleteness::new(src);
+                c.datagrams_expected = 10.into();
+                c.datagrams_received = 10.into();
+                b.push_completeness(c);
+                for &dst in nodes.iter().filter(|&&d| d != src) {
+                    let Some(s) = shows(w, src, dst) else { continue };
+                    let mut p = PathSummary::new(src, dst, 0, Some(Transport::Udp));
+                    p.probes_sent = s.probes.into();
+                    p.probes_lost = s.lost.into();
+                    p.rtt_p50_ns = (s.p99_us * 600).into();
+                    p.rtt_p99_ns = (s.p99_us * 1_000).into();
+                    p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
+                    let (segs, retrans, flows) = s.segs;
+                    p.flows = 20.into();
+                    p.segs_out = segs.into();
+                    p.retrans_segs = retrans.into();
+                    p.flows_with_retrans = flows.into();
+                    b.push_path(p, &[]).unwrap();
+                }
+            }
+            let bytes = b.encode().unwrap();
+            store.store_batch(&BatchView::parse(&bytes).unwrap(), start).unwrap();
+        }
+    }
+    drop(store);
+    SqliteStore::open_read_only(&path).unwrap()
+}
+
+/// [`analysis_with`] on a [`topology_sized`] topology.
+pub(crate) fn analysis_sized(
+    store: &SqliteStore,
+    (racks, per_rack): (u32, u32),
+    windows: u64,
+    cfg: &AnalyzerConfig,
+) -> Analysis {
+    let obs = load(store, 0, u64::MAX).unwrap();
+    analyze(&obs, T0, T0 + windows * W, &topology_sized(racks, per_rack), cfg)
+}
+
+/// A small seeded generator (xorshift64*) for probe outcomes: the same seed
+/// gives the same run.
+pub(crate) struct Xorshift(pub(crate) u64);
+
+impl Xorshift {
+    /// A uniform number in [0, 1).
+    pub(crate) fn uniform(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// How many of `n` probes are lost when each is lost with probability `p`.
+    pub(crate) fn lost(&mut self, n: u32, p: f64) -> u32 {
+        (0..n).map(|_| u32::from(self.uniform() < p)).sum()
+    }
+}
+
+/// A generator seeded from a run's seed and one path window, so outcomes
+/// do not depend on the order paths are asked for.
+pub(crate) fn outcomes(seed: u64, w: u64, src: u32, dst: u32) -> Xorshift {
+    let mut x = (seed << 40 ^ w << 20 ^ u64::from(src) << 10 ^ u64::from(dst)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    Xorshift((x ^ (x >> 32)) | 1)
+}
