@@ -71,6 +71,11 @@ pub struct Aggregation {
     /// window counts only the bytes and segments of its own share; a flow
     /// beyond it is counted whole and as untracked.
     pub max_flows: usize,
+    /// The agents' heartbeat interval (their `uplink.heartbeat_secs`, or
+    /// more), seconds: a live agent sends at least one datagram this often.
+    /// An agent silent for more than twice this before a window's end is
+    /// missing datagrams in it; its cadence says how many.
+    pub agent_heartbeat_secs: u64,
 }
 
 /// QUIC uplink and spool.
@@ -137,6 +142,7 @@ impl Default for Aggregation {
             rtt_anomaly_us: 1_000,
             max_samples: 100_000,
             max_flows: 1_000_000,
+            agent_heartbeat_secs: 5,
         }
     }
 }
@@ -211,6 +217,12 @@ impl Component for SamplerConfig {
         );
         c.range("aggregate.max_samples", agg.max_samples, 0..=100_000_000, "records");
         c.range("aggregate.max_flows", agg.max_flows, 0..=100_000_000, "flows");
+        c.range(
+            "aggregate.agent_heartbeat_secs",
+            agg.agent_heartbeat_secs,
+            1..=3_600,
+            "seconds",
+        );
         let up = &self.uplink;
         c.check(
             !up.collectors.is_empty(),

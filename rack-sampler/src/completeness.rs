@@ -40,11 +40,24 @@
 //!   the tracker could tell the two apart by: the send time is the agent's
 //!   clock, which is what stepped.
 //!
-//! Loss before the sampler first hears from an agent cannot be known (a
-//! sampler restarting must not count an agent's whole history as lost), so
-//! the first datagram of the first run heard of counts only itself as
-//! expected. A new epoch means the agent restarted and numbered from 0
-//! again, so datagrams `0..=seq` of it are expected.
+//! Loss before the sampler first hears from an agent cannot be known from
+//! the numbers alone (a sampler starting must not count an agent's whole
+//! history as lost), so the first datagram of the first run heard of counts
+//! only itself as expected. A new epoch means the agent restarted and
+//! numbered from 0 again, so datagrams `0..=seq` of it are expected.
+//!
+//! **Across a restart of the sampler.** [`SequenceTracker::saved`] is what
+//! the sampler keeps of a tracker in its spool directory
+//! ([`crate::checkpoint`]): each remembered run's epoch and, for the latest
+//! two, the highest number heard. [`SequenceTracker::restored`] takes it up
+//! with every number at or below those highest taken as heard (it was
+//! counted, or its window is gone), so a replay or duplicate of what the
+//! previous process saw is not counted again, and the agent's next
+//! datagram counts the gap since the saved number as expected: what it sent
+//! while the sampler was down. When the saved state is too old to place
+//! that gap in a window (*unanchored*), the next datagram of the latest run
+//! counts only itself, as a first-heard agent's does; a new epoch is a
+//! restart either way.
 
 /// How many runs (epochs) of an agent the tracker remembers: the latest, the
 /// previous (both with their histories) and older ones by epoch alone, whose
@@ -89,6 +102,31 @@ pub struct SequenceTracker {
     /// Epochs of the runs before `previous`, latest first.
     older: [Option<u32>; RUNS - 2],
     too_old: u64,
+    /// Restored from a state too old to count the gap up to the next
+    /// datagram of the latest run: it counts only itself.
+    unanchored: bool,
+}
+
+/// What a sampler keeps of an agent's [`SequenceTracker`] across its own
+/// restart: the runs it remembers, latest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedRuns {
+    /// The latest run.
+    pub latest: SavedRun,
+    /// The run before it.
+    pub previous: Option<SavedRun>,
+    /// Epochs of the runs before `previous`, latest first (at most
+    /// [`RUNS`] − 2 are taken up).
+    pub older: Vec<u32>,
+}
+
+/// One run of an agent: its epoch and the highest number heard of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedRun {
+    /// The run's epoch.
+    pub epoch: u32,
+    /// The highest sequence number heard (by serial-number order).
+    pub highest: u32,
 }
 
 /// Where a number stands in one run.
@@ -113,6 +151,23 @@ struct Run {
 }
 
 impl Run {
+    /// A run taken up from saved state: every number of the history at or
+    /// below `highest` counts as heard.
+    fn restored(saved: SavedRun) -> Run {
+        Run {
+            epoch: saved.epoch,
+            highest: saved.highest,
+            seen: [u64::MAX; WORDS],
+        }
+    }
+
+    fn saved(&self) -> SavedRun {
+        SavedRun {
+            epoch: self.epoch,
+            highest: self.highest,
+        }
+    }
+
     fn start(epoch: u32, seq: u32) -> Run {
         let mut seen = [0; WORDS];
         seen[0] = 1;
@@ -190,6 +245,34 @@ impl SequenceTracker {
         self.too_old
     }
 
+    /// The runs to save across a restart of the sampler; `None` if no
+    /// datagram ever arrived.
+    pub fn saved(&self) -> Option<SavedRuns> {
+        let latest = self.run.as_ref()?.saved();
+        Some(SavedRuns {
+            latest,
+            previous: self.previous.as_ref().map(Run::saved),
+            older: self.older.iter().flatten().copied().collect(),
+        })
+    }
+
+    /// A tracker taken up from `saved` (see the module documentation). If
+    /// `anchored`, the next datagram of the latest run counts as expected
+    /// every number since the saved highest; otherwise only itself.
+    pub fn restored(saved: &SavedRuns, anchored: bool) -> SequenceTracker {
+        let mut older = [None; RUNS - 2];
+        for (slot, &epoch) in older.iter_mut().zip(&saved.older) {
+            *slot = Some(epoch);
+        }
+        SequenceTracker {
+            run: Some(Run::restored(saved.latest)),
+            previous: saved.previous.map(Run::restored),
+            older,
+            too_old: 0,
+            unanchored: !anchored,
+        }
+    }
+
     /// Accounts one datagram of `epoch` numbered `seq`.
     pub fn observe(&mut self, epoch: u32, seq: u32) -> Arrival {
         let Some(run) = self.run.as_mut() else {
@@ -218,6 +301,7 @@ impl SequenceTracker {
                 self.older.rotate_right(1);
                 self.older[0] = Some(previous.epoch);
             }
+            self.unanchored = false;
             return Arrival::New {
                 expected: seq.saturating_add(1),
                 reordered: false,
@@ -225,11 +309,20 @@ impl SequenceTracker {
             };
         };
         match seen {
-            Seen::New { expected, late } => Arrival::New {
-                expected,
-                reordered: late || straggler,
-                restarted: false,
-            },
+            Seen::New { expected, late } => {
+                // Unanchored, a gap up to the latest run's next number may
+                // span windows nobody emitted: it is not counted.
+                let expected = if !late && !straggler && std::mem::take(&mut self.unanchored) {
+                    1
+                } else {
+                    expected
+                };
+                Arrival::New {
+                    expected,
+                    reordered: late || straggler,
+                    restarted: false,
+                }
+            }
             Seen::Duplicate => Arrival::Duplicate,
             Seen::TooOld => {
                 self.too_old += 1;
@@ -392,6 +485,64 @@ mod tests {
         // Beyond the history: it cannot be checked, so it is refused.
         assert_eq!(t.observe(1, highest - HISTORY), Arrival::TooOld);
         assert_eq!(t.too_old(), 1);
+    }
+
+    /// Taken up after a restart of the sampler, a tracker does not count
+    /// again what the previous process heard, and the agent's next datagram
+    /// counts what it sent meanwhile.
+    #[test]
+    fn a_restored_tracker_counts_the_gap_since_the_saved_number() {
+        let mut t = SequenceTracker::default();
+        t.observe(6, 0);
+        t.observe(7, 2_000);
+        for seq in 0..=40 {
+            t.observe(8, seq);
+        }
+        let saved = t.saved().unwrap();
+        assert_eq!(
+            saved,
+            SavedRuns {
+                latest: SavedRun { epoch: 8, highest: 40 },
+                previous: Some(SavedRun {
+                    epoch: 7,
+                    highest: 2_000
+                }),
+                older: vec![6],
+            }
+        );
+        let mut r = SequenceTracker::restored(&saved, true);
+        assert_eq!(r.saved(), Some(saved));
+        assert_eq!(r.epoch(), Some(8));
+        assert_eq!(r.observe(8, 40), Arrival::Duplicate);
+        assert_eq!(r.observe(8, 0), Arrival::Duplicate);
+        assert_eq!(r.observe(7, 2_000 - HISTORY), Arrival::TooOld);
+        assert_eq!(r.observe(6, 1), Arrival::TooOld, "a run before the previous");
+        // Sent while the sampler was down: 41..=49 missing so far.
+        assert_eq!(r.observe(8, 50), new(10, false));
+        assert_eq!(r.observe(8, 45), new(0, true));
+        // The previous run's numbers beyond its highest are still telemetry.
+        assert_eq!(r.observe(7, 2_001), new(1, true));
+        assert_eq!(r.too_old(), 2);
+    }
+
+    /// Taken up from a state too old to place the gap, the latest run's next
+    /// datagram counts only itself; a new epoch is a restart all the same.
+    #[test]
+    fn an_unanchored_tracker_counts_only_the_next_datagram() {
+        let mut t = SequenceTracker::default();
+        for seq in 0..=40 {
+            t.observe(8, seq);
+        }
+        let saved = t.saved().unwrap();
+        let mut r = SequenceTracker::restored(&saved, false);
+        assert_eq!(r.observe(8, 30), Arrival::Duplicate, "still no replay");
+        assert_eq!(r.observe(8, 5_000), new(1, false));
+        assert_eq!(r.observe(8, 5_002), new(2, false));
+
+        let mut r = SequenceTracker::restored(&saved, false);
+        assert_eq!(r.observe(9, 3), restart(4));
+        assert_eq!(r.observe(8, 41), new(1, true), "the old run's straggler");
+        assert_eq!(r.observe(9, 5), new(2, false));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! batch per window to the collector over QUIC, through an on-disk spool.
 //!
 //! [`aggregate`] is the logic, free of I/O; [`completeness`] tracks agents'
-//! sequence numbers; [`ingest`] receives; [`spool`] and [`uplink`] deliver;
+//! sequence numbers, and [`checkpoint`] saves them with the spool across a
+//! restart; [`ingest`] receives; [`spool`] and [`uplink`] deliver;
 //! [`service`] puts them together with the metrics endpoint
 //! ([`telemetry`]).
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod completeness;
 pub mod ingest;
 pub mod service;

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::aggregate::{self, Aggregator, ClosedWindow, EmittedWindow, Settings};
+use crate::checkpoint::Checkpoint;
 use crate::spool::{Spool, SpoolError, SpoolKey};
 use crate::uplink::{self, Backoff, INITIAL_BACKOFF, MAX_BACKOFF, Target, UplinkStats};
 use crate::{ingest, now_ns, telemetry};
@@ -95,6 +96,7 @@ impl Sampler {
         if let Some((start, part)) = take_resume(&config.uplink.spool_dir) {
             aggregator.resume_window(start, part);
         }
+        restore_agents(&mut aggregator, &config.uplink.spool_dir);
         let aggregator = Arc::new(Mutex::new(aggregator));
         let spool = Arc::new(Mutex::new(spool));
 
@@ -168,18 +170,28 @@ impl Sampler {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {
-                        let closed = ingest::lock(&aggregator).take_due(now_ns());
-                        if !closed.is_empty() {
+                        let (closed, checkpoint) = {
+                            let mut aggregator = ingest::lock(&aggregator);
+                            let closed = aggregator.take_due(now_ns());
+                            // Taken with the windows, so the two agree.
+                            let checkpoint = (!closed.is_empty()).then(|| aggregator.checkpoint());
+                            (closed, checkpoint)
+                        };
+                        if let Some(checkpoint) = checkpoint {
                             // Summarizing, encoding and the synced spool
                             // write run off the runtime's threads, so
                             // receiving never waits for them.
-                            let (spool, wake) = (spool.clone(), wake.clone());
+                            let (spool, wake, spool_dir) = (spool.clone(), wake.clone(), spool_dir.clone());
                             let done = tokio::task::spawn_blocking(move || {
                                 let started = std::time::Instant::now();
                                 let windows: Vec<EmittedWindow> = closed.into_iter().map(ClosedWindow::encode).collect();
                                 let encoded = started.elapsed();
                                 let bytes: usize = windows.iter().flat_map(|w| &w.parts).map(|(_, b)| b.len()).sum();
                                 spool_windows(&spool, windows, &wake);
+                                // After the windows it follows are spooled:
+                                // a crash in between leaves the previous
+                                // one, too old to count anything twice.
+                                save_checkpoint(&checkpoint, &spool_dir);
                                 debug!(
                                     message = "windows emitted",
                                     encode_ms = encoded.as_secs_f64() * 1e3,
@@ -201,7 +213,11 @@ impl Sampler {
             for task in ingest_tasks {
                 let _ = task.await;
             }
-            let closed = ingest::lock(&aggregator).take_all(now_ns());
+            let (closed, checkpoint) = {
+                let mut aggregator = ingest::lock(&aggregator);
+                let closed = aggregator.take_all(now_ns());
+                (closed, aggregator.checkpoint())
+            };
             let windows: Vec<EmittedWindow> = closed.into_iter().map(ClosedWindow::encode).collect();
             let resume = windows.last().map(aggregate::next_part);
             let spooled = spool_windows(&spool, windows, &wake);
@@ -215,6 +231,7 @@ impl Sampler {
             if let Some((start, part)) = resume {
                 write_resume(&spool_dir, start, part);
             }
+            save_checkpoint(&checkpoint, &spool_dir);
             // The uplink finishes the batch in flight; the rest wait in the
             // spool for the next start.
             let _ = tokio::time::timeout(Duration::from_secs(5), uplink_task).await;
@@ -274,6 +291,43 @@ fn spool_windows(spool: &Mutex<Spool>, windows: Vec<EmittedWindow>, wake: &Notif
     }
     wake.notify_one();
     last
+}
+
+/// Takes up the agents' sequence state the previous process saved in the
+/// spool directory, if any (see [`crate::checkpoint`]).
+fn restore_agents(aggregator: &mut Aggregator, dir: &Path) {
+    match Checkpoint::load(dir) {
+        Ok(Some(checkpoint)) => {
+            let restored = aggregator.restore(&checkpoint);
+            if restored.current {
+                info!(
+                    message = "took up the agents' sequence state: what they sent while the sampler was down counts as expected in this window",
+                    agents = restored.agents
+                );
+            } else {
+                warn!(
+                    message = "the agents' sequence state saved with the spool is too old for this window (a window went unemitted, or the window length changed); this window imputes what they sent before the sampler started at their cadence",
+                    agents = restored.agents,
+                    saved_through = checkpoint.through_ns
+                );
+            }
+        }
+        Ok(None) => info!(
+            message = "no saved agent sequence state; this window imputes what agents sent before the sampler started at their cadence"
+        ),
+        Err(error) => warn!(
+            message = "cannot read the agents' sequence state; this window imputes what agents sent before the sampler started at their cadence",
+            %error
+        ),
+    }
+}
+
+/// Saves the agents' sequence state; a failure is logged, and a restart
+/// before the next success finds the previous state too old, never wrong.
+fn save_checkpoint(checkpoint: &Checkpoint, dir: &Path) {
+    if let Err(error) = checkpoint.save(dir) {
+        warn!(message = "cannot save the agents' sequence state; a restart before the next window emitted will impute what agents sent while it was down", %error);
+    }
 }
 
 fn take_resume(dir: &Path) -> Option<(u64, u16)> {

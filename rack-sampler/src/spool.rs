@@ -131,7 +131,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename,
 /// so a crash leaves the old content or the new, never a mix.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;

@@ -28,6 +28,7 @@ fn settings() -> Settings {
         rtt_anomaly_ns: 1_000_000,
         max_samples: 1_000,
         max_batch_bytes: wire_format::MAX_BATCH_BYTES,
+        heartbeat_ns: 5_000_000_000,
     }
 }
 

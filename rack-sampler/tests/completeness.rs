@@ -3,6 +3,14 @@
 //! late; reordering within the history, agent restarts (to a lower epoch
 //! too, after the agent's clock stepped back) and wrapping at 2³² still
 //! count every datagram once.
+//!
+//! Windows the sampler did not see whole do not read complete (issue 17):
+//! an agent silent for a window's tail (its link went down) expects what
+//! its cadence says it sent, a silent window its own share and the window
+//! the agent comes back in only its own, while an idle agent sending only
+//! heartbeats reads complete; a sampler restarted on its saved state counts
+//! what it missed while down, and one without (or with too old a) state
+//! imputes what came before it started. Time is passed in throughout.
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod common;
@@ -11,7 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{datagram, probe, topology};
 use proptest::prelude::*;
-use rack_sampler::aggregate::{Aggregator, Ingested, Refusal, Settings};
+use rack_sampler::aggregate::{Aggregator, EmittedWindow, Ingested, Refusal, Restored, Settings};
+use rack_sampler::checkpoint::Checkpoint;
 use rack_sampler::completeness::{Arrival, HISTORY, RUNS, SequenceTracker};
 use wire_format::{BatchView, ProbeOutcome};
 
@@ -32,6 +41,7 @@ fn settings() -> Settings {
         rtt_anomaly_ns: 1_000_000,
         max_samples: 10_000,
         max_batch_bytes: wire_format::MAX_BATCH_BYTES,
+        heartbeat_ns: 5_000_000_000,
     }
 }
 
@@ -171,6 +181,350 @@ fn a_refused_replay_does_not_keep_a_dead_agent_alive() {
     let view = BatchView::parse(&windows.iter().find(|w| w.start_ns == T0).unwrap().parts[0].1).unwrap();
     let c = view.completeness.iter().find(|c| c.node_id.get() == 101).unwrap();
     assert_eq!(c.last_seen_ns.get(), at);
+}
+
+// ---- issue 17: windows the sampler did not see whole ----
+
+const W30: u64 = 30 * SECOND;
+const MS: u64 = 1_000_000;
+
+/// Windows of 30 s, as deployed: an agent probing 2.5 times a second sends
+/// 75 datagrams per window.
+fn settings_30s() -> Settings {
+    Settings {
+        window_ns: W30,
+        ..settings()
+    }
+}
+
+/// Agent 101 sending one datagram every 400 ms, numbered from `seq`; each
+/// arrives 1 ms after it was sent, unless the agent's link is down.
+struct Agent {
+    seq: u32,
+    epoch: u32,
+}
+
+impl Agent {
+    /// Sends its datagram `i` (at `start + i × 400 ms`); if `delivered`, it
+    /// arrives and the aggregator takes it, after emitting what is due (as
+    /// the service does). Returns the windows emitted.
+    fn send(&mut self, agg: &mut Aggregator, start: u64, i: u64, delivered: bool) -> Vec<EmittedWindow> {
+        let at = start + i * 400 * MS;
+        let seq = self.seq;
+        self.seq += 1;
+        if !delivered {
+            return Vec::new();
+        }
+        let emitted = agg.emit_due(at + MS);
+        assert!(matches!(
+            agg.ingest(&one(self.epoch, seq, at), at + MS),
+            Ingested::Accepted { .. }
+        ));
+        emitted
+    }
+}
+
+/// Agent 101's completeness (expected, received, flags) in `window`.
+fn agent_101(window: &EmittedWindow) -> (u32, u32, u8) {
+    let view = BatchView::parse(&window.parts[0].1).unwrap();
+    let c = view.completeness.iter().find(|c| c.node_id.get() == 101).unwrap();
+    (c.datagrams_expected.get(), c.datagrams_received.get(), c.flags)
+}
+
+fn find(windows: &[EmittedWindow], start: u64) -> &EmittedWindow {
+    windows.iter().find(|w| w.start_ns == start).unwrap()
+}
+
+/// The issue's host whose link went down 15 s into a window and came back
+/// 5 s into the window after next. The window it went down in is not
+/// complete: the 37 datagrams its cadence (2.5/s, measured from its own
+/// sequence numbers) says it sent in the silent 15 s are expected. The
+/// silent window is SILENT and expects its 75; the window it came back in
+/// expects only its own 75, not the whole outage's. Summed, the windows
+/// expect exactly what the sequence numbers say was sent.
+#[test]
+fn a_link_down_mid_window_leaves_that_window_incomplete_and_each_window_its_own_share() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let mut agent = Agent { seq: 0, epoch: 1 };
+    let mut emitted = Vec::new();
+    // Up for 15 s (38 datagrams), down for 50 s, up again until past the
+    // third window's close.
+    for i in 0..233 {
+        let delivered = !(38..163).contains(&i);
+        emitted.extend(agent.send(&mut agg, T0, i, delivered));
+    }
+    emitted.extend(agg.emit_due(T0 + 3 * W30 + 2 * SECOND + 900 * MS));
+    let down = agent_101(find(&emitted, T0));
+    let silent = agent_101(find(&emitted, T0 + W30));
+    let back = agent_101(find(&emitted, T0 + 2 * W30));
+    assert_eq!(down, (75, 38, 0), "the window the link went down in");
+    assert_eq!(silent, (75, 0, wire_format::completeness_flags::SILENT));
+    assert_eq!(back, (75, 62, 0), "the window it came back in: its own share only");
+    assert_eq!(
+        down.0 + silent.0 + back.0,
+        225,
+        "datagrams 0..=224 were sent in the three"
+    );
+}
+
+/// An idle agent (heartbeats only: every 5 s plus up to one 200 ms flush
+/// tick, arriving up to 30 ms late) reads complete in every window, and one
+/// lost heartbeat is one datagram missing, not a silence.
+#[test]
+fn an_idle_agent_sending_only_heartbeats_reads_complete() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let mut emitted = Vec::new();
+    let mut sent = T0 + 300 * MS;
+    let mut lost = 0;
+    for seq in 0..70u32 {
+        // A lost heartbeat near the end of the third window.
+        let delivered = seq != 17;
+        lost += u32::from(!delivered);
+        if delivered {
+            let arrival = sent + u64::from(seq % 4) * 10 * MS;
+            emitted.extend(agg.emit_due(arrival));
+            agg.ingest(&one(1, seq, sent), arrival);
+        }
+        sent += 5 * SECOND + u64::from(seq % 3) * 100 * MS;
+    }
+    emitted.extend(agg.emit_due(sent));
+    assert!(emitted.len() >= 11, "{} windows", emitted.len());
+    let (mut expected, mut received) = (0, 0);
+    for w in &emitted {
+        let (e, r, flags) = agent_101(w);
+        assert_eq!(flags, 0, "window {}", (w.start_ns - T0) / W30);
+        assert!(e - r <= lost, "window {}: {r} of {e}", (w.start_ns - T0) / W30);
+        expected += e;
+        received += r;
+    }
+    assert_eq!(expected - received, lost, "only the lost heartbeat is missing");
+}
+
+/// The silence rule's edge: an agent heard last exactly two heartbeat
+/// intervals before the window's end is not silent; a nanosecond earlier it
+/// is, and the window expects what one datagram per heartbeat interval (its
+/// cadence, never measured) comes to.
+#[test]
+fn silence_starts_after_two_heartbeat_intervals() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let at = T0 + 20 * SECOND;
+    agg.ingest(&one(1, 0, at), at);
+    let early = at - 1;
+    agg.ingest(
+        &datagram(103, 1, 0, early, &[probe(103, 102, 0, ProbeOutcome::Ok, 1_000, 0)]),
+        early,
+    );
+    let windows = agg.emit_due(T0 + W30 + 2 * SECOND);
+    let view = BatchView::parse(&windows[0].parts[0].1).unwrap();
+    let c = |node: u32| {
+        let c = view.completeness.iter().find(|c| c.node_id.get() == node).unwrap();
+        (c.datagrams_expected.get(), c.datagrams_received.get())
+    };
+    assert_eq!(c(101), (1, 1));
+    assert_eq!(
+        c(103),
+        (1 + 2, 1),
+        "10 s and 1 ns silent: two heartbeats' worth missing"
+    );
+}
+
+/// The issue's restarted sampler, without any saved state: it started 20.5 s
+/// into the window, and heard 23 of the agent's datagrams. The window does
+/// not read complete: the 21 s it did not see are expected at the agent's
+/// cadence, measured from the sequence numbers it did see.
+#[test]
+fn a_sampler_started_mid_window_without_saved_state_reads_its_first_window_incomplete() {
+    let started = T0 + 20_500 * MS;
+    let mut agg = Aggregator::new(settings_30s(), topology(), started);
+    // The agent has been running for a while: its numbers are far from 0.
+    let mut agent = Agent { seq: 5_000, epoch: 1 };
+    let mut emitted = Vec::new();
+    for i in 52..83 {
+        emitted.extend(agent.send(&mut agg, T0, i, true));
+    }
+    emitted.extend(agg.emit_due(T0 + W30 + 2 * SECOND));
+    let (expected, received, flags) = agent_101(find(&emitted, T0));
+    assert_eq!(received, 23, "datagrams 52..=74, sent 20.8 s to 29.6 s in");
+    assert_eq!(flags, 0);
+    assert!(
+        (70..=76).contains(&expected),
+        "75 sent in the window, 23 of them seen: {expected} expected"
+    );
+    assert!(f64::from(received) / f64::from(expected) < 0.9);
+}
+
+/// Agent 101 sending every 400 ms from `T0`, delivered to `agg` from
+/// datagram `from` to `to` (exclusive), emitting what is due before each
+/// arrival; returns the windows emitted and the checkpoint taken at the
+/// last emission, as the service takes it.
+fn deliver(
+    agg: &mut Aggregator,
+    epoch: u32,
+    seqs: impl Iterator<Item = (u64, u32)>,
+) -> (Vec<EmittedWindow>, Option<Checkpoint>) {
+    let mut emitted = Vec::new();
+    let mut checkpoint = None;
+    for (i, seq) in seqs {
+        let at = T0 + i * 400 * MS;
+        let due = agg.emit_due(at + MS);
+        if !due.is_empty() {
+            checkpoint = Some(agg.checkpoint());
+        }
+        emitted.extend(due);
+        assert!(matches!(
+            agg.ingest(&one(epoch, seq, at), at + MS),
+            Ingested::Accepted { .. }
+        ));
+    }
+    (emitted, checkpoint)
+}
+
+/// Datagram `i` of one run numbered from 0, sent at `T0 + i × 400 ms`.
+fn numbered(range: std::ops::Range<u64>) -> impl Iterator<Item = (u64, u32)> {
+    range.map(|i| (i, i as u32))
+}
+
+/// The checkpoint as a restart finds it: saved in the spool directory and
+/// loaded back.
+fn through_the_spool(checkpoint: &Checkpoint) -> Checkpoint {
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint.save(dir.path()).unwrap();
+    Checkpoint::load(dir.path()).unwrap().unwrap()
+}
+
+/// Issue 17, the crash: the sampler emitted the first window at 32 s and
+/// saved the agents' state, took 5 datagrams of the second window before
+/// that and 20 after, and died at 40 s; restarted at 42 s on the same spool,
+/// it counts in the second window all 75 datagrams the agent sent in it:
+/// the 25 the dead process had (lost with it), the 5 sent while it was
+/// down, and the 45 it received itself.
+#[test]
+fn a_sampler_restarted_on_its_saved_state_counts_what_it_missed() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let (first, checkpoint) = deliver(&mut agg, 1, numbered(0..100));
+    assert_eq!(agent_101(find(&first, T0)), (75, 75, 0));
+    let checkpoint = checkpoint.unwrap();
+    assert_eq!(checkpoint.through_ns, T0 + W30);
+    assert_eq!(
+        checkpoint.agents[&101].pending, 5,
+        "datagrams 75..=79, taken before the emission"
+    );
+    drop(agg); // killed at 40 s
+
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0 + W30 + 12 * SECOND);
+    let restored = agg.restore(&through_the_spool(&checkpoint));
+    assert_eq!(
+        restored,
+        Restored {
+            agents: 1,
+            current: true
+        }
+    );
+    // A replay of what the dead process heard is not counted again.
+    assert_eq!(
+        agg.ingest(&one(1, 60, T0 + 24 * SECOND), T0 + W30 + 12 * SECOND),
+        Ingested::Duplicate
+    );
+    let (second, _) = deliver(&mut agg, 1, numbered(105..160));
+    assert_eq!(agent_101(find(&second, T0 + W30)), (75, 45, 0));
+}
+
+/// Issue 17, restarted too late for the saved state: the sampler came back
+/// in the window after the one it died in, which no process emitted. The gap
+/// since the saved number cannot be placed, so the first datagram counts
+/// only itself; the 2 s of the window before the start are imputed at the
+/// agent's cadence, and the window does not read complete. Replays are
+/// still refused.
+#[test]
+fn a_sampler_restarted_on_state_too_old_imputes_what_came_before_it() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let (_, checkpoint) = deliver(&mut agg, 1, numbered(0..100));
+    drop(agg);
+
+    let started = T0 + 2 * W30 + 2 * SECOND;
+    let mut agg = Aggregator::new(settings_30s(), topology(), started);
+    let restored = agg.restore(&through_the_spool(&checkpoint.unwrap()));
+    assert_eq!(
+        restored,
+        Restored {
+            agents: 1,
+            current: false
+        }
+    );
+    assert_eq!(agg.ingest(&one(1, 79, T0 + 31 * SECOND), started), Ingested::Duplicate);
+    let (emitted, _) = deliver(&mut agg, 1, numbered(156..233));
+    let (expected, received, flags) = agent_101(find(&emitted, T0 + 2 * W30));
+    assert_eq!((received, flags), (69, 0), "datagrams 156..=224");
+    assert_eq!(expected, 69 + 5, "2 s before the start at 2.5 datagrams/s");
+}
+
+/// The agent restarted while the sampler was down: the new run counts from
+/// 0 as a restart (not as loss of the old run's numbers), and what the dead
+/// sampler had received into the window is still expected there.
+#[test]
+fn an_agent_restarted_while_the_sampler_was_down_is_a_restart_not_loss() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let (_, checkpoint) = deliver(&mut agg, 1, numbered(0..100));
+    drop(agg);
+
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0 + W30 + 12 * SECOND);
+    assert!(agg.restore(&checkpoint.unwrap()).current);
+    // The agent's new run began at 40.4 s: datagram i is its number i − 101.
+    let (emitted, _) = deliver(&mut agg, 2, (105..160).map(|i| (i, i as u32 - 101)));
+    let (expected, received, flags) = agent_101(find(&emitted, T0 + W30));
+    assert_eq!(flags, wire_format::completeness_flags::RESTARTED);
+    assert_eq!(received, 45);
+    assert_eq!(expected, 5 + 49, "the dead sampler's 5, and the new run's 0..=48");
+    assert_eq!(agg.totals().agents[&101].restarts, 1);
+}
+
+/// A clean shutdown emits the open window early and saves the state; a
+/// restart within that window counts the gap in its next part, so the two
+/// parts together expect all 75.
+#[test]
+fn a_restart_after_a_clean_shutdown_counts_the_gap_in_the_next_part() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    deliver(&mut agg, 1, numbered(0..100));
+    let (windows, resume) = agg.emit_all(T0 + 40 * SECOND);
+    let early = windows.iter().find(|w| w.start_ns == T0 + W30).unwrap();
+    assert_eq!(agent_101(early), (25, 25, 0), "datagrams 75..=99");
+    let checkpoint = agg.checkpoint();
+    assert_eq!(checkpoint.agents[&101].pending, 0);
+    drop(agg);
+
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0 + W30 + 12 * SECOND);
+    let (start, part) = resume.unwrap();
+    agg.resume_window(start, part);
+    assert!(agg.restore(&checkpoint).current);
+    let (emitted, _) = deliver(&mut agg, 1, numbered(105..160));
+    let rest = find(&emitted, T0 + W30);
+    assert_eq!(rest.parts[0].0, 1);
+    assert_eq!(agent_101(rest), (50, 45, 0), "100..=104 lost, 105..=149 received");
+}
+
+/// A host whose link went down 10 s into the first window, and a clean
+/// restart of the sampler at 40 s, in the second: the first window expects
+/// its 75, and the second's two parts (the one the shutdown emitted early,
+/// the restarted sampler's) share its silence without counting any of it
+/// twice: 75 in all.
+#[test]
+fn a_restart_within_a_silent_window_imputes_each_stretch_once() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let (_, _) = deliver(&mut agg, 1, numbered(0..25));
+    let first = agg.emit_due(T0 + W30 + 2 * SECOND);
+    assert_eq!(agent_101(find(&first, T0)), (75, 25, 0));
+    let (windows, resume) = agg.emit_all(T0 + 40 * SECOND);
+    let early = agent_101(find(&windows, T0 + W30));
+    assert_eq!(early, (25, 0, wire_format::completeness_flags::SILENT), "30 s to 40 s");
+    let checkpoint = through_the_spool(&agg.checkpoint());
+    drop(agg);
+
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0 + W30 + 12 * SECOND);
+    let (start, part) = resume.unwrap();
+    agg.resume_window(start, part);
+    assert!(agg.restore(&checkpoint).current);
+    let rest = agent_101(find(&agg.emit_due(T0 + 2 * W30 + 2 * SECOND), T0 + W30));
+    assert_eq!(rest, (50, 0, wire_format::completeness_flags::SILENT), "40 s to 60 s");
 }
 
 // ---- the property ----
@@ -362,5 +716,36 @@ proptest! {
         deliveries in prop::collection::vec(delivery(), 0..3_000),
     ) {
         check(first_seq, &deliveries)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// No false gaps: an agent that sends at least once per heartbeat
+    /// interval and flush tick (5.2 s), whatever its pattern — bursts, idle
+    /// spells of heartbeats only — over a network that delays every
+    /// datagram alike by up to most of the grace period, reads complete in
+    /// every window.
+    #[test]
+    fn a_live_agent_never_reads_incomplete(
+        gaps_ms in prop::collection::vec(prop_oneof![10u64..500, 4_000u64..=5_200], 50..400),
+        delay_ms in 0u64..1_900,
+    ) {
+        let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+        let mut emitted = Vec::new();
+        let mut sent = T0 + 100 * MS;
+        for (seq, gap) in gaps_ms.iter().enumerate() {
+            let arrival = sent + delay_ms * MS;
+            emitted.extend(agg.emit_due(arrival));
+            let ingested = agg.ingest(&one(1, seq as u32, sent), arrival);
+            prop_assert!(matches!(ingested, Ingested::Accepted { .. }), "{:?}", ingested);
+            sent += gap * MS;
+        }
+        emitted.extend(agg.emit_due(sent));
+        for w in &emitted {
+            let (expected, received, flags) = agent_101(w);
+            prop_assert_eq!((expected, flags), (received, 0), "window {}", (w.start_ns - T0) / W30);
+        }
     }
 }

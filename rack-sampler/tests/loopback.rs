@@ -1,11 +1,12 @@
 //! The sampler binary on loopback: synthetic agents send real UDP datagrams;
 //! a real QUIC server in the test stands in for the collector and records
 //! every batch. Covers exact delivery across a collector outage and a
-//! sampler restart, failover between several collectors (one down from the
-//! start, one that never acknowledges, one that only answers retry-later,
-//! one stopped mid-run), a collector given by host name, the
-//! malformed-datagram corpus, the Prometheus endpoint and a refused client
-//! certificate.
+//! sampler restart, a sampler killed (SIGKILL) mid-window reporting what it
+//! missed in the window it restarts in, failover between several collectors
+//! (one down from the start, one that never acknowledges, one that only
+//! answers retry-later, one stopped mid-run), a collector given by host
+//! name, the malformed-datagram corpus, the Prometheus endpoint and a
+//! refused client certificate.
 //!
 //! Nothing here sleeps for a guessed time: every wait polls an observable
 //! condition (a metric, a batch the stand-in received, the child's exit)
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,6 +161,8 @@ struct Setup {
     /// `uplink.collectors` as the sampler is given it.
     collectors: Vec<String>,
     tls: TlsFiles,
+    /// `aggregate.window_secs`.
+    window_secs: u64,
 }
 
 impl SamplerProcess {
@@ -191,6 +195,12 @@ impl SamplerProcess {
         }
     }
 
+    /// SIGKILL, as a crash: nothing is flushed, no window emitted early.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -216,7 +226,7 @@ topology = "{topology}"
 listen = ["{ingest}", "[::1]:{port}"]
 
 [aggregate]
-window_secs = 1
+window_secs = {window_secs}
 grace_ms = 300
 sample_one_in = 4
 
@@ -244,6 +254,7 @@ listen = "{metrics}"
         cert = s.tls.cert.display(),
         key = s.tls.key.display(),
         metrics = s.metrics,
+        window_secs = s.window_secs,
     )
 }
 
@@ -256,6 +267,7 @@ fn setup(dir: &Path, pki: &DevPki) -> Setup {
         collector,
         collectors: vec![collector.to_string()],
         tls: pki.sampler("sampler-3"),
+        window_secs: 1,
     }
 }
 
@@ -463,6 +475,162 @@ async fn every_window_arrives_once_across_a_collector_outage_and_a_sampler_resta
     assert!(windows.values().all(|parts| parts.len() <= 2));
     assert_eq!(probes, sent, "probes lost or counted twice");
     assert_eq!(weights, sent, "sample weights do not add up to the records");
+}
+
+/// An agent on its own thread sending one probe datagram every 20 ms,
+/// whatever becomes of the sampler, and recording when it sent each
+/// (index: sequence number).
+struct PacedAgent {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<u64>>>,
+}
+
+impl PacedAgent {
+    fn start(to: SocketAddr, node: u32) -> PacedAgent {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut sent = Vec::new();
+            // Bounded: the test stops it well within this.
+            while !stopped.load(Ordering::Relaxed) && sent.len() < 10_000 {
+                let seq = sent.len() as u32;
+                let record = probe(node, 102, u64::from(seq), ProbeOutcome::Ok, 150_000, 10_000);
+                let at = now_ns();
+                // Nothing listens while the sampler is down: the datagram is
+                // lost, as on a real network.
+                let _ = socket.send_to(&datagram(node, 1, seq, at, &[record]), to);
+                sent.push(at);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sent
+        });
+        PacedAgent {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it; returns the send time of each datagram.
+    fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for PacedAgent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Agent `node`'s (expected, received) datagrams in the batches of window
+/// `start`.
+fn agent_in_window(r: &Received, start: u64, node: u32) -> Option<(u32, u32)> {
+    let mut found = None;
+    for bytes in r.batches.values() {
+        let view = BatchView::parse(bytes).unwrap();
+        if view.header.window_start_ns.get() != start {
+            continue;
+        }
+        let c = view.completeness.iter().find(|c| c.node_id.get() == node).unwrap();
+        let (e, g) = found.unwrap_or((0, 0));
+        found = Some((e + c.datagrams_expected.get(), g + c.datagrams_received.get()));
+    }
+    found
+}
+
+/// Issue 17: a sampler killed (SIGKILL) mid-window and restarted on the same
+/// spool directory counts, in the window it restarts in, what the agent sent
+/// while it was down and what the killed sampler had received of that window
+/// (lost with it): its batch says expected > received, and expected is
+/// exactly what the agent sent in the window. The window before, which the
+/// first sampler saw whole, reads complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampler_killed_mid_window_reports_what_it_missed_in_the_window_it_restarts_in() {
+    // Long enough for a restart to land in the window of the kill.
+    const WINDOW_SECS: u64 = 4;
+    let window_ns = WINDOW_SECS * 1_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut s = setup(dir.path(), &pki);
+    s.window_secs = WINDOW_SECS;
+    let received = Arc::new(Mutex::new(Received::default()));
+    let stand_in = StandIn::start(&pki.collector(), s.collector, received.clone());
+    let sampler = SamplerProcess::start(&s, "before-kill");
+    wait_for_metrics(s.metrics, "the sampler's endpoint", |_| true).await;
+    let agent = PacedAgent::start(s.ingest, 101);
+    let first_window = now_ns() - now_ns() % window_ns;
+
+    // Kill early in a window R, once the window before it (one the agent
+    // covered whole) was emitted and the agents' state saved with the spool.
+    let state = dir.path().join("spool").join(rack_sampler::checkpoint::FILE);
+    let deadline = Instant::now() + DEADLINE;
+    let killed_in = loop {
+        let now = now_ns();
+        let r = now - now % window_ns;
+        let saved = std::fs::read_to_string(&state).unwrap_or_default();
+        if r >= first_window + 2 * window_ns
+            && now - r < window_ns / 4
+            && saved.lines().any(|line| line == format!("through_ns {r}"))
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a saved state early in a window"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    sampler.kill();
+    let killed_ns = now_ns();
+    let sampler = SamplerProcess::start(&s, "after-kill");
+    wait_for_metrics(s.metrics, "the restarted sampler", |_| true).await;
+    // Its ingest socket was bound before its endpoint served.
+    let restarted_ns = now_ns();
+    assert_eq!(
+        restarted_ns - restarted_ns % window_ns,
+        killed_in,
+        "the sampler restarted in a later window than it was killed in"
+    );
+    while now_ns() < killed_in + window_ns + 300_000_000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = agent.stop();
+    wait_for_received(&received, "the batch of the window the sampler restarted in", |r| {
+        agent_in_window(r, killed_in, 101).is_some()
+    })
+    .await;
+    sampler.stop();
+    stand_in.stop().await;
+
+    let sent_in = |from: u64, to: u64| sent.iter().filter(|&&t| from <= t && t < to).count() as u32;
+    let r = received.lock().unwrap();
+    let (expected, got) = agent_in_window(&r, killed_in, 101).unwrap();
+    assert_eq!(
+        expected,
+        sent_in(killed_in, killed_in + window_ns),
+        "expected: every datagram the agent sent in the window ({got} received)"
+    );
+    assert!(
+        got < expected,
+        "the restart's window reads complete: {got} of {expected}"
+    );
+    assert!(
+        expected - got >= sent_in(killed_in, killed_ns),
+        "what the killed sampler received of the window is lost with it: {got} of {expected}"
+    );
+    assert!(got >= sent_in(restarted_ns, killed_in + window_ns));
+    let before = killed_in - window_ns;
+    let whole = sent_in(before, killed_in);
+    assert_eq!(
+        agent_in_window(&r, before, 101),
+        Some((whole, whole)),
+        "the window before the kill"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

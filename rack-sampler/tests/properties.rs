@@ -51,6 +51,7 @@ fn settings(sample_one_in: u32, max_batch_bytes: usize) -> Settings {
         rtt_anomaly_ns: MS,
         max_samples: 100_000,
         max_batch_bytes,
+        heartbeat_ns: 5_000_000_000,
     }
 }
 

@@ -13,6 +13,16 @@
 //! windows, older windows are skipped and what they held is merged into the
 //! first window kept.
 //!
+//! **Completeness.** Each agent's datagrams are counted per window from
+//! their sequence numbers ([`crate::completeness`]). What the numbers cannot
+//! show yet — an agent silent for the window's tail, or what an agent sent
+//! in the part of the window before the sampler started when nothing tells
+//! the sampler — is imputed at the agent's cadence (`cadence`). The agents'
+//! sequence state is saved with the spool at each emission
+//! ([`Aggregator::checkpoint`], [`crate::checkpoint`]) and taken up at start
+//! ([`Aggregator::restore`]), so a restarted sampler counts, in the window
+//! it restarts in, what its agents sent while it was down.
+//!
 //! **Bounds.** `max_paths` per window, `max_samples` raw records per window
 //! (an anomalous record may displace a sampled ordinary one) and `max_flows`
 //! remembered flows. What a bound turns away is counted: records for paths
@@ -22,6 +32,8 @@
 //! **Where things live.** This module holds the [`Aggregator`], which
 //! decides the window of each datagram, keeps agents' sequence state and
 //! closes windows. Each job it delegates has its module:
+//! - `cadence`: agents' datagram cadence and what it imputes to stretches of
+//!   a window the sequence numbers cannot account for (yet);
 //! - `flows`: flow accounting — the open-flow table and each report's share
 //!   of a window (differences of cumulative counters);
 //! - `paths`: path summaries — counts and RTT distributions per path, and
@@ -32,6 +44,7 @@
 //! - `encode`: batch encoding of a closed window, in parts if it is large;
 //! - `totals`: datagram outcomes and running totals for the metrics.
 
+mod cadence;
 mod encode;
 mod flows;
 mod paths;
@@ -45,18 +58,23 @@ use std::sync::Arc;
 use configs::{SamplerConfig, Topology};
 use wire_format::{BatchInfo, FlowRecord, MAX_BATCH_BYTES, ProbeRecord, Records};
 
+pub use self::cadence::Cadence;
+use self::cadence::Span;
 pub use self::encode::{ClosedWindow, EmittedWindow, next_part};
 pub use self::flows::FLOW_IDLE_WINDOWS;
 use self::flows::FlowTable;
 pub use self::paths::HISTOGRAM_SIGFIGS;
 use self::paths::PathKey;
 pub use self::totals::{AgentTotals, Ingested, Refusal, Totals};
-use self::window::Window;
+use self::window::{AgentWindow, Window};
+use crate::checkpoint::{AgentCheckpoint, Checkpoint};
 use crate::completeness::{Arrival, SequenceTracker};
 
 /// At most this many empty windows are emitted to catch up after the
 /// process was stopped; older ones are skipped and counted.
 pub const MAX_CATCH_UP_WINDOWS: u64 = 360;
+
+const SECOND: u64 = 1_000_000_000;
 
 /// Settings of an [`Aggregator`], from the sampler's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +101,11 @@ pub struct Settings {
     /// collector accepts, and the most it can be). Not configurable; tests
     /// lower it to split windows into parts cheaply.
     pub max_batch_bytes: usize,
+    /// The agents' heartbeat interval, ns: a live agent sends at least one
+    /// datagram this often (`aggregate.agent_heartbeat_secs`). An agent
+    /// silent for more than twice this before a window's end is missing
+    /// datagrams in it.
+    pub heartbeat_ns: u64,
 }
 
 impl Settings {
@@ -100,6 +123,7 @@ impl Settings {
             rtt_anomaly_ns: agg.rtt_anomaly_us * 1_000,
             max_samples: agg.max_samples,
             max_batch_bytes: MAX_BATCH_BYTES,
+            heartbeat_ns: agg.agent_heartbeat_secs * 1_000_000_000,
         }
     }
 }
@@ -109,6 +133,85 @@ impl Settings {
 struct Agent {
     sequence: SequenceTracker,
     last_seen_ns: u64,
+    /// Its latest measured cadence.
+    cadence: Option<Cadence>,
+    /// Datagrams imputed to its silence that its sequence numbers have not
+    /// accounted for yet: taken off the next gap they show.
+    imputed: u64,
+    /// No current saved state ties it to what it sent before the sampler
+    /// started: what it sent in the first window before then is imputed.
+    unanchored: bool,
+}
+
+/// The window being closed, as [`Agent::impute`] needs it.
+struct Closing {
+    start: u64,
+    /// Where its part not closed before begins: its start, or later if a
+    /// shutdown emitted it early and this process restarted within it.
+    from: u64,
+    /// The window's end, or the close if earlier (at shutdown).
+    until: u64,
+    heartbeat_ns: u64,
+    /// When the sampler started, if in this window.
+    started_ns: Option<u64>,
+}
+
+impl Agent {
+    /// What a window counts as expected for a new datagram whose numbers
+    /// say `expected` more were sent: silence imputed to earlier windows
+    /// that the numbers now account for is not expected twice, and the rest
+    /// of that estimate is dropped (the agent is heard again). A restart
+    /// leaves the old run's lost tail unknown: nothing is taken off.
+    fn account(&mut self, expected: u32, reordered: bool, restarted: bool) -> u32 {
+        if reordered {
+            return expected;
+        }
+        let imputed = std::mem::take(&mut self.imputed);
+        if restarted {
+            return expected;
+        }
+        // At most the numbers missing before this one: never itself.
+        let absorbed = imputed.min(u64::from(expected.saturating_sub(1)));
+        expected - u32::try_from(absorbed).unwrap_or(0)
+    }
+
+    /// What the agent's cadence says it sent, unseen, in the window closing
+    /// (`w`: what arrived of it): the part before the sampler started if it
+    /// is unanchored, and a silent tail (see [`cadence`]). Updates its
+    /// cadence, and carries the silence imputed.
+    fn impute(&mut self, w: Option<&AgentWindow>, c: &Closing) -> u32 {
+        if self.sequence.epoch().is_none() {
+            // Never heard: nothing is known of it.
+            return 0;
+        }
+        if let Some(measured) = w.and_then(|w| w.span).and_then(|s| s.cadence(c.heartbeat_ns)) {
+            self.cadence = Some(measured);
+        }
+        let cadence = self.cadence.unwrap_or(Cadence::heartbeat(c.heartbeat_ns));
+        let head_ns = match (c.started_ns, w) {
+            // A run begun after the sampler started was seen whole.
+            (Some(started), Some(w))
+                if self.unanchored && w.received > 0 && !w.restarted && u64::from(w.epoch) * SECOND < started =>
+            {
+                started.min(c.until).saturating_sub(c.start)
+            }
+            _ => 0,
+        };
+        let silent = cadence.over(cadence::silent_ns(self.last_seen_ns, c.from, c.until, c.heartbeat_ns));
+        self.imputed = self.imputed.saturating_add(silent);
+        u32::try_from(cadence.over(head_ns).saturating_add(silent)).unwrap_or(u32::MAX)
+    }
+}
+
+/// What [`Aggregator::restore`] took up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Agents of the rack whose state was taken up.
+    pub agents: usize,
+    /// The state was current: saved when the previous process emitted the
+    /// window before the one this one starts in (or a later one), so every
+    /// gap it leads to belongs to this window.
+    pub current: bool,
 }
 
 /// The sampler's aggregation state: open windows, agents' sequence state and
@@ -125,6 +228,12 @@ pub struct Aggregator {
     /// Part number to start from for one window (after a restart that
     /// emitted part of it).
     resume: Option<(u64, u16)>,
+    /// When the sampler started.
+    started_ns: u64,
+    /// How far in time the windows emitted cover (by this process, or by
+    /// the previous one if its saved state is current): the end of the
+    /// last, or its close if earlier.
+    closed_ns: u64,
     totals: Totals,
 }
 
@@ -134,7 +243,13 @@ impl Aggregator {
     pub fn new(settings: Settings, topology: Arc<Topology>, now_ns: u64) -> Aggregator {
         let agents: BTreeMap<u32, Agent> = topology
             .nodes_in_rack(settings.rack_id)
-            .map(|n| (n.id, Agent::default()))
+            .map(|n| {
+                let agent = Agent {
+                    unanchored: true,
+                    ..Agent::default()
+                };
+                (n.id, agent)
+            })
             .collect();
         let totals = Totals {
             agents: agents.keys().map(|&id| (id, AgentTotals::default())).collect(),
@@ -149,7 +264,94 @@ impl Aggregator {
             next_emit,
             windows: BTreeMap::new(),
             resume: None,
+            started_ns: now_ns,
+            closed_ns: 0,
             totals,
+        }
+    }
+
+    /// Takes up the agents' sequence state a previous process saved
+    /// ([`Aggregator::checkpoint`]), before any datagram arrives.
+    ///
+    /// *Current* state — saved when that process emitted the window before
+    /// the one this one starts in, or a later one (a shutdown emits its open
+    /// window early), with the same window length — left nothing unemitted
+    /// in between: each agent's next datagram counts as expected, in this
+    /// window, every number it sent since the saved one, and the datagrams
+    /// the previous process had counted into windows it never emitted (its
+    /// `pending`) are expected in this window too. State too old (a window
+    /// went unemitted, the clock stepped back, the window length changed)
+    /// cannot place that gap in a window: the runs are taken up all the same
+    /// (a replay of what was heard, or a restart, is recognized), but the
+    /// next datagram of an agent counts only itself, and what it sent in
+    /// this window before the sampler started is imputed at its cadence, as
+    /// with no state at all. Agents no longer in the rack are ignored.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Restored {
+        let len = self.settings.window_ns;
+        let current = checkpoint.window_ns == len
+            && (self.next_emit..=self.next_emit.saturating_add(len)).contains(&checkpoint.through_ns);
+        let first = self.next_emit;
+        if current {
+            self.closed_ns = checkpoint.closed_ns;
+        }
+        let mut restored = Restored { agents: 0, current };
+        for (&node, saved) in &checkpoint.agents {
+            let Some(agent) = self.agents.get_mut(&node) else {
+                continue;
+            };
+            *agent = Agent {
+                sequence: SequenceTracker::restored(&saved.runs, current),
+                last_seen_ns: saved.last_seen_ns,
+                cadence: saved.cadence,
+                imputed: if current { saved.imputed } else { 0 },
+                unanchored: !current,
+            };
+            restored.agents += 1;
+            if let Some(totals) = self.totals.agents.get_mut(&node) {
+                totals.last_seen_ns = saved.last_seen_ns;
+            }
+            if current && saved.pending > 0 {
+                let w = self.windows.entry(first).or_default().agents.entry(node).or_default();
+                w.epoch = saved.runs.latest.epoch;
+                w.expected = w
+                    .expected
+                    .saturating_add(u32::try_from(saved.pending).unwrap_or(u32::MAX));
+            }
+        }
+        restored
+    }
+
+    /// The agents' sequence state to save with the spool, for a restart
+    /// to take up ([`Aggregator::restore`]): taken right after emitting
+    /// (and under the same lock), so that it names the first window not
+    /// emitted, and what the sequence numbers counted into windows still
+    /// open (lost if the process dies) is `pending`.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
+        for w in self.windows.values() {
+            for (&node, a) in &w.agents {
+                *pending.entry(node).or_default() += u64::from(a.expected);
+            }
+        }
+        let agents = self
+            .agents
+            .iter()
+            .filter_map(|(&node, a)| {
+                let saved = AgentCheckpoint {
+                    runs: a.sequence.saved()?,
+                    last_seen_ns: a.last_seen_ns,
+                    cadence: a.cadence,
+                    imputed: a.imputed,
+                    pending: pending.get(&node).copied().unwrap_or(0),
+                };
+                Some((node, saved))
+            })
+            .collect();
+        Checkpoint {
+            window_ns: self.settings.window_ns,
+            through_ns: self.next_emit,
+            closed_ns: self.closed_ns,
+            agents,
         }
     }
 
@@ -191,7 +393,8 @@ impl Aggregator {
         let Some(agent) = self.agents.get_mut(&node) else {
             return refuse(self, Refusal::ForeignNode(node));
         };
-        let new = match agent.sequence.observe(header.agent_epoch.get(), header.sequence.get()) {
+        let (epoch, seq) = (header.agent_epoch.get(), header.sequence.get());
+        let new = match agent.sequence.observe(epoch, seq) {
             // Possibly a replay: refused before it can make the agent look
             // alive (last seen) when it may be long gone.
             Arrival::TooOld => return refuse(self, Refusal::TooOld),
@@ -203,7 +406,8 @@ impl Aggregator {
             } => Some((expected, reordered, restarted)),
         };
         agent.last_seen_ns = arrival_ns;
-        let epoch = agent.sequence.epoch().unwrap_or(0);
+        let counted = new.map(|(expected, reordered, restarted)| agent.account(expected, reordered, restarted));
+        let latest = agent.sequence.epoch().unwrap_or(0);
         let records = datagram.records.len();
         let agent_totals = self.totals.agents.entry(node).or_default();
         agent_totals.last_seen_ns = arrival_ns;
@@ -212,7 +416,7 @@ impl Aggregator {
             self.totals.duplicates += 1;
             let start = self.window_of(header.sent_at_ns.get(), arrival_ns);
             let w = self.window(start).agents.entry(node).or_default();
-            w.epoch = epoch;
+            w.epoch = latest;
             w.duplicate += 1;
             return Ingested::Duplicate;
         };
@@ -225,9 +429,12 @@ impl Aggregator {
 
         let start = self.window_of(header.sent_at_ns.get(), arrival_ns);
         let w = self.window(start).agents.entry(node).or_default();
-        w.epoch = epoch;
-        w.expected += expected;
+        w.epoch = latest;
+        w.expected += counted.unwrap_or_default();
         w.received += 1;
+        if !reordered {
+            Span::extend(&mut w.span, epoch, seq, arrival_ns);
+        }
         w.reordered += u32::from(reordered);
         w.restarted |= restarted;
         w.records += records as u32;
@@ -341,18 +548,30 @@ impl Aggregator {
             Some((resume_start, part)) if resume_start == start => part,
             _ => 0,
         };
+        let until = start.saturating_add(s.window_ns).min(now_ns);
+        let closing = Closing {
+            start,
+            from: start.max(self.closed_ns),
+            until,
+            heartbeat_ns: s.heartbeat_ns,
+            started_ns: (self.started_ns - self.started_ns % s.window_ns == start).then_some(self.started_ns),
+        };
         let completeness = self
             .agents
-            .iter()
+            .iter_mut()
             .map(|(&node, agent)| {
+                let w = window.agents.get(&node);
+                let imputed = agent.impute(w, &closing);
                 window::completeness(
                     node,
-                    window.agents.get(&node),
+                    w,
                     agent.sequence.epoch().unwrap_or(0),
                     agent.last_seen_ns,
+                    imputed,
                 )
             })
             .collect();
+        self.closed_ns = self.closed_ns.max(until);
         ClosedWindow {
             info,
             first_part,

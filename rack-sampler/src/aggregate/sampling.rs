@@ -123,6 +123,7 @@ mod tests {
             rtt_anomaly_ns: 1,
             max_samples,
             max_batch_bytes: wire_format::MAX_BATCH_BYTES,
+            heartbeat_ns: 5_000_000_000,
         }
     }
 

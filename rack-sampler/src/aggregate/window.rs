@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use wire_format::{AgentCompleteness, FlowRecord, ProbeRecord, completeness_flags};
 
+use super::cadence::Span;
 use super::paths::{PathAgg, PathKey};
 use super::sampling::Sampler;
 
@@ -15,7 +16,9 @@ use super::sampling::Sampler;
 pub(super) struct AgentWindow {
     /// The agent's epoch (latest run) when last heard in the window.
     pub(super) epoch: u32,
-    /// Datagrams the sequence numbers say were sent.
+    /// Datagrams the sequence numbers say were sent (less what was imputed
+    /// to an earlier window's silence), and, after a restart of the
+    /// sampler, what the previous process had received into the window.
     pub(super) expected: u32,
     /// Distinct datagrams received.
     pub(super) received: u32,
@@ -27,6 +30,8 @@ pub(super) struct AgentWindow {
     pub(super) records: u32,
     /// The agent restarted in the window.
     pub(super) restarted: bool,
+    /// Its in-order datagrams of one run, for its cadence.
+    pub(super) span: Option<Span>,
 }
 
 impl AgentWindow {
@@ -38,6 +43,7 @@ impl AgentWindow {
         self.reordered += other.reordered;
         self.records += other.records;
         self.restarted |= other.restarted;
+        self.span = self.span.or(other.span);
     }
 }
 
@@ -101,19 +107,22 @@ impl Window {
 
 /// Agent `node`'s completeness record for a window in which it sent
 /// `window` (`None`: nothing); `epoch` is its latest run and `last_seen_ns`
-/// its latest arrival, from before or during the window.
+/// its latest arrival, from before or during the window; `imputed` is what
+/// its cadence says it sent in stretches of the window the sampler could
+/// not see (see [`super::cadence`]), expected and not received.
 pub(super) fn completeness(
     node: u32,
     window: Option<&AgentWindow>,
     epoch: u32,
     last_seen_ns: u64,
+    imputed: u32,
 ) -> AgentCompleteness {
     let mut c = AgentCompleteness::new(node);
     c.last_seen_ns = last_seen_ns.into();
     match window {
         Some(w) => {
             c.agent_epoch = w.epoch.into();
-            c.datagrams_expected = w.expected.into();
+            c.datagrams_expected = w.expected.saturating_add(imputed).into();
             c.datagrams_received = w.received.into();
             c.datagrams_duplicate = w.duplicate.into();
             c.datagrams_reordered = w.reordered.into();
@@ -127,6 +136,7 @@ pub(super) fn completeness(
         }
         None => {
             c.agent_epoch = epoch.into();
+            c.datagrams_expected = imputed.into();
             c.flags |= completeness_flags::SILENT;
         }
     }
