@@ -220,16 +220,20 @@ impl Sampler {
             };
             let windows: Vec<EmittedWindow> = closed.into_iter().map(ClosedWindow::encode).collect();
             let resume = windows.last().map(aggregate::next_part);
-            let spooled = spool_windows(&spool, windows, &wake);
-            // After the part the spool last used, should it have renumbered.
-            let resume = match (resume, spooled) {
-                (Some((start, part)), Some(used)) if used.window_start_ns == start => {
-                    Some((start, part.max(used.part.saturating_add(1))))
-                }
-                (resume, _) => resume,
-            };
+            // Before the early part is spooled: a restart that finds it
+            // takes the state saved before it as too old, should this
+            // process die before saving the state after it (the early part
+            // counted what that state leads to).
             if let Some((start, part)) = resume {
                 write_resume(&spool_dir, start, part);
+            }
+            let spooled = spool_windows(&spool, windows, &wake);
+            // After the part the spool last used, should it have renumbered.
+            if let (Some((start, part)), Some(used)) = (resume, spooled)
+                && used.window_start_ns == start
+                && used.part >= part
+            {
+                write_resume(&spool_dir, start, used.part.saturating_add(1));
             }
             save_checkpoint(&checkpoint, &spool_dir);
             // The uplink finishes the batch in flight; the rest wait in the
@@ -338,8 +342,20 @@ fn take_resume(dir: &Path) -> Option<(u64, u16)> {
     Some((start.parse().ok()?, part.parse().ok()?))
 }
 
+/// Records the window a shutdown emits early, durably. If it cannot, the
+/// saved agent state is removed: a restart within that window must not take
+/// up state the early part already counted from.
 fn write_resume(dir: &Path, start: u64, part: u16) {
-    if let Err(error) = std::fs::write(dir.join(RESUME_FILE), format!("{start} {part}\n")) {
-        warn!(message = "cannot record the window emitted early; a restart within it may be stored as a duplicate", %error);
+    let path = dir.join(RESUME_FILE);
+    if let Err(error) = crate::spool::write_atomically(dir, &path, format!("{start} {part}\n").as_bytes()) {
+        warn!(message = "cannot record the window emitted early; a restart within it may be stored as a duplicate, and will impute what agents sent before it started", %error);
+        let state = dir.join(crate::checkpoint::FILE);
+        let removed = match std::fs::remove_file(&state) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+        };
+        if let Err(error) = removed {
+            warn!(message = "cannot remove the agents' sequence state either; a restart within the window emitted early may count its gaps twice", %error);
+        }
     }
 }

@@ -527,6 +527,133 @@ fn a_restart_within_a_silent_window_imputes_each_stretch_once() {
     assert_eq!(rest, (50, 0, wire_format::completeness_flags::SILENT), "40 s to 60 s");
 }
 
+/// Windows of 5 s, as in the rack simulation.
+fn settings_5s() -> Settings {
+    Settings {
+        window_ns: 5 * SECOND,
+        ..settings()
+    }
+}
+
+/// Agent 101 sending every 200 ms (datagram `i` at `T0 + i × 200 ms`,
+/// number `i`), delivered unless `down` holds `i`; emits what is due before
+/// each arrival, and up to `end`.
+fn every_200ms(
+    agg: &mut Aggregator,
+    sent: std::ops::Range<u64>,
+    down: std::ops::Range<u64>,
+    end: u64,
+) -> Vec<EmittedWindow> {
+    let mut emitted = Vec::new();
+    for i in sent {
+        if down.contains(&i) {
+            continue;
+        }
+        let at = T0 + i * 200 * MS;
+        emitted.extend(agg.emit_due(at + MS));
+        assert!(matches!(
+            agg.ingest(&one(1, i as u32, at), at + MS),
+            Ingested::Accepted { .. }
+        ));
+    }
+    emitted.extend(agg.emit_due(end));
+    emitted
+}
+
+/// The simulation's case: 5 s windows, an agent sending every 200 ms (its
+/// cadence measured over spans crossing windows), its link down 2 s into
+/// the third window and back 2.2 s into the fifth (after the fourth closed). The third window reads
+/// incomplete: the 3 s of silence at its tail, 15 datagrams, are expected;
+/// the fourth is SILENT with its 25; the fifth expects only its own 25.
+#[test]
+fn at_5s_windows_a_link_down_2s_into_a_window_reads_that_window_incomplete() {
+    let w = 5 * SECOND;
+    let mut agg = Aggregator::new(settings_5s(), topology(), T0);
+    let emitted = every_200ms(&mut agg, 0..150, 60..111, T0 + 6 * w + 2 * SECOND);
+    let at = |n: u64| agent_101(find(&emitted, T0 + n * w));
+    assert_eq!(at(0), (25, 25, 0));
+    assert_eq!(at(1), (25, 25, 0));
+    let down = at(2);
+    assert_eq!(down, (25, 10, 0), "the window the link went down in");
+    assert!(down.0 > down.1);
+    assert_eq!(at(3), (25, 0, wire_format::completeness_flags::SILENT));
+    assert_eq!(at(4), (25, 14, 0), "the window it came back in: its own share only");
+    assert_eq!(at(5), (25, 25, 0));
+}
+
+/// Without a measurement (the agent's first 5 s) the heartbeat rule stands:
+/// 3 s of silence is not taken for it.
+#[test]
+fn at_5s_windows_silence_needs_a_measurement_or_two_heartbeats() {
+    let mut agg = Aggregator::new(settings_5s(), topology(), T0);
+    let emitted = every_200ms(&mut agg, 0..10, 0..0, T0 + 5 * SECOND + 2 * SECOND);
+    assert_eq!(agent_101(find(&emitted, T0)), (10, 10, 0));
+}
+
+/// A shutdown emitted the open window early (part 0, datagrams 75..=99) and
+/// was killed before it saved the agents' state after it: the state left is
+/// the one saved when the window before was emitted. A restart within the
+/// window finds the early part named in the resume file: the state is too
+/// old, so the part it emits does not count again the pending datagrams and
+/// the gap that part 0 counted; it imputes the 12 s before it started.
+#[test]
+fn a_restart_after_a_shutdown_killed_before_saving_does_not_count_twice() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let (_, old) = deliver(&mut agg, 1, numbered(0..100));
+    let old = through_the_spool(&old.unwrap());
+    assert_eq!((old.through_ns, old.agents[&101].pending), (T0 + W30, 5));
+    let (windows, resume) = agg.emit_all(T0 + 40 * SECOND);
+    assert_eq!(agent_101(find(&windows, T0 + W30)), (25, 25, 0));
+    drop(agg); // killed before the new state was saved
+
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0 + W30 + 12 * SECOND);
+    let (start, part) = resume.unwrap();
+    assert_eq!((start, part), (T0 + W30, 1));
+    agg.resume_window(start, part);
+    assert_eq!(
+        agg.restore(&old),
+        Restored {
+            agents: 1,
+            current: false
+        }
+    );
+    let (emitted, _) = deliver(&mut agg, 1, numbered(105..160));
+    let rest = find(&emitted, T0 + W30);
+    assert_eq!(rest.parts[0].0, 1);
+    assert_eq!(
+        agent_101(rest),
+        (45 + 30, 45, 0),
+        "received 105..=149, and 12 s at 2.5/s imputed: not the 5 pending nor the gap since 79 again"
+    );
+
+    // The same state after a clean shutdown that saved it: current.
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    deliver(&mut agg, 1, numbered(0..100));
+    let (_, resume) = agg.emit_all(T0 + 40 * SECOND);
+    let saved = agg.checkpoint();
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0 + W30 + 12 * SECOND);
+    let (start, part) = resume.unwrap();
+    agg.resume_window(start, part);
+    assert!(agg.restore(&saved).current);
+}
+
+/// A restart on current state whose agent then sends nothing: the window
+/// expects the dead process's pending datagrams and received none, so it is
+/// SILENT, not a window that arrived 0 % complete.
+#[test]
+fn a_restored_agent_that_sends_nothing_reads_silent() {
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0);
+    let (_, checkpoint) = deliver(&mut agg, 1, numbered(0..100));
+    drop(agg);
+    let mut agg = Aggregator::new(settings_30s(), topology(), T0 + W30 + 12 * SECOND);
+    assert!(agg.restore(&checkpoint.unwrap()).current);
+    let emitted = agg.emit_due(T0 + 2 * W30 + 2 * SECOND);
+    let (expected, received, flags) = agent_101(find(&emitted, T0 + W30));
+    assert_eq!(received, 0);
+    assert!(expected >= 5, "the 5 pending, and the silence: {expected}");
+    assert_eq!(flags, wire_format::completeness_flags::SILENT);
+}
+
 // ---- the property ----
 
 #[derive(Debug, Clone)]
@@ -719,33 +846,51 @@ proptest! {
     }
 }
 
+/// An agent sending with gaps between `base_ms` and twice that (any
+/// cadence from 10 ms to heartbeats only, 5.2 s at most), over a network
+/// that delays every datagram alike by `delay_ms`, through windows of
+/// `settings`: every window reads complete.
+fn live_agent(settings: Settings, base_ms: u64, jitter: &[u64], delay_ms: u64) -> Result<(), TestCaseError> {
+    let window = settings.window_ns;
+    let mut agg = Aggregator::new(settings, topology(), T0);
+    let mut emitted = Vec::new();
+    let mut sent = T0 + 100 * MS;
+    for (seq, j) in jitter.iter().enumerate() {
+        let arrival = sent + delay_ms * MS;
+        emitted.extend(agg.emit_due(arrival));
+        let ingested = agg.ingest(&one(1, seq as u32, sent), arrival);
+        prop_assert!(matches!(ingested, Ingested::Accepted { .. }), "{:?}", ingested);
+        sent += (base_ms + j % (base_ms + 1)) * MS;
+    }
+    emitted.extend(agg.emit_due(sent));
+    for w in &emitted {
+        let (expected, received, flags) = agent_101(w);
+        prop_assert_eq!(
+            (expected, flags),
+            (received, 0),
+            "window {}",
+            (w.start_ns - T0) / window
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// No false gaps: an agent that sends at least once per heartbeat
-    /// interval and flush tick (5.2 s), whatever its pattern — bursts, idle
-    /// spells of heartbeats only — over a network that delays every
-    /// datagram alike by up to most of the grace period, reads complete in
-    /// every window.
+    /// No false gaps: an agent that keeps to its cadence — gaps between one
+    /// and two times a base from 10 ms to 2.6 s, so heartbeats only too
+    /// (5.2 s at most, the heartbeat interval and a flush tick) — over a
+    /// network that delays every datagram alike by up to most of the grace
+    /// period, reads complete in every window, at 30 s windows as deployed
+    /// and 5 s windows as simulated.
     #[test]
     fn a_live_agent_never_reads_incomplete(
-        gaps_ms in prop::collection::vec(prop_oneof![10u64..500, 4_000u64..=5_200], 50..400),
+        base_ms in prop_oneof![10u64..=1_000, 1_000u64..=2_600],
+        jitter in prop::collection::vec(0u64..10_000, 50..400),
         delay_ms in 0u64..1_900,
     ) {
-        let mut agg = Aggregator::new(settings_30s(), topology(), T0);
-        let mut emitted = Vec::new();
-        let mut sent = T0 + 100 * MS;
-        for (seq, gap) in gaps_ms.iter().enumerate() {
-            let arrival = sent + delay_ms * MS;
-            emitted.extend(agg.emit_due(arrival));
-            let ingested = agg.ingest(&one(1, seq as u32, sent), arrival);
-            prop_assert!(matches!(ingested, Ingested::Accepted { .. }), "{:?}", ingested);
-            sent += gap * MS;
-        }
-        emitted.extend(agg.emit_due(sent));
-        for w in &emitted {
-            let (expected, received, flags) = agent_101(w);
-            prop_assert_eq!((expected, flags), (received, 0), "window {}", (w.start_ns - T0) / W30);
-        }
+        live_agent(settings_30s(), base_ms, &jitter, delay_ms)?;
+        live_agent(settings_5s(), base_ms, &jitter, delay_ms)?;
     }
 }

@@ -58,8 +58,8 @@ use std::sync::Arc;
 use configs::{SamplerConfig, Topology};
 use wire_format::{BatchInfo, FlowRecord, MAX_BATCH_BYTES, ProbeRecord, Records};
 
-pub use self::cadence::Cadence;
 use self::cadence::Span;
+pub use self::cadence::{Cadence, SILENCE_FLOOR_NS, SILENCE_INTERVALS};
 pub use self::encode::{ClosedWindow, EmittedWindow, next_part};
 pub use self::flows::FLOW_IDLE_WINDOWS;
 use self::flows::FlowTable;
@@ -135,6 +135,8 @@ struct Agent {
     last_seen_ns: u64,
     /// Its latest measured cadence.
     cadence: Option<Cadence>,
+    /// Its in-order datagrams since the last measurement (across windows).
+    span: Option<Span>,
     /// Datagrams imputed to its silence that its sequence numbers have not
     /// accounted for yet: taken off the next gap they show.
     imputed: u64,
@@ -177,15 +179,12 @@ impl Agent {
 
     /// What the agent's cadence says it sent, unseen, in the window closing
     /// (`w`: what arrived of it): the part before the sampler started if it
-    /// is unanchored, and a silent tail (see [`cadence`]). Updates its
-    /// cadence, and carries the silence imputed.
+    /// is unanchored, and a silent tail (see [`cadence`]). Carries the
+    /// silence imputed.
     fn impute(&mut self, w: Option<&AgentWindow>, c: &Closing) -> u32 {
         if self.sequence.epoch().is_none() {
             // Never heard: nothing is known of it.
             return 0;
-        }
-        if let Some(measured) = w.and_then(|w| w.span).and_then(|s| s.cadence(c.heartbeat_ns)) {
-            self.cadence = Some(measured);
         }
         let cadence = self.cadence.unwrap_or(Cadence::heartbeat(c.heartbeat_ns));
         let head_ns = match (c.started_ns, w) {
@@ -197,7 +196,8 @@ impl Agent {
             }
             _ => 0,
         };
-        let silent = cadence.over(cadence::silent_ns(self.last_seen_ns, c.from, c.until, c.heartbeat_ns));
+        let after_ns = cadence::silence_after_ns(self.cadence, c.heartbeat_ns);
+        let silent = cadence.over(cadence::silent_ns(self.last_seen_ns, c.from, c.until, after_ns));
         self.imputed = self.imputed.saturating_add(silent);
         u32::try_from(cadence.over(head_ns).saturating_add(silent)).unwrap_or(u32::MAX)
     }
@@ -285,10 +285,21 @@ impl Aggregator {
     /// (a replay of what was heard, or a restart, is recognized), but the
     /// next datagram of an agent counts only itself, and what it sent in
     /// this window before the sampler started is imputed at its cadence, as
-    /// with no state at all. Agents no longer in the rack are ignored.
+    /// with no state at all. State saved before a shutdown emitted a window
+    /// early ([`Aggregator::resume_window`] names a window at or after its
+    /// `through_ns`: the shutdown died before saving the state after it) is
+    /// too old too, as that part counted its gaps already; so call
+    /// [`Aggregator::resume_window`] first. Agents no longer in the rack are
+    /// ignored.
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Restored {
         let len = self.settings.window_ns;
+        // A shutdown that emitted window `start` early and died (or failed
+        // to save) before saving the state after it left the state before
+        // it: it names a window not after `start`, and what it leads to is
+        // in that early part already.
+        let emitted_early = self.resume.is_some_and(|(start, _)| start >= checkpoint.through_ns);
         let current = checkpoint.window_ns == len
+            && !emitted_early
             && (self.next_emit..=self.next_emit.saturating_add(len)).contains(&checkpoint.through_ns);
         let first = self.next_emit;
         if current {
@@ -303,6 +314,7 @@ impl Aggregator {
                 sequence: SequenceTracker::restored(&saved.runs, current),
                 last_seen_ns: saved.last_seen_ns,
                 cadence: saved.cadence,
+                span: None,
                 imputed: if current { saved.imputed } else { 0 },
                 unanchored: !current,
             };
@@ -407,6 +419,11 @@ impl Aggregator {
         };
         agent.last_seen_ns = arrival_ns;
         let counted = new.map(|(expected, reordered, restarted)| agent.account(expected, reordered, restarted));
+        if let Some((_, false, _)) = new
+            && let Some(measured) = Span::measure(&mut agent.span, epoch, seq, arrival_ns, self.settings.heartbeat_ns)
+        {
+            agent.cadence = Some(measured);
+        }
         let latest = agent.sequence.epoch().unwrap_or(0);
         let records = datagram.records.len();
         let agent_totals = self.totals.agents.entry(node).or_default();
@@ -432,9 +449,6 @@ impl Aggregator {
         w.epoch = latest;
         w.expected += counted.unwrap_or_default();
         w.received += 1;
-        if !reordered {
-            Span::extend(&mut w.span, epoch, seq, arrival_ns);
-        }
         w.reordered += u32::from(reordered);
         w.restarted |= restarted;
         w.records += records as u32;

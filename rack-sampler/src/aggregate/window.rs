@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use wire_format::{AgentCompleteness, FlowRecord, ProbeRecord, completeness_flags};
 
-use super::cadence::Span;
 use super::paths::{PathAgg, PathKey};
 use super::sampling::Sampler;
 
@@ -30,8 +29,6 @@ pub(super) struct AgentWindow {
     pub(super) records: u32,
     /// The agent restarted in the window.
     pub(super) restarted: bool,
-    /// Its in-order datagrams of one run, for its cadence.
-    pub(super) span: Option<Span>,
 }
 
 impl AgentWindow {
@@ -43,7 +40,6 @@ impl AgentWindow {
         self.reordered += other.reordered;
         self.records += other.records;
         self.restarted |= other.restarted;
-        self.span = self.span.or(other.span);
     }
 }
 
