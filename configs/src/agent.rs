@@ -68,6 +68,11 @@ pub struct AgentUplink {
 pub struct FlowTracing {
     /// Report flows that stay open this often, seconds.
     pub report_open_secs: u64,
+    /// Report an open flow whose retransmission counter grew within this
+    /// long of the retransmission, ms, so the sampler counts it in the
+    /// window it happened in (not at the next open report or the close);
+    /// 0 leaves retransmissions to those.
+    pub retrans_report_ms: u64,
     /// Flows tracked at once (eBPF hash map entries); beyond it new flows are
     /// counted as dropped.
     pub max_tracked_flows: u32,
@@ -150,6 +155,7 @@ impl Default for FlowTracing {
     fn default() -> Self {
         FlowTracing {
             report_open_secs: 30,
+            retrans_report_ms: 1_000,
             max_tracked_flows: 65_536,
             ring_buffer_bytes: 1 << 20,
             max_tracked_processes: 4_096,
@@ -221,6 +227,12 @@ impl Component for AgentConfig {
         }
         let fl = &self.flows;
         c.range("flows.report_open_secs", fl.report_open_secs, 1..=86_400, "seconds");
+        c.check(
+            fl.retrans_report_ms == 0 || (10..=60_000).contains(&fl.retrans_report_ms),
+            "flows.retrans_report_ms",
+            fl.retrans_report_ms,
+            "milliseconds from 10 to 60000, or 0 to report retransmissions only with the open report and the close",
+        );
         c.range(
             "flows.max_tracked_flows",
             fl.max_tracked_flows,
@@ -258,5 +270,34 @@ impl Component for AgentConfig {
             "a Q_Key from 1 to 2147483647 (the high bit marks privileged keys)",
         );
         c.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_retrans_report_ms(ms: u64) -> Vec<Invalid> {
+        let mut config = AgentConfig {
+            node_id: 1,
+            ..AgentConfig::default()
+        };
+        config.flows.retrans_report_ms = ms;
+        config.validate()
+    }
+
+    #[test]
+    fn retrans_report_ms_is_off_or_from_10_ms_to_a_minute() {
+        assert_eq!(AgentConfig::default().flows.retrans_report_ms, 1_000);
+        for ok in [0, 10, 1_000, 60_000] {
+            assert!(with_retrans_report_ms(ok).is_empty(), "{ok} refused");
+        }
+        for bad in [1, 9, 60_001] {
+            let invalid = with_retrans_report_ms(bad);
+            assert_eq!(invalid.len(), 1, "{bad}: {invalid:?}");
+            let message = invalid[0].to_string();
+            assert!(message.contains("flows.retrans_report_ms"), "{message}");
+            assert!(message.contains("or 0"), "{message}");
+        }
     }
 }

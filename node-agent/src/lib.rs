@@ -12,8 +12,12 @@
 //!
 //! Flows still open are reported every `flows.report_open_secs` from the
 //! kernel's flow table with their current counters from [`sockdiag`];
-//! retransmissions update the table as they happen; cgroup connect
-//! programs count TCP connects per process. Tracing is scoped to a cgroup
+//! retransmissions update the table as they happen, and a flow that
+//! retransmitted is reported again within `flows.retrans_report_ms` (the
+//! program names it in the ring once per interval; [`tracer`] looks up
+//! just those flows), so the sampler counts retransmissions in the window
+//! they happened in; cgroup connect programs count TCP connects per
+//! process. Tracing is scoped to a cgroup
 //! (`flows.cgroup`) and optionally to one network namespace (`flows.netns`,
 //! compared by [`netns`] cookie in the programs).
 

@@ -214,6 +214,7 @@ async fn trace(
         config.flows.ring_buffer_bytes,
         config.flows.max_tracked_processes,
         netns_cookie,
+        config.flows.retrans_report_ms > 0,
     )?;
     info!(message = "tracing TCP flows", cgroup = %cgroup.display(), netns = ?config.flows.netns);
     let samplers: Vec<_> = [config.uplink.sampler, config.uplink.secondary_sampler]
@@ -351,6 +352,14 @@ async fn trace(
     // never closes is still seen.
     let report_open = Duration::from_secs(config.flows.report_open_secs);
     let mut open_tick = tokio::time::interval_at(tokio::time::Instant::now() + report_open, report_open);
+    // Flows that retransmitted are reported this soon after, so the
+    // sampler counts the retransmissions in the window they happened in.
+    let retrans_reports = config.flows.retrans_report_ms > 0;
+    let report_retrans = Duration::from_millis(config.flows.retrans_report_ms.max(1));
+    let mut retrans_tick = tokio::time::interval(report_retrans);
+    // Late ticks are not made up in a burst: a tick reports everything
+    // since the previous one.
+    retrans_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = std::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
@@ -366,6 +375,17 @@ async fn trace(
                 debug.probe(&record);
                 if let Some(sender) = sender.as_mut() {
                     sender.push_probe(record).await;
+                }
+            }
+            _ = retrans_tick.tick(), if retrans_reports => {
+                let reports = tracer.retransmissions();
+                {
+                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    s.flows += reports.ended.len() as u64;
+                    s.retrans_reports += reports.retransmitting.len() as u64;
+                }
+                for flow in reports.ended.into_iter().chain(reports.retransmitting) {
+                    report_flow(flow, debug, sender.as_mut()).await;
                 }
             }
             _ = open_tick.tick() => {
@@ -432,6 +452,7 @@ async fn trace(
             flows_full = drops[1],
             untracked_end = drops[2],
             procs_full = drops[3],
+            retrans_ring_full = drops[4],
             invalid_event = invalid
         );
     }

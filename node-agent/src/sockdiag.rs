@@ -10,8 +10,14 @@
 //! from the host's namespace) are not in the dump; their open reports carry
 //! the counters the flow table last saw (at establishment or the latest
 //! retransmission).
+//!
+//! Flows that retransmitted are reported within `flows.retrans_report_ms`,
+//! and only those: [`tcp_counters_of`] asks for each of them by its
+//! addresses, ports and cookie, one small request each, rather than
+//! dumping every socket of the namespace every second.
 
 use std::collections::HashMap;
+use std::net::SocketAddr as IpSocketAddr;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::SockDiagMessage;
@@ -46,6 +52,121 @@ fn cookie(raw: [u8; 8]) -> u64 {
     let lo = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
     let hi = u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// The cookie in sock_diag's layout (the inverse of [`cookie`]).
+fn cookie_bytes(cookie: u64) -> [u8; 8] {
+    let mut raw = [0u8; 8];
+    raw[..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
+    raw[4..].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+    raw
+}
+
+/// `struct tcp_info`'s counters as [`TcpCounters`].
+fn counters(info: &netlink_packet_sock_diag::inet::nlas::TcpInfo) -> TcpCounters {
+    TcpCounters {
+        bytes_acked: info.bytes_acked,
+        bytes_received: info.bytes_received,
+        segs_out: info.segs_out,
+        segs_in: info.segs_in,
+        total_retrans: info.total_retrans,
+        srtt_us: info.rtt,
+        min_rtt_us: info.min_rtt,
+    }
+}
+
+/// One TCP socket to look up: its local and remote endpoints (both IPv4,
+/// or both IPv6, IPv4-mapped included) and its cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketKey {
+    /// The local address and port.
+    pub local: IpSocketAddr,
+    /// The remote address and port.
+    pub remote: IpSocketAddr,
+    /// The socket cookie (`SO_COOKIE`, the eBPF flow table's key).
+    pub cookie: u64,
+}
+
+/// What sock_diag says of one socket of this network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Open, with these counters.
+    Open(TcpCounters),
+    /// There, without TCP counters: closed, waiting out TIME_WAIT.
+    Closing,
+    /// Not there under this cookie: another namespace's socket, or gone.
+    Absent,
+}
+
+/// Looks up each of `keys` with a request of its own (found by addresses
+/// and ports, checked by cookie): the cost is the number of sockets asked
+/// for, not the number the namespace has.
+pub fn tcp_counters_of(keys: &[SocketKey]) -> std::io::Result<Vec<Lookup>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 13);
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| lookup_one(&socket, key, i as u32 + 1, &mut buf))
+        .collect()
+}
+
+fn lookup_one(socket: &Socket, key: &SocketKey, sequence: u32, buf: &mut Vec<u8>) -> std::io::Result<Lookup> {
+    let family = if key.local.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = sequence;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states: StateFlags::all(),
+            socket_id: SocketId {
+                source_port: key.local.port(),
+                destination_port: key.remote.port(),
+                source_address: key.local.ip(),
+                destination_address: key.remote.ip(),
+                interface_id: 0,
+                cookie: cookie_bytes(key.cookie),
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut bytes = vec![0u8; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    // One reply: the socket, or an error (ENOENT: no such socket here;
+    // ESTALE: the addresses and ports are another socket's now). Replies to
+    // earlier requests cannot be pending: each was read before the next
+    // request went out; a stray one is skipped by its sequence number.
+    for _ in 0..16 {
+        buf.clear();
+        let len = socket.recv(buf, 0)?;
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[..len])
+            .map_err(|e| std::io::Error::other(format!("sock_diag reply: {e}")))?;
+        if message.header.sequence_number != sequence {
+            continue;
+        }
+        return Ok(match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => response
+                .nlas
+                .iter()
+                .find_map(|nla| match nla {
+                    Nla::TcpInfo(info) => Some(Lookup::Open(counters(info))),
+                    _ => None,
+                })
+                .unwrap_or(Lookup::Closing),
+            _ => Lookup::Absent,
+        });
+    }
+    Err(std::io::Error::other("sock_diag: no reply to a socket lookup"))
 }
 
 /// Every TCP socket of this network namespace with its counters, by
@@ -97,18 +218,7 @@ fn dump(socket: &Socket, family: u8, id: SocketId, out: &mut HashMap<u64, TcpCou
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                     for nla in response.nlas.iter() {
                         if let Nla::TcpInfo(info) = nla {
-                            out.insert(
-                                cookie(response.header.socket_id.cookie),
-                                TcpCounters {
-                                    bytes_acked: info.bytes_acked,
-                                    bytes_received: info.bytes_received,
-                                    segs_out: info.segs_out,
-                                    segs_in: info.segs_in,
-                                    total_retrans: info.total_retrans,
-                                    srtt_us: info.rtt,
-                                    min_rtt_us: info.min_rtt,
-                                },
-                            );
+                            out.insert(cookie(response.header.socket_id.cookie), counters(info));
                         }
                     }
                 }
@@ -139,6 +249,7 @@ mod tests {
         raw[..4].copy_from_slice(&(c as u32).to_ne_bytes());
         raw[4..].copy_from_slice(&((c >> 32) as u32).to_ne_bytes());
         assert_eq!(cookie(raw), c);
+        assert_eq!(cookie_bytes(c), raw);
     }
 
     /// `SO_COOKIE`: a socket's cookie, the key sock_diag reports it under
@@ -156,6 +267,81 @@ mod tests {
 
     fn cookie_of(socket: &TcpStream) -> u64 {
         nix::sys::socket::getsockopt(socket, Cookie).expect("SO_COOKIE")
+    }
+
+    /// Sockets asked for by key are found with their own counters, also
+    /// over IPv6; one waiting out TIME_WAIT is closing; a key with another
+    /// socket's cookie, or of a socket that is gone, is absent.
+    #[test]
+    fn sockets_are_looked_up_by_their_addresses_ports_and_cookie() {
+        let connect = |listener: &TcpListener, bytes: usize| {
+            let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (mut server, _) = listener.accept().expect("accept");
+            (&client).write_all(&vec![1u8; bytes]).expect("write");
+            server.read_exact(&mut vec![0u8; bytes]).expect("read");
+            (client, server)
+        };
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let v6 = TcpListener::bind("[::1]:0").expect("bind ::1");
+        let (a, _a_server) = connect(&v4, 1_234);
+        let (b, b_server) = connect(&v6, 4_321);
+        let key = |s: &TcpStream| SocketKey {
+            local: s.local_addr().expect("addr"),
+            remote: s.peer_addr().expect("peer"),
+            cookie: cookie_of(s),
+        };
+        let (a_key, b_key) = (key(&a), key(&b));
+        let wrong_cookie = SocketKey {
+            cookie: b_key.cookie,
+            ..a_key
+        };
+        // The last ACK may still be on its way: ask again for 5 s at most.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            let found = tcp_counters_of(&[a_key, b_key, wrong_cookie]).expect("sock_diag lookups");
+            let acked = |l: &Lookup| match l {
+                Lookup::Open(c) => Some(c.bytes_acked),
+                _ => None,
+            };
+            if (acked(&found[0]), acked(&found[1])) == (Some(1_235), Some(4_322)) || Instant::now() >= deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            matches!(found[0], Lookup::Open(c) if c.bytes_acked == 1_235),
+            "{found:?}"
+        );
+        assert!(
+            matches!(found[1], Lookup::Open(c) if c.bytes_acked == 4_322),
+            "{found:?}"
+        );
+        assert_eq!(found[2], Lookup::Absent);
+        // Reset (SO_LINGER 0): no TIME_WAIT, the socket is gone.
+        nix::sys::socket::setsockopt(
+            &a,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .expect("SO_LINGER");
+        drop(a);
+        assert_eq!(tcp_counters_of(&[a_key]).expect("lookup"), [Lookup::Absent]);
+        // b closes first, then its peer: b waits out TIME_WAIT.
+        drop(b);
+        drop(b_server);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let closing = loop {
+            let found = tcp_counters_of(&[b_key]).expect("lookup");
+            if found == [Lookup::Closing] || Instant::now() >= deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(closing, [Lookup::Closing]);
+        assert_eq!(tcp_counters_of(&[]).expect("no lookups"), []);
     }
 
     /// Two live connections of this process are each in the dump under

@@ -24,10 +24,15 @@ pub const OPEN_FLOW_REPORTS: Family = Family::counter(
     "flowmesh_agent_open_flow_reports_total",
     "Reports of TCP flows still open (every flows.report_open_secs).",
 );
+/// Reports of open flows whose retransmissions grew.
+pub const RETRANS_FLOW_REPORTS: Family = Family::counter(
+    "flowmesh_agent_retrans_flow_reports_total",
+    "Reports of TCP flows still open whose retransmission counter grew (within flows.retrans_report_ms of the retransmission).",
+);
 /// Kernel events lost, by reason.
 pub const KERNEL_DROPS: Family = Family::counter(
     "flowmesh_agent_kernel_drops_total",
-    "Events the eBPF programs could not deliver, by reason (ring buffer full, flow table full, flow ended untracked, process table full, event invalid to the agent).",
+    "Events the eBPF programs could not deliver, by reason (ring buffer full, flow table full, flow ended untracked, process table full, ring buffer full at a retransmission, event invalid to the agent).",
 );
 /// Datagrams sent.
 pub const DATAGRAMS_SENT: Family =
@@ -75,6 +80,7 @@ pub const FAMILIES: &[Family] = &[
     FLOWS,
     CONNECTS,
     OPEN_FLOW_REPORTS,
+    RETRANS_FLOW_REPORTS,
     KERNEL_DROPS,
     DATAGRAMS_SENT,
     RECORDS_SENT,
@@ -89,8 +95,13 @@ pub const FAMILIES: &[Family] = &[
 
 /// Labels of [`AgentStats::kernel_drops`], in the eBPF drop counters' order
 /// (node-ebpf-common's `drops`).
-pub const KERNEL_DROP_REASONS: [&str; KERNEL_DROP_COUNTERS] =
-    ["ring_full", "flows_full", "untracked_end", "procs_full"];
+pub const KERNEL_DROP_REASONS: [&str; KERNEL_DROP_COUNTERS] = [
+    "ring_full",
+    "flows_full",
+    "untracked_end",
+    "procs_full",
+    "retrans_ring_full",
+];
 /// The label of [`AgentStats::invalid_events`] beside them: events the
 /// programs delivered that the agent could not read (`tracer::InvalidEvent`).
 pub const INVALID_EVENT_REASON: &str = "invalid_event";
@@ -139,6 +150,9 @@ pub struct AgentStats {
     pub flows: u64,
     /// Reports of flows still open (`flows.report_open_secs`).
     pub open_reports: u64,
+    /// Reports of flows still open that retransmitted
+    /// (`flows.retrans_report_ms`).
+    pub retrans_reports: u64,
     /// The kernel side's drops, by [`KERNEL_DROP_REASONS`].
     pub kernel_drops: [u64; KERNEL_DROP_COUNTERS],
     /// Kernel events refused as invalid (short, or a value the shared
@@ -166,6 +180,7 @@ pub fn endpoint(stats: Arc<Mutex<AgentStats>>, probes: Arc<Mutex<ProbeStats>>) -
             let p = *lock(&probes);
             FLOWS.absolute(&[], s.flows);
             OPEN_FLOW_REPORTS.absolute(&[], s.open_reports);
+            RETRANS_FLOW_REPORTS.absolute(&[], s.retrans_reports);
             for (comm, count) in lock(&labels).series(&s.connects) {
                 CONNECTS.absolute(&[("comm", &comm)], count);
             }
@@ -206,7 +221,8 @@ mod tests {
         let stats = AgentStats {
             flows: 11,
             open_reports: 2,
-            kernel_drops: [1, 2, 3, 4],
+            retrans_reports: 3,
+            kernel_drops: [1, 2, 3, 4, 6],
             invalid_events: 5,
             connects: [("curl".to_string(), 7)].into_iter().collect(),
             sender: SenderStats {
@@ -234,10 +250,12 @@ mod tests {
         for series in [
             "flowmesh_agent_flows_total 11",
             "flowmesh_agent_open_flow_reports_total 2",
+            "flowmesh_agent_retrans_flow_reports_total 3",
             "flowmesh_agent_connects_total{comm=\"curl\"} 7",
             "flowmesh_agent_connects_total{comm=\"other\"} 0",
             "flowmesh_agent_kernel_drops_total{reason=\"ring_full\"} 1",
             "flowmesh_agent_kernel_drops_total{reason=\"procs_full\"} 4",
+            "flowmesh_agent_kernel_drops_total{reason=\"retrans_ring_full\"} 6",
             "flowmesh_agent_kernel_drops_total{reason=\"invalid_event\"} 5",
             "flowmesh_agent_datagrams_sent_total 12",
             "flowmesh_agent_records_sent_total 13",

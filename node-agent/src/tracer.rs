@@ -1,6 +1,16 @@
 //! Loads the sock_ops program, attaches it to a cgroup v2 and turns its
 //! ring-buffer events into wire-format flow records.
 //!
+//! Three kinds of report leave here: a flow's close (its ring-buffer
+//! event), flows still open every `flows.report_open_secs`
+//! ([`Tracer::open_flows`], from the flow table), and flows still open
+//! whose retransmission counter grew, every `flows.retrans_report_ms`
+//! ([`Tracer::retransmissions`]): the program puts an open flow in the ring
+//! at its first retransmission of each report epoch, and the agent
+//! reports just those flows, with their counters now, so the sampler
+//! charges retransmissions to the window they happened in rather than to
+//! the one of the next periodic report or of the close.
+//!
 //! The kernel/user boundary is crossed in one place: [`read_event`] reads a
 //! [`FlowEvent`] from a ring-buffer item or map value (zerocopy, via
 //! node-ebpf-common's `user` feature), and [`flow`] converts it into a
@@ -14,17 +24,19 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use node_ebpf_common::{
     AF_INET, AF_INET6, CONNECT_PROGRAMS, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FlowEvent, PROCS_MAP, ProcessConnects,
-    SOCK_OPS_PROGRAM, direction, drops, end_reason,
+    RETRANS_EPOCH_MAP, SOCK_OPS_PROGRAM, direction, drops, end_reason,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 use wire_format::{Direction, EndReason, Flow};
 use zerocopy::FromBytes;
+
+use crate::sockdiag::{Lookup, SocketKey, TcpCounters};
 
 /// The compiled eBPF object, built by build.rs from ../node-ebpf.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmesh-flows"));
@@ -73,10 +85,29 @@ pub struct Tracer {
     flows: HashMap<MapData, u64, [u8; FLOW_EVENT_LEN]>,
     procs: PerCpuHashMap<MapData, u32, [u8; PROCESS_CONNECTS_LEN]>,
     drops: PerCpuArray<MapData, u64>,
+    /// The programs' retransmission report epoch (one element).
+    epoch_map: Array<MapData, u64>,
+    /// Its current value; 0 while prompt retransmission reports are off.
+    epoch: u64,
+    /// Open flows that retransmitted since the last
+    /// [`Tracer::retransmissions`], by cookie, as the program saw them at
+    /// their first retransmission of the epoch.
+    retransmitted: std::collections::HashMap<u64, FlowEvent>,
     clock: Clock,
     invalid: InvalidEvents,
     /// Connects of processes that have exited, by command name.
     retired: std::collections::BTreeMap<String, u64>,
+}
+
+/// What [`Tracer::retransmissions`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetransReports {
+    /// Flows that ended (drained from the ring on the way), to report as
+    /// [`Tracer::take_flows`] returns them.
+    pub ended: Vec<Flow>,
+    /// Flows still open that retransmitted since the previous call, with
+    /// their counters now (end reason open).
+    pub retransmitting: Vec<Flow>,
 }
 
 /// Bytes of a [`FlowEvent`] as the programs store it. (aya reads map values
@@ -178,12 +209,15 @@ impl Tracer {
     /// `cgroup`, so only its processes' sockets are seen.
     /// `max_processes` bounds the per-process connect counters; a non-zero
     /// `netns_cookie` limits tracing to that network namespace's sockets.
+    /// With `retrans_reports`, the programs tell the agent which open flows
+    /// retransmit, for [`Tracer::retransmissions`].
     pub fn attach(
         cgroup: &Path,
         max_flows: u32,
         ring_bytes: u32,
         max_processes: u32,
         netns_cookie: u64,
+        retrans_reports: bool,
     ) -> Result<Tracer, TracerError> {
         // Wake the agent when an eighth of the ring waits; it drains the
         // rest on its flush timer (Tracer::take_events).
@@ -248,6 +282,19 @@ impl Tracer {
             name: PROCS_MAP,
             message: e.to_string(),
         })?;
+        let mut epoch_map = Array::try_from(map(RETRANS_EPOCH_MAP, &mut ebpf)?).map_err(|e| TracerError::Map {
+            name: RETRANS_EPOCH_MAP,
+            message: e.to_string(),
+        })?;
+        // Epoch 0, the map's initial value, keeps the programs from
+        // sending retransmission events at all.
+        let epoch = u64::from(retrans_reports);
+        if retrans_reports {
+            epoch_map.set(0, epoch, 0).map_err(|e| TracerError::Map {
+                name: RETRANS_EPOCH_MAP,
+                message: e.to_string(),
+            })?;
+        }
         // `AsyncFd::new` is deprecated because a caller could close the fd
         // while it is registered; here the AsyncFd owns the ring buffer,
         // which owns its fd, so it lives exactly as long as the
@@ -260,6 +307,9 @@ impl Tracer {
             flows,
             procs,
             drops,
+            epoch_map,
+            epoch,
+            retransmitted: std::collections::HashMap::new(),
             clock: Clock::now(),
             invalid: InvalidEvents::default(),
             retired: std::collections::BTreeMap::new(),
@@ -272,7 +322,12 @@ impl Tracer {
     pub async fn next_flows(&mut self) -> Result<Vec<Flow>, TracerError> {
         loop {
             let mut guard = self.events.readable_mut().await?;
-            let (flows, read) = drain(guard.get_inner_mut(), self.clock, &mut self.invalid);
+            let (flows, read) = drain(
+                guard.get_inner_mut(),
+                self.clock,
+                &mut self.invalid,
+                &mut self.retransmitted,
+            );
             guard.clear_ready();
             if read > 0 {
                 return Ok(flows);
@@ -284,7 +339,84 @@ impl Tracer {
     /// wakeup: the programs only wake the agent for a batch, so it calls
     /// this on a timer too.
     pub fn take_flows(&mut self) -> Vec<Flow> {
-        drain(self.events.get_mut(), self.clock, &mut self.invalid).0
+        drain(
+            self.events.get_mut(),
+            self.clock,
+            &mut self.invalid,
+            &mut self.retransmitted,
+        )
+        .0
+    }
+
+    /// The open flows that retransmitted since the previous call, with
+    /// their counters now — from sock_diag where this network namespace
+    /// has the socket, else as the flow table saw them at their latest
+    /// retransmission — and the flows that ended meanwhile (a flow that
+    /// ended is reported by its close alone). Call it every
+    /// `flows.retrans_report_ms`; with retransmission reports off it
+    /// returns nothing.
+    ///
+    /// It starts a new epoch before it reads the ring: a retransmission
+    /// the program saw under the old epoch either put its flow in the ring
+    /// (read here or at the next call) or found the flow already there
+    /// from earlier in the epoch — whose report, read after this point,
+    /// counts it. Every retransmission is reported at the first or second
+    /// call after it, never left to the periodic report.
+    pub fn retransmissions(&mut self) -> RetransReports {
+        if self.epoch == 0 {
+            return RetransReports::default();
+        }
+        self.epoch += 1;
+        if let Err(error) = self.epoch_map.set(0, self.epoch, 0) {
+            // The programs keep the old epoch: flows they already sent
+            // wait for the periodic report until a later call gets through.
+            warn!(message = "could not start a new retransmission epoch", %error);
+        }
+        let ended = self.take_flows();
+        let events: Vec<FlowEvent> = std::mem::take(&mut self.retransmitted).into_values().collect();
+        RetransReports {
+            ended,
+            retransmitting: self.with_current_counters(events),
+        }
+    }
+
+    /// `events`, open flows, as reports now: with their current counters,
+    /// leaving out those that are closing or gone (their close reports
+    /// them). sock_diag is asked before the flow table: a socket that
+    /// closed after that lookup is no longer in the table (the program
+    /// removes it there before the kernel unhashes the socket), so no
+    /// report carries counters older than one already sent.
+    fn with_current_counters(&mut self, events: Vec<FlowEvent>) -> Vec<Flow> {
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let now = boot_ns();
+        let keys: Vec<Option<SocketKey>> = events.iter().map(socket_key).collect();
+        let known: Vec<SocketKey> = keys.iter().flatten().copied().collect();
+        let mut found = crate::sockdiag::tcp_counters_of(&known)
+            .unwrap_or_else(|error| {
+                warn!(message = "sock_diag lookup failed; reporting retransmitting flows as the flow table saw them", %error);
+                Vec::new()
+            })
+            .into_iter();
+        let mut flows = Vec::with_capacity(events.len());
+        for (mut event, key) in events.into_iter().zip(keys) {
+            let lookup = key.and_then(|_| found.next()).unwrap_or(Lookup::Absent);
+            match lookup {
+                Lookup::Open(counters) => with_counters(&mut event, &counters),
+                Lookup::Closing => continue,
+                // Another namespace's socket: as the table saw it at its
+                // latest retransmission. Or closed since: its close
+                // reports everything.
+                Lookup::Absent => match self.table_entry(event.cookie) {
+                    Some(entry) => event = entry,
+                    None => continue,
+                },
+            }
+            event.end_boot_ns = now;
+            flows.extend(self.invalid.keep(flow(&event, self.clock)));
+        }
+        flows
     }
 
     /// The flows open now that have been open for at least `min_age_ns`
@@ -309,19 +441,35 @@ impl Tracer {
         let current = crate::sockdiag::tcp_counters().unwrap_or_default();
         let mut flows = Vec::with_capacity(open.len());
         for mut event in open {
-            event.end_boot_ns = now;
-            if let Some(c) = current.get(&event.cookie) {
-                event.bytes_acked = c.bytes_acked;
-                event.bytes_received = c.bytes_received;
-                event.segs_out = c.segs_out;
-                event.segs_in = c.segs_in;
-                event.total_retrans = c.total_retrans;
-                event.srtt_us = c.srtt_us;
-                event.rtt_min_us = c.min_rtt_us;
+            match current.get(&event.cookie) {
+                Some(c) => with_counters(&mut event, c),
+                // Not in the dump: another namespace's socket, or one that
+                // closed since the table was read — then gone from the
+                // table too, and its close reports it (reported here, the
+                // table's older counters could undercut a report sent
+                // before with sock_diag's).
+                None => match self.table_entry(event.cookie) {
+                    Some(entry) => event = entry,
+                    None => continue,
+                },
             }
+            event.end_boot_ns = now;
             flows.extend(self.invalid.keep(flow(&event, self.clock)));
         }
         flows
+    }
+
+    /// The flow table's entry for `cookie` now: `None` once the flow has
+    /// closed (an entry the agent cannot read is counted as invalid).
+    fn table_entry(&mut self, cookie: u64) -> Option<FlowEvent> {
+        let bytes = self.flows.get(&cookie, 0).ok()?;
+        match read_event(&bytes) {
+            Ok(event) => Some(event),
+            Err(invalid) => {
+                self.invalid.keep(Err(invalid));
+                None
+            }
+        }
     }
 
     /// Kernel events refused since start (short items, unknown values):
@@ -379,16 +527,68 @@ impl Tracer {
     }
 }
 
-/// The flows in the ring buffer's items, and how many items were read;
-/// invalid ones are counted in `invalid` and dropped.
-fn drain(ring: &mut RingBuf<MapData>, clock: Clock, invalid: &mut InvalidEvents) -> (Vec<Flow>, usize) {
+/// The flows that ended in the ring buffer's items, and how many items
+/// were read; open flows' retransmission events go to `retransmitted`
+/// (a flow's close removes it there: the close reports everything);
+/// invalid items are counted in `invalid` and dropped.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    clock: Clock,
+    invalid: &mut InvalidEvents,
+    retransmitted: &mut std::collections::HashMap<u64, FlowEvent>,
+) -> (Vec<Flow>, usize) {
     let mut flows = Vec::new();
     let mut read = 0;
     while let Some(item) = ring.next() {
         read += 1;
-        flows.extend(invalid.keep(read_event(&item).and_then(|event| flow(&event, clock))));
+        flows.extend(sort_item(&item, clock, invalid, retransmitted));
     }
     (flows, read)
+}
+
+/// One ring-buffer item: the flow, if it ended; an open flow's
+/// retransmission event goes to `retransmitted` instead, where the flow's
+/// close, if it comes first, takes it out again.
+fn sort_item(
+    item: &[u8],
+    clock: Clock,
+    invalid: &mut InvalidEvents,
+    retransmitted: &mut std::collections::HashMap<u64, FlowEvent>,
+) -> Option<Flow> {
+    match read_event(item) {
+        Ok(event) if event.end_reason == end_reason::OPEN => {
+            retransmitted.insert(event.cookie, event);
+            None
+        }
+        Ok(event) => {
+            retransmitted.remove(&event.cookie);
+            invalid.keep(flow(&event, clock))
+        }
+        Err(error) => invalid.keep(Err(error)),
+    }
+}
+
+/// Sets `event`'s counters to `c`'s (sock_diag's, current).
+fn with_counters(event: &mut FlowEvent, c: &TcpCounters) {
+    event.bytes_acked = c.bytes_acked;
+    event.bytes_received = c.bytes_received;
+    event.segs_out = c.segs_out;
+    event.segs_in = c.segs_in;
+    event.total_retrans = c.total_retrans;
+    event.srtt_us = c.srtt_us;
+    event.rtt_min_us = c.min_rtt_us;
+}
+
+/// How sock_diag finds `event`'s socket; `None` for an address family the
+/// shared definition does not have (the event is refused later anyway).
+fn socket_key(event: &FlowEvent) -> Option<SocketKey> {
+    let local = address(event.family, &event.local_addr).ok()?;
+    let remote = address(event.family, &event.remote_addr).ok()?;
+    Some(SocketKey {
+        local: std::net::SocketAddr::new(local, event.local_port),
+        remote: std::net::SocketAddr::new(remote, event.remote_port),
+        cookie: event.cookie,
+    })
 }
 
 /// A [`FlowEvent`] from the bytes of a ring-buffer item or map value
@@ -596,7 +796,7 @@ mod tests {
         assert_eq!(read_event(&[]), Err(InvalidEvent::Length(0)));
         let mut long = bytes.to_vec();
         long.push(0);
-        assert_eq!(read_event(&long), Err(InvalidEvent::Length(113)));
+        assert_eq!(read_event(&long), Err(InvalidEvent::Length(FLOW_EVENT_LEN + 1)));
         // The layout is node-ebpf-common's: the cookie first, native order.
         assert_eq!(bytes[..8], e.cookie.to_ne_bytes());
         assert_eq!(bytes[78..80], [direction::OUTBOUND, end_reason::CLOSED]);
@@ -628,6 +828,48 @@ mod tests {
             .collect();
         assert_eq!(flows.len(), 2);
         assert_eq!(invalid.count(), 2);
+    }
+
+    /// Retransmission events (open) wait for the next retransmission
+    /// report, one per flow however many came; a flow's close reports it
+    /// and takes its waiting event out; invalid items are counted.
+    #[test]
+    fn ring_items_are_sorted_into_ended_flows_and_retransmitting_ones() {
+        let open = |cookie: u64, retrans: u32| FlowEvent {
+            cookie,
+            end_reason: end_reason::OPEN,
+            old_state: 0,
+            total_retrans: retrans,
+            retrans_epoch: 7,
+            ..event()
+        };
+        let closed = |cookie: u64| FlowEvent { cookie, ..event() };
+        let items = [
+            open(1, 1),
+            open(2, 4),
+            open(1, 3),
+            closed(2),
+            closed(3),
+            FlowEvent {
+                direction: 9,
+                ..open(4, 1)
+            },
+        ];
+        let (mut invalid, mut retransmitted) = (InvalidEvents::default(), std::collections::HashMap::new());
+        let ended: Vec<Flow> = items
+            .iter()
+            .filter_map(|e| sort_item(e.as_bytes(), clock(), &mut invalid, &mut retransmitted))
+            .collect();
+        assert_eq!(ended.iter().map(|f| f.flow_id).collect::<Vec<_>>(), [2, 3]);
+        assert!(ended.iter().all(|f| f.end_reason == EndReason::Closed));
+        // Flow 1 waits once, as its latest event; flow 2 closed; flow 4's
+        // event waits too, and is refused when it is converted.
+        let mut waiting: Vec<(u64, u32)> = retransmitted.values().map(|e| (e.cookie, e.total_retrans)).collect();
+        waiting.sort();
+        assert_eq!(waiting, [(1, 3), (4, 1)]);
+        assert_eq!(invalid.count(), 0);
+        assert_eq!(sort_item(&[0u8; 8], clock(), &mut invalid, &mut retransmitted), None);
+        assert_eq!(invalid.count(), 1);
     }
 
     #[test]

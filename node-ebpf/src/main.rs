@@ -1,7 +1,8 @@
 //! flowmesh's kernel side, attached to a cgroup v2: a sock_ops program that
 //! sees every TCP connection of the cgroup's processes established, keeps
-//! it in a flow table while it is open (updated at each retransmission)
-//! and reports it closed, IPv4 and IPv6, active and
+//! it in a flow table while it is open (updated at each retransmission,
+//! and put in the ring at its first retransmission of each of the agent's
+//! report epochs) and reports it closed, IPv4 and IPv6, active and
 //! passive; and connect4/connect6 programs that count TCP connects per
 //! process, in the caller's context (pid and comm are its).
 //!

@@ -86,3 +86,34 @@ pub(crate) fn python_in(cgroup: &TestCgroup, netns: Option<&str>, script: &str) 
         .status()
         .unwrap()
 }
+
+/// A process the test started, killed (and reaped) on drop, so a failing
+/// test leaves nothing running — nor a process in a cgroup or namespace
+/// that its guard then cannot remove.
+pub(crate) struct Running(pub(crate) Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `python3 -c script` as a process of `cgroup`, inside network
+/// namespace `netns` if given, without waiting for it (see [`python_in`]).
+/// The shell execs nsenter, which execs python3: the child's pid is the
+/// script's, so [`Running`] kills the script itself.
+pub(crate) fn spawn_python_in(cgroup: &TestCgroup, netns: Option<&str>, script: &str) -> Running {
+    let enter = netns.map_or(String::new(), |ns| format!("nsenter --net=/run/netns/{ns} "));
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {enter}python3 -c \"$0\"",
+            cgroup.0.display()
+        ))
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    Running(child)
+}

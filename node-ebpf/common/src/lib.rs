@@ -24,8 +24,15 @@
 //! without it, and its integration tests load the real object.
 #![no_std]
 
-/// Name of the ring buffer map carrying [`FlowEvent`]s.
+/// Name of the ring buffer map carrying [`FlowEvent`]s: flows that ended,
+/// and open flows that retransmitted (end reason [`end_reason::OPEN`]; at
+/// most one per flow per [`RETRANS_EPOCH_MAP`] epoch).
 pub const EVENTS_MAP: &str = "FLOW_EVENTS";
+/// Name of the one-element array holding the agent's retransmission report
+/// epoch (a `u64`; 0: no retransmission events). The agent advances it at
+/// each of its retransmission reports; an open flow's first retransmission
+/// in an epoch puts the flow in the ring ([`FlowEvent::retrans_epoch`]).
+pub const RETRANS_EPOCH_MAP: &str = "RETRANS_EPOCH";
 /// Name of the hash map of established flows (socket cookie → their latest
 /// [`FlowEvent`], `end_reason` [`end_reason::OPEN`]).
 pub const FLOWS_MAP: &str = "FLOWS";
@@ -76,8 +83,12 @@ pub mod drops {
     pub const UNTRACKED_END: u32 = 2;
     /// The process table was full: a process's connects went uncounted.
     pub const PROCS_FULL: u32 = 3;
+    /// The ring buffer was full when an open flow retransmitted: its
+    /// prompt report waits for its next retransmission, the periodic open
+    /// report or its close.
+    pub const RETRANS_RING_FULL: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Direction of a flow's open, numbered as wire-format's `Direction`.
@@ -91,7 +102,8 @@ pub mod direction {
 /// How a flow ended, numbered as wire-format's `EndReason` (whose
 /// `Timeout` the programs cannot tell apart from a reset, so never write).
 pub mod end_reason {
-    /// Still open: a map entry, or a periodic report of it.
+    /// Still open: a map entry, a retransmission event, or a periodic
+    /// report of it.
     pub const OPEN: u8 = 0;
     /// Closed by FIN exchange.
     pub const CLOSED: u8 = 1;
@@ -100,7 +112,8 @@ pub mod end_reason {
 }
 
 /// One TCP flow as the sock_ops program saw it: at close (in the ring
-/// buffer), or as of its latest refresh while open (in the flow map).
+/// buffer), as of its latest refresh while open (in the flow map), or at a
+/// retransmission (in the ring buffer, end reason [`end_reason::OPEN`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(
@@ -150,9 +163,13 @@ pub struct FlowEvent {
     pub old_state: u32,
     /// `bytes_acked` at establishment (the SYN's sequence number).
     pub start_bytes_acked: u32,
+    /// The [`RETRANS_EPOCH_MAP`] epoch in which the flow last went into the
+    /// ring for retransmitting (0: never): the program's note that the
+    /// agent already knows, so a burst costs one event per epoch.
+    pub retrans_epoch: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 120);
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub mod tcp_state {
