@@ -2,9 +2,11 @@
 //! in network namespaces, runs agents (real eBPF), samplers and a collector
 //! on them with TCP traffic, runs clean for three minutes — which must yield
 //! no anomaly — then injects each fault class (host down, host NIC loss,
-//! rack uplink loss, rack-pair queueing delay, TCP retransmissions) and
-//! fails unless the analyzer names each one, with the right element,
-//! within two aggregation windows. With `--prometheus`, each fault's alert
+//! rack uplink loss, rack-pair queueing delay, TCP retransmissions,
+//! one-directional loss between two hosts, a flapping host, a sampler
+//! crash) and fails unless the analyzer names each one, with the right
+//! element (a telemetry gap for the crash), within two aggregation windows,
+//! and the flapping host is one incident. With `--prometheus`, each fault's alert
 //! must also reach a webhook through a real Prometheus (the shipped rules)
 //! and Alertmanager, and resolve; nothing may fire in the clean period;
 //! every Grafana panel's query must return data. Afterwards nothing of it
@@ -28,21 +30,25 @@ fn rack_sim_names_every_fault_within_two_windows() {
     // shipped rules, Alertmanager posting to the simulation's webhook.
     let stdout = run_and_check(&["--clean-secs", "180", "--prometheus"]);
     assert!(stdout.contains("clean period: 0 alerts fired"), "{stdout}");
-    for (alert, element) in [
-        ("FlowmeshHostDroppingPackets", "r2n2"),
-        ("FlowmeshHostDroppingPackets", "r1n3"),
-        ("FlowmeshRackUplinkDegraded", "rack3"),
-        ("FlowmeshRackPairDegraded", "rack1↔rack2"),
-        ("FlowmeshHostDroppingPackets", "r3n1"),
+    // The node pair is named with its direction when TCP shows one.
+    for (alert, elements) in [
+        ("FlowmeshHostDroppingPackets", &["r2n2"][..]),
+        ("FlowmeshHostDroppingPackets", &["r1n3"]),
+        ("FlowmeshRackUplinkDegraded", &["rack3"]),
+        ("FlowmeshRackPairDegraded", &["rack1↔rack2"]),
+        ("FlowmeshHostDroppingPackets", &["r3n1"]),
+        ("FlowmeshNodePairDegraded", &["r1n2→r3n2", "r1n2↔r3n2"]),
+        ("FlowmeshHostDroppingPackets", &["r2n3"]),
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(alert)
-                && l.contains(element)
+                && elements.iter().any(|e| l.contains(e))
                 && l.ends_with("windows)")
                 && !l.contains("NOT RESOLVED")),
-            "{alert} {element} did not fire and resolve:\n{stdout}"
+            "{alert} {elements:?} did not fire and resolve:\n{stdout}"
         );
     }
+    assert!(stdout.contains("incidents of host r2n3"), "{stdout}");
     assert!(stdout.contains("Grafana dashboards: "), "{stdout}");
 }
 
@@ -74,7 +80,16 @@ fn run_and_check(args: &[&str]) -> String {
         stdout.contains("clean period:") && stdout.contains(", 0 anomalies"),
         "{stdout}"
     );
-    for fault in ["HostDown", "NicLoss", "UplinkLoss", "RackPairDelay", "TcpRetrans"] {
+    for fault in [
+        "HostDown",
+        "NicLoss",
+        "UplinkLoss",
+        "RackPairDelay",
+        "TcpRetrans",
+        "PathLoss",
+        "HostFlap",
+        "SamplerCrash",
+    ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(fault) && l.contains("windows)")),
             "{fault} not detected:\n{stdout}"

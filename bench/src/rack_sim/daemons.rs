@@ -215,9 +215,8 @@ impl Daemons {
                 tls: &pki.sampler(rack),
                 metrics: addr(sampler_ip(r), SAMPLER_METRICS_PORT),
             };
-            let config = self.write(&format!("{name}.toml"), &sampler.render())?;
-            let program = self.bin.join("flowmesh-sampler");
-            self.spawn(&name, &net.switch(r), &program, &config_arg(&config))?;
+            self.write(&format!("{name}.toml"), &sampler.render())?;
+            self.start_sampler(net, r)?;
         }
         for node in &net.nodes {
             let name = format!("agent-{}", node.name());
@@ -249,10 +248,28 @@ impl Daemons {
         self.spawn(&name, &net.spine(), &program, &config_arg(&config))
     }
 
-    /// Stops collector `i` and forgets it: with SIGTERM, as an operator
-    /// would, or with SIGKILL, as a crash would.
+    /// Starts rack `r`'s sampler on its switch with the configuration
+    /// [`Daemons::start`] wrote (and the spool it left, after a stop).
+    pub(super) fn start_sampler(&mut self, net: &Network, r: u32) -> anyhow::Result<()> {
+        let name = format!("sampler-rack{r}");
+        let program = self.bin.join("flowmesh-sampler");
+        let config = self.dir.join(format!("{name}.toml"));
+        self.spawn(&name, &net.switch(r), &program, &config_arg(&config))
+    }
+
+    /// Stops rack `r`'s sampler (see [`Daemons::stop`]).
+    pub(super) fn stop_sampler(&mut self, r: u32, crash: bool) -> anyhow::Result<()> {
+        self.stop(&format!("sampler-rack{r}"), crash, STOP_GRACE)
+    }
+
+    /// Stops collector `i` (see [`Daemons::stop`]).
     pub(super) fn stop_collector(&mut self, i: u16, crash: bool) -> anyhow::Result<()> {
-        let name = Self::collector_name(i);
+        self.stop(&Self::collector_name(i), crash, COLLECTOR_STOP_GRACE)
+    }
+
+    /// Stops the process `name` and forgets it: with SIGTERM, as an operator
+    /// would (SIGKILL after `grace`), or with SIGKILL, as a crash would.
+    fn stop(&mut self, name: &str, crash: bool, grace: Duration) -> anyhow::Result<()> {
         let at = self
             .children
             .iter()
@@ -264,7 +281,7 @@ impl Daemons {
             child.wait()?;
             return Ok(());
         }
-        terminate([&mut child], COLLECTOR_STOP_GRACE)
+        terminate([&mut child], grace)
     }
 
     /// How many daemons Prometheus has up, and the expositions promtool

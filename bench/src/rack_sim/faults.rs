@@ -9,7 +9,16 @@
 //!   filled by a UDP stream between the two racks (no netem here: the delay
 //!   comes from a real queue);
 //! - TCP retransmissions: the node's switch port drops 10 % of its TCP
-//!   segments, both ways (probes unaffected).
+//!   segments, both ways (probes unaffected);
+//! - one-directional path loss: the spine drops 30 % of what one host sends
+//!   to one host of another rack, that way only (a bad ECMP member, an
+//!   ACL): probes both ways see it (a round trip crosses it once), TCP only
+//!   on the flows sending that way;
+//! - a flapping host: its link goes down for 10 s and up for 10 s, three
+//!   times — one incident, not three;
+//! - a sampler crash: a rack's sampler is killed (SIGKILL) and restarted on
+//!   its spool 3 s later — the window it restarted in must read incomplete
+//!   (a telemetry gap), not complete.
 //!
 //! Every change a fault makes lives in a namespace of the simulation (an
 //! nftables table `fmfault`, a qdisc, a link state) or in a process the
@@ -37,6 +46,12 @@ pub(crate) enum FaultKind {
     RackPairDelay,
     /// 10 % of a host's TCP segments dropped at its switch port.
     TcpRetrans,
+    /// 30 % loss from one host to one host of another rack, one way.
+    PathLoss,
+    /// A host's link down 10 s, up 10 s, three times.
+    HostFlap,
+    /// A rack's sampler killed (SIGKILL) and restarted 3 s later.
+    SamplerCrash,
 }
 
 /// Port the delay fault's UDP stream is sent to (nothing listens).
@@ -44,13 +59,35 @@ const DISCARD_PORT: u16 = 9;
 
 impl FaultKind {
     /// Every fault class, in the order a run injects them by default.
-    pub(super) const ALL: [FaultKind; 5] = [
+    pub(super) const ALL: [FaultKind; 8] = [
         FaultKind::HostDown,
         FaultKind::NicLoss,
         FaultKind::UplinkLoss,
         FaultKind::RackPairDelay,
         FaultKind::TcpRetrans,
+        FaultKind::PathLoss,
+        FaultKind::HostFlap,
+        FaultKind::SamplerCrash,
     ];
+
+    /// The rack whose sampler crashes (its sampler id is the rack's).
+    pub(super) const CRASHED_RACK: u32 = 2;
+
+    /// The host whose link flaps, and its cycles (down, then up).
+    const FLAP_NODE: (u32, u32) = (2, 3);
+    const FLAP_CYCLES: u32 = 3;
+    const FLAP_HALF_SECS: u32 = 10;
+
+    /// How long the fault must stay before it is cleared: a flapping host
+    /// flaps all its cycles.
+    pub(super) fn min_hold(self) -> std::time::Duration {
+        match self {
+            FaultKind::HostFlap => {
+                std::time::Duration::from_secs(u64::from(2 * Self::FLAP_CYCLES * Self::FLAP_HALF_SECS))
+            }
+            _ => std::time::Duration::ZERO,
+        }
+    }
 
     /// Injects the fault; returns what the analyzer should name.
     pub(super) fn inject(self, net: &Network, daemons: &mut Daemons) -> anyhow::Result<Expected> {
@@ -96,6 +133,43 @@ impl FaultKind {
                 nft(&net.switch(racks), &tcp_retrans_ruleset(&switch_port(node.index)))?;
                 Ok(Expected::new("host", node.name()))
             }
+            FaultKind::PathLoss => {
+                let (from, to) = (net.node(1, 2), net.node(racks, 2));
+                nft(
+                    &net.spine(),
+                    &path_loss_ruleset(&from.ip().to_string(), &to.ip().to_string()),
+                )?;
+                // The direction comes from TCP (retransmissions one way
+                // only); in a window where TCP cannot tell, the pair is
+                // named both ways, still the right element.
+                Ok(Expected {
+                    also: Some(format!("{}↔{}", from.name(), to.name())),
+                    ..Expected::new("node_pair", format!("{}→{}", from.name(), to.name()))
+                })
+            }
+            FaultKind::HostFlap => {
+                let (rack, index) = Self::FLAP_NODE;
+                let node = net.node(rack, index);
+                // A shell on the host flaps its own link; taking it down
+                // removes the route through it, so each up restores that.
+                let script = format!(
+                    "for i in $(seq {cycles}); do ip link set eth0 down; sleep {half}; \
+                     ip link set eth0 up; ip route replace {SIMULATED} via {via}; sleep {half}; done",
+                    cycles = Self::FLAP_CYCLES,
+                    half = Self::FLAP_HALF_SECS,
+                    via = gateway(rack),
+                );
+                let args = ["-c".to_string(), script];
+                daemons.spawn_transient("host-flap", &node.ns, std::path::Path::new("sh"), &args)?;
+                Ok(Expected::new("host", node.name()))
+            }
+            FaultKind::SamplerCrash => {
+                let rack = Self::CRASHED_RACK;
+                daemons.stop_sampler(rack, true)?;
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                daemons.start_sampler(net, rack)?;
+                Ok(Expected::new("telemetry_gap", net.node(rack, 1).name()))
+            }
         }
     }
 
@@ -117,8 +191,28 @@ impl FaultKind {
                 run(&["tc", "-n", &net.spine(), "qdisc", "del", "dev", "r2", "root"])
             }
             FaultKind::TcpRetrans => delete_table(&net.switch(racks), "bridge"),
+            FaultKind::PathLoss => delete_table(&net.spine(), "inet"),
+            FaultKind::HostFlap => {
+                daemons.stop_transient();
+                let (rack, index) = Self::FLAP_NODE;
+                let ns = &net.node(rack, index).ns;
+                ip(ns, &["link", "set", "eth0", "up"])?;
+                let via = gateway(rack).to_string();
+                ip(ns, &["route", "replace", SIMULATED, "via", &via])
+            }
+            // Restarted when injected.
+            FaultKind::SamplerCrash => Ok(()),
         }
     }
+}
+
+/// Drops 30 % of what the spine forwards from `from` to `to` (that way
+/// only).
+fn path_loss_ruleset(from: &str, to: &str) -> String {
+    format!(
+        "table inet fmfault {{\n chain fault {{\n  type filter hook forward priority 0\n  \
+         ip saddr {from} ip daddr {to} numgen random mod 100 < 30 drop\n }}\n}}\n"
+    )
 }
 
 /// Drops 30 % of what arrives at a host.
@@ -164,15 +258,28 @@ fn delete_table(ns: &str, family: &str) -> anyhow::Result<()> {
 /// What the analyzer should name for a fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Expected {
-    /// The kind of element: "host", "rack" or "rack_pair".
+    /// The kind of element: "host", "rack", "rack_pair", "node_pair", or
+    /// "telemetry_gap" for a node whose telemetry must read incomplete.
     pub(super) kind: &'static str,
     /// Its name, as the analyzer's report writes it.
     pub(super) element: String,
+    /// Another name of the same element the analyzer may use (a node pair
+    /// named both ways when TCP shows no direction).
+    pub(super) also: Option<String>,
 }
 
 impl Expected {
     fn new(kind: &'static str, element: String) -> Expected {
-        Expected { kind, element }
+        Expected {
+            kind,
+            element,
+            also: None,
+        }
+    }
+
+    /// Whether `kind` and `element` name it.
+    pub(super) fn is(&self, kind: &str, element: &str) -> bool {
+        kind == self.kind && (element == self.element || self.also.as_deref() == Some(element))
     }
 }
 
@@ -195,6 +302,7 @@ mod tests {
             nic_loss_ruleset(),
             uplink_loss_ruleset(&spine_port(3)),
             tcp_retrans_ruleset(&switch_port(1)),
+            path_loss_ruleset("198.18.1.2", "198.18.3.2"),
         ] {
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), &ruleset).unwrap();

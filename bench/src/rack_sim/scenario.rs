@@ -43,12 +43,20 @@ struct Outcome {
     named: Vec<Named>,
     /// With `--prometheus`: the alert that fired for it, if one did.
     alert: Option<FiredAlert>,
+    /// Anomalies in the windows after the one it was cleared in.
+    after_clear: Vec<Named>,
+    /// For a flapping fault: its incidents' (bad windows, flaps).
+    incident: Option<Vec<(u64, u64)>>,
+    /// For a sampler crash: (sampler, window) it was killed in.
+    crashed: Option<(u32, u64)>,
 }
 
 /// An alert Alertmanager delivered for a fault.
 struct FiredAlert {
     /// Its name (`FlowmeshHostDroppingPackets`, …).
     name: String,
+    /// The element it named.
+    element: String,
     /// From injection to the webhook receiving it.
     fired: Duration,
     /// From clearing the fault to the webhook receiving its resolution.
@@ -62,7 +70,10 @@ fn alert_names(kind: &str) -> &'static [&'static str] {
         "host" => &["FlowmeshHostDroppingPackets", "FlowmeshHostDelayingPackets"],
         "rack" => &["FlowmeshRackUplinkDegraded"],
         "rack_pair" => &["FlowmeshRackPairDegraded"],
+        "node_pair" => &["FlowmeshNodePairDegraded"],
         "slow_host" => &["FlowmeshHostRespondingSlowly"],
+        // A telemetry gap alerts after minutes (FlowmeshAgentIncomplete's
+        // `for:`), longer than a simulated fault lasts.
         _ => &[],
     }
 }
@@ -190,12 +201,17 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
     // The last windows reach the database.
     pause(window + Duration::from_secs(4))?;
     let mut failures = Vec::new();
+    let crashed: Vec<(u32, u64)> = outcomes.iter().filter_map(|o| o.crashed).collect();
     let missing = match &clickhouse {
         Some(toml) => in_netns(&sim.net.spine(), || {
             let store = ClickHouseStore::open_read_only(clickhouse_options(toml))?;
-            windows_not_once(&store, window_ns)
+            windows_not_once(&store, window_ns, &crashed)
         })?,
-        None => windows_not_once(&SqliteStore::open_read_only(&dir.join("flowmesh.db"))?, window_ns)?,
+        None => windows_not_once(
+            &SqliteStore::open_read_only(&dir.join("flowmesh.db"))?,
+            window_ns,
+            &crashed,
+        )?,
     };
     if missing.is_empty() {
         say("every sampler's windows are in the database exactly once");
@@ -269,6 +285,29 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
     if !missed.is_empty() {
         failures.push(format!("faults not named within two windows: {missed:?}"));
     }
+    for o in &outcomes {
+        if let Some(incidents) = &o.incident
+            && !matches!(incidents.as_slice(), [(_, flaps)] if *flaps >= 1)
+        {
+            failures.push(format!(
+                "{:?}: expected one incident with its flaps, found (bad windows, flaps) {incidents:?}",
+                o.fault
+            ));
+        }
+    }
+    // Reported, not yet a failure: the windows right after a clear still
+    // show some of the fault (probes and flows of the clearing window
+    // reported late) — issue 17, item 1, is not finished.
+    let blamed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.after_clear.is_empty())
+        .map(|o| format!("{:?}: {:?}", o.fault, o.after_clear))
+        .collect();
+    say(format!(
+        "anomalies in the windows after a fault was cleared: {} of {} faults {blamed:?}",
+        blamed.len(),
+        outcomes.len()
+    ));
     if options.dir.is_some() {
         println!("database:    {}", dir.join("flowmesh.db").display());
         if options.report {
@@ -364,18 +403,27 @@ fn detect(
         latency: None,
         named: Vec::new(),
         alert: None,
+        after_clear: Vec::new(),
+        incident: None,
+        crashed: (fault == FaultKind::SamplerCrash).then_some((FaultKind::CRASHED_RACK, from_window)),
     };
     let names = alert_names(expected.kind);
     // The alert may follow the report by a watch pass, a scrape, a rule
     // evaluation and Alertmanager's group wait.
     let alert_deadline = deadline + EVALUATION_INTERVAL;
-    let mut alert_pending = alerting.is_some();
+    let mut alert_pending = alerting.is_some() && !names.is_empty();
     while started.elapsed() < deadline || (alert_pending && started.elapsed() < alert_deadline) {
         pause(Duration::from_millis(500))?;
-        if let Some(notice) = alerting.and_then(|a| a.find(started, "firing", names, &expected.element)) {
+        let notice = alerting.and_then(|a| {
+            std::iter::once(&expected.element)
+                .chain(&expected.also)
+                .find_map(|element| a.find(started, "firing", names, element))
+        });
+        if let Some(notice) = notice {
             alert_pending = false;
             outcome.alert = Some(FiredAlert {
                 name: notice.labels.get("alertname").cloned().unwrap_or_default(),
+                element: notice.labels.get("element").cloned().unwrap_or_default(),
                 fired: notice.received.duration_since(started),
                 resolved: None,
             });
@@ -383,10 +431,11 @@ fn detect(
         if outcome.latency.is_none() {
             let report = analyzer.json(started.elapsed() + window * 2)?;
             outcome.named = anomalies_after(&report, from_window);
+            outcome.named.extend(gaps_after(&report, from_window));
             if outcome
                 .named
                 .iter()
-                .any(|(kind, element, _)| kind == expected.kind && *element == expected.element)
+                .any(|(kind, element, _)| expected.is(kind, element))
             {
                 outcome.latency = Some(started.elapsed());
             }
@@ -412,19 +461,21 @@ fn detect(
         say(format!(
             "  alert {} element={} fired after {:.1} s",
             alert.name,
-            expected.element,
+            alert.element,
             alert.fired.as_secs_f64()
         ));
-    } else if alerting.is_some() {
+    } else if alerting.is_some() && !names.is_empty() {
         say(format!(
             "  NO alert among {names:?} for {} within {:.0} s",
             expected.element,
             alert_deadline.as_secs_f64()
         ));
     }
-    pause(Duration::from_secs(options.hold_secs).saturating_sub(started.elapsed()))?;
+    let hold = Duration::from_secs(options.hold_secs).max(fault.min_hold());
+    pause(hold.saturating_sub(started.elapsed()))?;
     fault.clear(&sim.net, &mut sim.daemons)?;
     let cleared = Instant::now();
+    let cleared_ns = now_ns();
     say(format!("cleared {fault:?}"));
     sim.daemons.check_alive()?;
     // Recovery: the next fault starts from clean windows; the alert
@@ -434,7 +485,7 @@ fn detect(
             let resolve_deadline = window * 3 + EVALUATION_INTERVAL * 4;
             while cleared.elapsed() < resolve_deadline {
                 pause(Duration::from_millis(500))?;
-                if let Some(n) = alerting.find(cleared, "resolved", &[alert.name.as_str()], &expected.element) {
+                if let Some(n) = alerting.find(cleared, "resolved", &[alert.name.as_str()], &alert.element) {
                     alert.resolved = Some(n.received.duration_since(cleared));
                     break;
                 }
@@ -442,6 +493,31 @@ fn detect(
             pause((window * 2).saturating_sub(cleared.elapsed()))?;
         }
         _ => pause(window * 2)?,
+    }
+    // A fault that comes and goes is one incident with its flaps, not an
+    // incident per blip.
+    if fault == FaultKind::HostFlap {
+        let report = analyzer.json(started.elapsed() + window * 2)?;
+        let incidents: Vec<(u64, u64)> = report["incidents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["kind"] == expected.kind && i["element"] == expected.element.as_str())
+            .filter(|i| i["last_window_ns"].as_u64().unwrap_or(0) >= from_window)
+            .map(|i| (i["windows"].as_u64().unwrap_or(0), i["flaps"].as_u64().unwrap_or(0)))
+            .collect();
+        say(format!("  incidents of {expected} (bad windows, flaps): {incidents:?}"));
+        outcome.incident = Some(incidents);
+    }
+    // No blame once the fault is gone: the windows after the one it was
+    // cleared in must be clean (a flow's retransmissions belong to the
+    // windows they happened in, not to the one the flow reported them in).
+    let first_clean = cleared_ns / window_ns * window_ns + window_ns;
+    pause(Duration::from_nanos((first_clean + window_ns).saturating_sub(now_ns())) + Duration::from_secs(4))?;
+    let report = analyzer.json(Duration::from_nanos(now_ns() - first_clean) + window)?;
+    outcome.after_clear = anomalies_after(&report, first_clean);
+    if !outcome.after_clear.is_empty() {
+        say(format!("  after clearing: {:?}", outcome.after_clear));
     }
     Ok(outcome)
 }
@@ -477,10 +553,14 @@ fn alert_row(o: &Outcome, window: Duration) -> String {
         Some(a) => format!(
             "{:<39} {:<14} {:<22} {}",
             a.name,
-            o.expected.element,
+            a.element,
             windows(a.fired),
             a.resolved.map_or("NOT RESOLVED".to_string(), windows)
         ),
+        // A telemetry gap alerts after minutes (its rules' `for:`).
+        None if alert_names(o.expected.kind).is_empty() => {
+            format!("{:<39} {:<14} (none expected)", "-", o.expected.element)
+        }
         None => format!(
             "{:<39} {:<14} NO ALERT",
             alert_names(o.expected.kind).join("|"),
@@ -496,7 +576,7 @@ fn alert_row(o: &Outcome, window: Duration) -> String {
 fn check_alerts(alerting: &Alerting, outcomes: &[Outcome], clean_alerts: &[String], window: Duration) -> Vec<String> {
     let mut failures = Vec::new();
     let limit = window * 2 + EVALUATION_INTERVAL + Duration::from_secs(4);
-    for o in outcomes {
+    for o in outcomes.iter().filter(|o| !alert_names(o.expected.kind).is_empty()) {
         match &o.alert {
             None => failures.push(format!("no alert named {} for {:?}", o.expected.element, o.fault)),
             Some(a) if a.fired > limit => failures.push(format!(
@@ -585,6 +665,32 @@ fn anomalies_after(report: &serde_json::Value, after_ns: u64) -> Vec<Named> {
         .unwrap_or_default()
 }
 
+/// Telemetry gaps of a report whose last window ends after `after_ns`, as
+/// ("telemetry_gap", node, its state: silent, no_telemetry, or incomplete
+/// with the lowest completeness).
+fn gaps_after(report: &serde_json::Value, after_ns: u64) -> Vec<Named> {
+    report["telemetry_gaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["last_window_ns"].as_u64().unwrap_or(0) >= after_ns)
+        .map(|g| {
+            let what = match g["state"].as_str() {
+                Some("incomplete") => {
+                    format!("incomplete {:.2}", g["min_completeness"].as_f64().unwrap_or(0.0))
+                }
+                Some(state) => state.to_string(),
+                None => "?".to_string(),
+            };
+            (
+                "telemetry_gap".to_string(),
+                g["node"].as_str().unwrap_or("?").to_string(),
+                what,
+            )
+        })
+        .collect()
+}
+
 /// The store options the simulation's collectors use.
 fn clickhouse_options(toml: &ClickHouseToml) -> ClickHouseOptions {
     ClickHouseOptions {
@@ -598,8 +704,10 @@ fn clickhouse_options(toml: &ClickHouseToml) -> ClickHouseOptions {
 /// Samplers whose windows, from their first to their last, are not each
 /// in the database exactly once ("sampler: present of expected"). Batch ids
 /// are per sampler, window and part, so a replayed batch is never stored
-/// twice; a missing one is a gap.
-fn windows_not_once(store: &dyn Reader, window_ns: u64) -> anyhow::Result<Vec<String>> {
+/// twice; a missing one is a gap — unless it is in `crashed`: (sampler,
+/// window) a sampler was killed in, whose in-memory window died with it
+/// (the analyzer reports its agents' telemetry gap instead).
+fn windows_not_once(store: &dyn Reader, window_ns: u64, crashed: &[(u32, u64)]) -> anyhow::Result<Vec<String>> {
     let batches = store.batches(0, u64::MAX)?;
     // Per sampler: its distinct windows, and its first and last.
     let mut samplers: BTreeMap<u32, (BTreeSet<u64>, u64, u64)> = BTreeMap::new();
@@ -608,6 +716,13 @@ fn windows_not_once(store: &dyn Reader, window_ns: u64) -> anyhow::Result<Vec<St
         windows.insert(b.window_start_ns);
         *first = (*first).min(b.window_start_ns);
         *last = (*last).max(b.window_start_ns);
+    }
+    for &(sampler, window) in crashed {
+        if let Some((windows, first, last)) = samplers.get_mut(&sampler)
+            && (*first..=*last).contains(&window)
+        {
+            windows.insert(window);
+        }
     }
     Ok(samplers
         .into_iter()
@@ -654,10 +769,14 @@ mod tests {
             expected: Expected {
                 kind: "host",
                 element: "r1n3".into(),
+                also: None,
             },
             latency: Some(Duration::from_millis(4_300)),
             named: Vec::new(),
             alert: None,
+            after_clear: Vec::new(),
+            incident: None,
+            crashed: None,
         };
         let window = Duration::from_secs(5);
         assert_eq!(
@@ -693,8 +812,11 @@ mod tests {
         drop(store);
         let store = SqliteStore::open_read_only(&db).unwrap();
         assert_eq!(
-            windows_not_once(&store, window_ns).unwrap(),
+            windows_not_once(&store, window_ns, &[]).unwrap(),
             vec!["2: 2 of 3".to_string()]
         );
+        // Unless sampler 2 was killed in window 1: that window died with it.
+        let crashed = [(2, 101 * window_ns)];
+        assert!(windows_not_once(&store, window_ns, &crashed).unwrap().is_empty());
     }
 }
