@@ -59,46 +59,37 @@ pub(crate) fn database(
     SqliteStore::open_read_only(&path).unwrap()
 }
 
-/// Stores windows `windows` (by index from T0) as the samplers would.
+/// Stores windows `windows` (by index from T0) as the samplers would;
+/// `silent(window, node)` agents sent nothing.
 pub(crate) fn fill(
     store: &mut dyn BatchWriter,
     windows: std::ops::Range<u64>,
     shows: impl Fn(u64, u32, u32) -> Option<Shows>,
     silent: impl Fn(u64, u32) -> bool,
 ) {
-    for w in windows {
-        let start = T0 + w * W;
-        for rack in 1..=3u32 {
-            let mut b = BatchBuilder::new(BatchInfo::window(rack, rack, start, W));
-            for src in nodes().into_iter().filter(|n| n / 100 == rack) {
-                let mut c = AgentCompleteness::new(src);
-                if silent(w, src) {
-                    c.flags = completeness_flags::SILENT;
-                } else {
-                    c.datagrams_expected = 10.into();
-                    c.datagrams_received = 10.into();
-                }
-                b.push_completeness(c);
-                for dst in nodes().into_iter().filter(|&d| d != src) {
-                    let Some(s) = shows(w, src, dst) else { continue };
-                    let mut p = PathSummary::new(src, dst, 0, Some(Transport::Udp));
-                    p.probes_sent = s.probes.into();
-                    p.probes_lost = s.lost.into();
-                    p.rtt_p50_ns = (s.p99_us * 600).into();
-                    p.rtt_p99_ns = (s.p99_us * 1_000).into();
-                    p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
-                    let (segs, retrans, flows) = s.segs;
-                    p.flows = 20.into();
-                    p.segs_out = segs.into();
-                    p.retrans_segs = retrans.into();
-                    p.flows_with_retrans = flows.into();
-                    b.push_path(p, &[]).unwrap();
-                }
-            }
-            let bytes = b.encode().unwrap();
-            store.store_batch(&BatchView::parse(&bytes).unwrap(), start).unwrap();
+    fill_telemetry(store, windows, shows, |w, n| {
+        if silent(w, n) {
+            Telemetry::Silent
+        } else {
+            Telemetry::Complete
         }
-    }
+    });
+}
+
+/// The summary of the path `src` → `dst` showing `s`.
+fn path_summary(src: u32, dst: u32, s: Shows) -> PathSummary {
+    let mut p = PathSummary::new(src, dst, 0, Some(Transport::Udp));
+    p.probes_sent = s.probes.into();
+    p.probes_lost = s.lost.into();
+    p.rtt_p50_ns = (s.p99_us * 600).into();
+    p.rtt_p99_ns = (s.p99_us * 1_000).into();
+    p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
+    let (segs, retrans, flows) = s.segs;
+    p.flows = 20.into();
+    p.segs_out = segs.into();
+    p.retrans_segs = retrans.into();
+    p.flows_with_retrans = flows.into();
+    p
 }
 
 pub(crate) fn analysis(store: &SqliteStore, windows: u64, judge_from: u64) -> Analysis {
@@ -204,18 +195,7 @@ pub(crate) fn fill_telemetry(
                 b.push_completeness(c);
                 for dst in nodes().into_iter().filter(|&d| d != src) {
                     let Some(s) = shows(w, src, dst) else { continue };
-                    let mut p = PathSummary::new(src, dst, 0, Some(Transport::Udp));
-                    p.probes_sent = s.probes.into();
-                    p.probes_lost = s.lost.into();
-                    p.rtt_p50_ns = (s.p99_us * 600).into();
-                    p.rtt_p99_ns = (s.p99_us * 1_000).into();
-                    p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
-                    let (segs, retrans, flows) = s.segs;
-                    p.flows = 20.into();
-                    p.segs_out = segs.into();
-                    p.retrans_segs = retrans.into();
-                    p.flows_with_retrans = flows.into();
-                    b.push_path(p, &[]).unwrap();
+                    b.push_path(path_summary(src, dst, s), &[]).unwrap();
                 }
             }
             let bytes = b.encode().unwrap();
@@ -302,18 +282,7 @@ pub(crate) fn database_sized(
                 b.push_completeness(c);
                 for &dst in nodes.iter().filter(|&&d| d != src) {
                     let Some(s) = shows(w, src, dst) else { continue };
-                    let mut p = PathSummary::new(src, dst, 0, Some(Transport::Udp));
-                    p.probes_sent = s.probes.into();
-                    p.probes_lost = s.lost.into();
-                    p.rtt_p50_ns = (s.p99_us * 600).into();
-                    p.rtt_p99_ns = (s.p99_us * 1_000).into();
-                    p.responder_delay_p99_ns = (s.responder_p99_us * 1_000).into();
-                    let (segs, retrans, flows) = s.segs;
-                    p.flows = 20.into();
-                    p.segs_out = segs.into();
-                    p.retrans_segs = retrans.into();
-                    p.flows_with_retrans = flows.into();
-                    b.push_path(p, &[]).unwrap();
+                    b.push_path(path_summary(src, dst, s), &[]).unwrap();
                 }
             }
             let bytes = b.encode().unwrap();
