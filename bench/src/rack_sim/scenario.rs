@@ -201,7 +201,14 @@ pub(super) fn run(sim: &mut Simulation, options: &Options, faults: &[FaultKind])
     // The last windows reach the database.
     pause(window + Duration::from_secs(4))?;
     let mut failures = Vec::new();
-    let crashed: Vec<(u32, u64)> = outcomes.iter().filter_map(|o| o.crashed).collect();
+    // A crashed sampler loses the windows it had not emitted: the one open
+    // at the kill and, killed within the grace after a boundary, the one
+    // before it too.
+    let crashed: Vec<(u32, u64)> = outcomes
+        .iter()
+        .filter_map(|o| o.crashed)
+        .flat_map(|(sampler, window)| [(sampler, window), (sampler, window.saturating_sub(window_ns))])
+        .collect();
     let missing = match &clickhouse {
         Some(toml) => in_netns(&sim.net.spine(), || {
             let store = ClickHouseStore::open_read_only(clickhouse_options(toml))?;
@@ -705,8 +712,8 @@ fn clickhouse_options(toml: &ClickHouseToml) -> ClickHouseOptions {
 /// in the database exactly once ("sampler: present of expected"). Batch ids
 /// are per sampler, window and part, so a replayed batch is never stored
 /// twice; a missing one is a gap — unless it is in `crashed`: (sampler,
-/// window) a sampler was killed in, whose in-memory window died with it
-/// (the analyzer reports its agents' telemetry gap instead).
+/// window) a killed sampler had not emitted yet, which died with it (the
+/// analyzer reports its agents' telemetry gap instead).
 fn windows_not_once(store: &dyn Reader, window_ns: u64, crashed: &[(u32, u64)]) -> anyhow::Result<Vec<String>> {
     let batches = store.batches(0, u64::MAX)?;
     // Per sampler: its distinct windows, and its first and last.
