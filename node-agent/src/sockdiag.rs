@@ -120,28 +120,15 @@ fn lookup_one(socket: &Socket, key: &SocketKey, sequence: u32, buf: &mut Vec<u8>
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
     header.sequence_number = sequence;
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
-            states: StateFlags::all(),
-            socket_id: SocketId {
-                source_port: key.local.port(),
-                destination_port: key.remote.port(),
-                source_address: key.local.ip(),
-                destination_address: key.remote.ip(),
-                interface_id: 0,
-                cookie: cookie_bytes(key.cookie),
-            },
-        })
-        .into(),
-    );
-    request.finalize();
-    let mut bytes = vec![0u8; request.buffer_len()];
-    request.serialize(&mut bytes);
-    socket.send(&bytes, 0)?;
+    let id = SocketId {
+        source_port: key.local.port(),
+        destination_port: key.remote.port(),
+        source_address: key.local.ip(),
+        destination_address: key.remote.ip(),
+        interface_id: 0,
+        cookie: cookie_bytes(key.cookie),
+    };
+    send_request(socket, header, family, id)?;
     // One reply: the socket, or an error (ENOENT: no such socket here;
     // ESTALE: the addresses and ports are another socket's now). Replies to
     // earlier requests cannot be pending: each was read before the next
@@ -182,9 +169,10 @@ pub fn tcp_counters() -> std::io::Result<HashMap<u64, TcpCounters>> {
     Ok(out)
 }
 
-fn dump(socket: &Socket, family: u8, id: SocketId, out: &mut HashMap<u64, TcpCounters>) -> std::io::Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+/// Sends one request for TCP sockets of `family` matching `id` (every
+/// state, with `tcp_info`): a lookup of one socket or, with `NLM_F_DUMP`
+/// in `header`, a dump.
+fn send_request(socket: &Socket, header: NetlinkHeader, family: u8, id: SocketId) -> std::io::Result<()> {
     let mut request = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -200,6 +188,13 @@ fn dump(socket: &Socket, family: u8, id: SocketId, out: &mut HashMap<u64, TcpCou
     let mut bytes = vec![0u8; request.buffer_len()];
     request.serialize(&mut bytes);
     socket.send(&bytes, 0)?;
+    Ok(())
+}
+
+fn dump(socket: &Socket, family: u8, id: SocketId, out: &mut HashMap<u64, TcpCounters>) -> std::io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    send_request(socket, header, family, id)?;
     // Bounded: a dump ends with NLMSG_DONE; a kernel that never sent it
     // would still run out of sockets to report long before this.
     for _ in 0..1_000_000 {
