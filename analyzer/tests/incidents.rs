@@ -454,27 +454,7 @@ fn watch_follows_a_flapping_host_as_one_incident() {
     let bad: &[u64] = &[2, 4];
     let dir = tempfile::tempdir().unwrap();
     drop(database(dir.path(), 3, lossy(bad), never));
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(&topology, topology_racks().concat()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
-        .args([
-            "watch",
-            "--since",
-            "all",
-            "--interval-secs",
-            "3",
-            "--passes",
-            "3",
-            "--database",
-        ])
-        .arg(dir.path().join("flowmesh.db"))
-        .arg("--topology")
-        .arg(&topology)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let (mut child, mut lines) = spawn_watch(dir.path(), 3);
     let mut next = || lines.next().unwrap_or_else(|| panic!("watch ended early")).unwrap();
     let first = next();
     assert!(

@@ -521,27 +521,7 @@ fn the_html_report_renders_its_heatmaps_in_headless_chromium() {
 fn watch_prints_an_incident_when_it_starts_and_when_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     drop(lossy_r3n3(dir.path()));
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(&topology, topology_racks().concat()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
-        .args([
-            "watch",
-            "--since",
-            "all",
-            "--interval-secs",
-            "3",
-            "--passes",
-            "2",
-            "--database",
-        ])
-        .arg(dir.path().join("flowmesh.db"))
-        .arg("--topology")
-        .arg(&topology)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let (mut child, mut lines) = spawn_watch(dir.path(), 2);
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("START   host r3n3: 16 of 16 paths bad"), "{first}");
     // Three healthy windows (`incidents.quiet_windows`) arrive while it

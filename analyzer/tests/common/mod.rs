@@ -333,3 +333,29 @@ pub(crate) fn outcomes(seed: u64, w: u64, src: u32, dst: u32) -> Xorshift {
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     Xorshift((x ^ (x >> 32)) | 1)
 }
+
+/// `flowmesh-analyzer watch` over the database in `dir` (3 racks × 3
+/// nodes), a pass every 3 s, `passes` passes: the child and its stdout's
+/// lines.
+pub(crate) fn spawn_watch(
+    dir: &Path,
+    passes: u32,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    let topology = dir.join("topology.toml");
+    std::fs::write(&topology, topology_racks().concat()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
+        .args(["watch", "--since", "all", "--interval-secs", "3", "--passes"])
+        .arg(passes.to_string())
+        .arg("--database")
+        .arg(dir.join("flowmesh.db"))
+        .arg("--topology")
+        .arg(&topology)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (child, std::io::BufRead::lines(std::io::BufReader::new(stdout)))
+}
