@@ -30,6 +30,16 @@
 //!   or to it, pooled — lose above `loss_rate` by a one-sided binomial test
 //!   at significance `loss_significance`. Tens of probes per path cannot tell
 //!   3 % from 2 %; the host's hundreds can ([`Detector::judge_window`]).
+//!
+//! **Clean probes outvote a fault's retransmission tail.** When a path's
+//! probes showed a fault (a loss or RTT symptom) in one of the previous
+//! [`RECOVERY_WINDOWS`] windows and are clean now (judged, none lost, no
+//! loss or RTT symptom), a retransmission symptom in this window is not
+//! taken: those retransmissions are TCP recovering what the fault lost
+//! (timeouts backed off to seconds fire after the fault cleared), not the
+//! path's state now. A fault only TCP sees (an MTU black hole, an ACL on
+//! TCP) showed nothing in the probes before, so its retransmissions count
+//! from its first window.
 
 use std::f64::consts::PI;
 
@@ -54,6 +64,12 @@ pub const MIN_BASELINE_WINDOWS: usize = 10;
 /// ±25 % read as anomalies whenever a path's recent windows happened to be
 /// alike.
 pub const MAD_FLOOR_SHARE: f64 = 0.10;
+
+/// For this many windows after a path's probes last showed a fault, its
+/// retransmissions in a window whose probes are clean are taken as the
+/// fault's tail (see the module's "Clean probes outvote …"): TCP's backed
+/// off timeouts reach seconds, so the tail can outlast a short window.
+pub const RECOVERY_WINDOWS: u64 = 2;
 
 /// One reason a path window is anomalous.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -125,6 +141,18 @@ impl Symptom {
     /// opposed to a slow responder.
     pub fn is_network(&self) -> bool {
         !matches!(self, Symptom::ResponderDelay { .. })
+    }
+
+    /// Whether the probes show a fault of the network: loss or RTT.
+    pub fn is_probe_fault(&self) -> bool {
+        matches!(
+            self,
+            Symptom::Loss { .. }
+                | Symptom::LossBaseline { .. }
+                | Symptom::LossPooled { .. }
+                | Symptom::Rtt { .. }
+                | Symptom::RttBaseline { .. }
+        )
     }
 
     /// Short label.
@@ -227,6 +255,11 @@ pub struct Detector<'c> {
     pools: Vec<Pool>,
     /// The slots of the window's judged paths, in order.
     judged_slots: Vec<usize>,
+    /// Windows judged so far: the current window's number.
+    window_number: u64,
+    /// Per path slot: the number of the latest window in which its probes
+    /// showed a fault, loss or RTT (0: never).
+    probe_fault_in: Vec<u64>,
 }
 
 /// A host's probes in one window, from and to it.
@@ -309,6 +342,8 @@ impl<'c> Detector<'c> {
             ends: Vec::new(),
             pools: Vec::new(),
             judged_slots: Vec::new(),
+            window_number: 0,
+            probe_fault_in: Vec::new(),
         }
     }
 
@@ -318,6 +353,7 @@ impl<'c> Detector<'c> {
     /// (`pool_hosts`).
     pub fn judge_window<'a>(&mut self, paths: &'a [PathWindow]) -> Vec<Judged<'a>> {
         let last = std::mem::take(&mut self.last);
+        self.window_number += 1;
         let mut seen = Vec::with_capacity(paths.len());
         let mut slots = std::mem::take(&mut self.judged_slots);
         slots.clear();
@@ -352,6 +388,9 @@ impl<'c> Detector<'c> {
         }
         for arena in [&mut self.history, &mut self.loss, &mut self.retrans] {
             arena.grow(slot);
+        }
+        if slot >= self.probe_fault_in.len() {
+            self.probe_fault_in.resize(slot + 1, 0);
         }
         slot
     }
@@ -424,6 +463,7 @@ impl<'c> Detector<'c> {
                 .filter(|pool| pool.p_value <= significance)
                 .min_by(|x, y| x.p_value.total_cmp(&y.p_value));
             if let Some(pool) = host {
+                self.probe_fault_in[slot] = self.window_number;
                 j.symptoms.push(Symptom::LossPooled {
                     rate: lost as f64 / p.probes_sent as f64,
                     host_rate: pool.lost as f64 / pool.sent as f64,
@@ -432,6 +472,18 @@ impl<'c> Detector<'c> {
                 });
             }
         }
+    }
+
+    /// Whether the path is recovering from a fault its probes showed: they
+    /// did in one of the last [`RECOVERY_WINDOWS`] windows and are clean in
+    /// this one (judged, none lost, no symptom so far — loss and RTT are
+    /// judged before retransmissions).
+    fn recovering(&self, slot: usize, path: &PathWindow, probes_judged: bool, symptoms: &[Symptom]) -> bool {
+        let last = self.probe_fault_in[slot];
+        let clean = probes_judged
+            && path.probes_lost + path.probes_failed == 0
+            && !symptoms.iter().any(Symptom::is_probe_fault);
+        clean && last != 0 && self.window_number - last <= RECOVERY_WINDOWS
     }
 
     /// The symptoms of one path window (empty: healthy), or `None` when it
@@ -483,9 +535,15 @@ impl<'c> Detector<'c> {
                 self.history.push(slot, p99);
             }
         }
+        if symptoms.iter().any(Symptom::is_probe_fault) {
+            self.probe_fault_in[slot] = self.window_number;
+        }
         if segments_judged && let Some(rate) = path.retrans_rate() {
             if path.flows_with_retrans >= u64::from(cfg.min_retrans_flows) {
-                symptoms.extend(self.judge_rate(Rate::Retrans, slot, rate, path.segs_out));
+                let symptom = self.judge_rate(Rate::Retrans, slot, rate, path.segs_out);
+                if !self.recovering(slot, path, probes_judged, &symptoms) {
+                    symptoms.extend(symptom);
+                }
             } else {
                 // One flow's burst is one event, not the path's state: it
                 // joins the baseline as a healthy window's rate does.

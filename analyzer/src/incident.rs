@@ -13,6 +13,7 @@
 //! bad window; until then it is open. Grouping walks the anomalies once, in
 //! the order they were found: its cost is in anomalies, not path windows.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashMap;
@@ -133,6 +134,7 @@ impl Incident {
     /// Adds the element's next anomaly, `clean` clean windows after the
     /// last.
     fn add(&mut self, a: &Anomaly, clean: u32) {
+        self.element = merged_name(self.kind, &self.element, &a.element);
         self.last_window_ns = a.last_window_ns;
         self.windows += a.windows;
         self.clean_windows += clean;
@@ -229,9 +231,9 @@ pub(crate) fn group(
     let mut incidents: Vec<Incident> = Vec::new();
     // Per element: its latest incident, and the ordinal of that incident's
     // last bad window.
-    let mut latest: FxHashMap<(&'static str, &str), (usize, usize)> = FxHashMap::default();
+    let mut latest: FxHashMap<(&'static str, Cow<'_, str>), (usize, usize)> = FxHashMap::default();
     for (a, &(first, last)) in anomalies.iter().zip(spans) {
-        let key = (a.kind, a.element.as_str());
+        let key = (a.kind, identity(a.kind, &a.element));
         match latest.get_mut(&key) {
             Some((i, previous)) if first.saturating_sub(*previous + 1) < quiet => {
                 let clean = first.saturating_sub(*previous + 1);
@@ -259,6 +261,35 @@ pub(crate) fn group(
             .then(y.share.total_cmp(&x.share))
     });
     incidents
+}
+
+/// The identity of an element across windows: its name, except that a node
+/// pair is one element whichever direction TCP showed (`r1n2→r3n2`,
+/// `r3n2→r1n2` and `r1n2↔r3n2` are all `r1n2↔r3n2`), so a pair whose
+/// direction is seen in some windows and not in others is one anomaly and
+/// one incident, not several.
+pub(crate) fn identity<'a>(kind: &str, element: &'a str) -> Cow<'a, str> {
+    if kind != "node_pair" {
+        return Cow::Borrowed(element);
+    }
+    match element.split_once(['→', '↔']) {
+        Some((a, b)) if a <= b => Cow::Owned(format!("{a}↔{b}")),
+        Some((a, b)) => Cow::Owned(format!("{b}↔{a}")),
+        None => Cow::Borrowed(element),
+    }
+}
+
+/// The name of one element (same [`identity`]) seen as `current` so far and
+/// as `new` in its latest window: a direction once TCP shows one, and
+/// undirected again if two windows showed opposite directions.
+pub(crate) fn merged_name(kind: &str, current: &str, new: &str) -> String {
+    let directed = |name: &str| name.contains('→');
+    match (directed(current), directed(new)) {
+        _ if current == new => current.to_string(),
+        (true, true) => identity(kind, current).into_owned(),
+        (true, false) => current.to_string(),
+        (false, _) => new.to_string(),
+    }
 }
 
 /// A line `watch` prints: an incident or a telemetry gap started, changed
@@ -330,22 +361,25 @@ impl Watch {
     /// What changed since the previous pass, given this pass's analysis.
     pub fn pass(&mut self, analysis: &Analysis) -> Vec<Event> {
         let mut events = Vec::new();
-        let open: BTreeMap<(&'static str, &str), &Incident> = analysis
+        let open: BTreeMap<(&'static str, Cow<'_, str>), &Incident> = analysis
             .incidents
             .iter()
             .filter(|i| i.open)
-            .map(|i| ((i.kind, i.element.as_str()), i))
+            .map(|i| ((i.kind, identity(i.kind, &i.element)), i))
             .collect();
         // Ended: no longer open, or replaced by a later incident of the same
         // element (it ended and another began between two passes).
         self.incidents.retain(|(kind, element), f| {
             let ended = open
-                .get(&(*kind, element.as_str()))
+                .get(&(*kind, Cow::Borrowed(element.as_str())))
                 .is_none_or(|i| i.start_ns > f.last_window_ns);
             if ended {
                 // The analysis's record of its end, while still in range.
                 let record = analysis.incidents.iter().find(|i| {
-                    !i.open && i.kind == *kind && i.element == *element && i.last_window_ns >= f.last_window_ns
+                    !i.open
+                        && i.kind == *kind
+                        && identity(i.kind, &i.element) == element.as_str()
+                        && i.last_window_ns >= f.last_window_ns
                 });
                 let end = record
                     .and_then(|i| i.end_ns)
@@ -374,7 +408,8 @@ impl Watch {
                 i.symptom_summary()
             );
             let last_run_ns = i.runs.last().map_or(i.start_ns, |r| r.first_window_ns);
-            let Some(f) = self.incidents.get_mut(&(i.kind, i.element.clone())) else {
+            let key = (i.kind, identity(i.kind, &i.element).into_owned());
+            let Some(f) = self.incidents.get_mut(&key) else {
                 events.push(Event {
                     transition: Transition::Start,
                     kind: i.kind.to_string(),
@@ -389,7 +424,7 @@ impl Watch {
                     ),
                 });
                 self.incidents.insert(
-                    (i.kind, i.element.clone()),
+                    key,
                     Followed {
                         start_ns: i.start_ns,
                         last_window_ns: i.last_window_ns,
@@ -568,6 +603,33 @@ mod tests {
         // Analyzed to window 10: two clean windows since, still open.
         let open = grouped(&list, 10, 4);
         assert_eq!((open[0].open, open[0].end_ns, open[0].windows_since), (true, None, 2));
+    }
+
+    /// A node pair is one element whichever direction TCP showed: one
+    /// incident, named by the direction while only one was seen.
+    #[test]
+    fn a_node_pair_is_one_incident_whatever_direction_each_window_showed() {
+        let seen = grouped(
+            &[
+                anomaly("node_pair", "r2n1↔r1n1", 1, 1),
+                anomaly("node_pair", "r2n1→r1n1", 3, 3),
+            ],
+            6,
+            3,
+        );
+        assert_eq!(seen.len(), 1, "{seen:#?}");
+        assert_eq!((seen[0].element.as_str(), seen[0].flaps), ("r2n1→r1n1", 1));
+        let flipped = grouped(
+            &[
+                anomaly("node_pair", "r1n1→r2n1", 1, 2),
+                anomaly("node_pair", "r2n1→r1n1", 4, 4),
+            ],
+            6,
+            3,
+        );
+        assert_eq!(flipped.len(), 1, "{flipped:#?}");
+        assert_eq!(flipped[0].element, "r1n1↔r2n1");
+        assert_eq!(identity("host", "r1n1→x"), "r1n1→x", "only node pairs");
     }
 
     #[test]

@@ -455,11 +455,88 @@ fn directed(pair: Element, judged: &[Judged], index: &PathIndex) -> Element {
 }
 
 /// Localizes one window's bad paths, judged by `is_bad`.
+///
+/// Elements are chosen greedily, the largest excess over `min_bad_share`
+/// first; a greedy choice can be made redundant by later ones (three lossy
+/// hosts of four make their rack's share 3/4, and its excess in paths
+/// beats each host's, though the three hosts explain every one of its bad
+/// paths and the fourth host's clean ones speak against it). So when every
+/// bad path of a chosen element runs through another chosen element, the
+/// window is localized again without it, and that answer is kept if it
+/// names fewer elements and leaves no more paths unexplained.
 pub fn localize<'a>(
     topology: &Topology,
     judged: &[Judged<'a>],
     is_bad: impl Fn(&Judged<'a>) -> bool,
     cfg: &Localization,
+) -> Vec<Verdict> {
+    let mut banned: Vec<Element> = Vec::new();
+    let mut verdicts = choose(topology, judged, &is_bad, cfg, &banned);
+    let rack_of: FxHashMap<u32, u32> = topology.nodes().iter().map(|n| (n.id, n.rack)).collect();
+    // Each round bans one more element; there are at most as many as verdicts.
+    while let Some(redundant) = redundant(&verdicts, judged, &rack_of) {
+        banned.push(redundant);
+        let again = choose(topology, judged, &is_bad, cfg, &banned);
+        if named(&again) < named(&verdicts) && unexplained(&again) <= unexplained(&verdicts) {
+            verdicts = again;
+        } else {
+            break;
+        }
+    }
+    verdicts
+}
+
+/// Elements a set of verdicts names.
+fn named(verdicts: &[Verdict]) -> usize {
+    verdicts.iter().filter(|v| v.element.is_some()).count()
+}
+
+/// Bad paths a set of verdicts leaves unexplained.
+fn unexplained(verdicts: &[Verdict]) -> usize {
+    verdicts
+        .iter()
+        .filter(|v| v.element.is_none())
+        .map(|v| v.paths.len())
+        .sum()
+}
+
+/// The first chosen element every bad path of which runs through another
+/// chosen element (a node pair compared whatever its direction).
+fn redundant(verdicts: &[Verdict], judged: &[Judged], rack_of: &FxHashMap<u32, u32>) -> Option<Element> {
+    let undirected = |e: Element| match e {
+        Element::NodePair { a, b, .. } => Element::NodePair {
+            a: a.min(b),
+            b: a.max(b),
+            one_way: false,
+        },
+        other => other,
+    };
+    let chosen: Vec<Element> = verdicts.iter().filter_map(|v| v.element).map(undirected).collect();
+    if chosen.len() < 2 {
+        return None;
+    }
+    chosen
+        .iter()
+        .zip(verdicts.iter().filter(|v| v.element.is_some()))
+        .find_map(|(&e, v)| {
+            let covered = v.paths.iter().all(|&i| {
+                let path = judged[i].path;
+                elements(rack_of, path.src, path.dst)
+                    .into_iter()
+                    .flatten()
+                    .any(|through| through != e && chosen.contains(&through))
+            });
+            covered.then_some(e)
+        })
+}
+
+/// One greedy localization, never choosing an element of `banned`.
+fn choose<'a>(
+    topology: &Topology,
+    judged: &[Judged<'a>],
+    is_bad: &impl Fn(&Judged<'a>) -> bool,
+    cfg: &Localization,
+    banned: &[Element],
 ) -> Vec<Verdict> {
     let mut totals = Totals::new(topology);
     for j in judged {
@@ -504,7 +581,7 @@ pub fn localize<'a>(
         }
         let mut candidates: Vec<Candidate> = tally
             .iter()
-            .filter(|&(element, t)| t.bad > 0 && !chosen_before.contains(element))
+            .filter(|&(element, t)| t.bad > 0 && !chosen_before.contains(element) && !banned.contains(element))
             .map(|(&element, &t)| candidate(element, t, &tally, &totals, cfg))
             .collect();
         // The candidates that pass, most excess first; then those that do

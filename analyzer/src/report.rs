@@ -367,7 +367,7 @@ impl<'a> Analyzer<'a> {
                 (None, false) => "unlocalized",
             };
             let element = verdict.element.map_or_else(|| "-".to_string(), |e| e.name(topology));
-            let key = (kind, element.clone());
+            let key = (kind, incident::identity(kind, &element).into_owned());
             let evidence = evidence(topology, judged, &verdict);
             let share = verdict.score.map_or(1.0, |s| s.share);
             let paths = verdict.score.map_or(verdict.paths.len(), |s| s.paths);
@@ -394,6 +394,7 @@ impl<'a> Analyzer<'a> {
             match open.get(&key).copied() {
                 Some(i) if anomalies[i].last_window_ns + len == window => {
                     let a = &mut anomalies[i];
+                    a.element = incident::merged_name(kind, &a.element, &element);
                     spans[i].1 = ordinal;
                     a.last_window_ns = window;
                     a.windows += 1;

@@ -366,3 +366,29 @@ fn a_healthy_fleet_with_background_loss_raises_nothing_new() {
     }
     assert_eq!(pooled, 0);
 }
+
+/// Three of a rack's four hosts losing are three hosts, not the rack: the
+/// fourth host's paths to other racks are clean, which a rack fault would
+/// not leave them (review of issue 17's excess rule).
+#[test]
+fn three_lossy_hosts_of_four_are_not_their_rack() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = (3, 4);
+    let lossy = |n: u32| [101, 102, 103].contains(&n);
+    let store = database_sized(dir.path(), topo, 3, |_, s, d| {
+        Some(if lossy(s) || lossy(d) {
+            Shows { lost: 10, ..HEALTHY }
+        } else {
+            HEALTHY
+        })
+    });
+    let a = analysis_sized(&store, topo, 3, &AnalyzerConfig::default());
+    let mut named = verdicts(&a);
+    named.sort();
+    let expected: Vec<(String, String)> = ["r1n1", "r1n2", "r1n3"]
+        .iter()
+        .map(|h| ("host".to_string(), h.to_string()))
+        .collect();
+    assert_eq!(named, expected, "{:#?}", a.anomalies);
+    assert_counts_consistent(&a);
+}

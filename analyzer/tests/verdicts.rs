@@ -123,6 +123,57 @@ fn retransmissions_name_a_host_only_when_several_flows_retransmit() {
     }
 }
 
+/// Issue 17, item 1: clean probes outvote a fault's retransmission tail.
+/// Host r3n1 loses in windows 3 and 4 (probes and TCP agree); in windows 5
+/// and 6 the fault is gone and its paths' probes lose nothing, while TCP
+/// still retransmits what it lost (backed-off timeouts): no blame. A fault
+/// TCP alone sees (r2n2's flows retransmit from window 3 on, its probes
+/// never lose) is named from its first window, and so is a fault that
+/// comes back on r3n1 in window 9 after a clean spell.
+#[test]
+fn clean_probes_outvote_a_faults_retransmission_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = Shows {
+        segs: (1_000, 0, 0),
+        ..HEALTHY
+    };
+    let (cleared, tcp_only) = (301, 202);
+    let store = database(
+        dir.path(),
+        11,
+        |w, s, d| {
+            let on = |n: u32| s == n || d == n;
+            Some(if on(cleared) && (3..=4).contains(&w) {
+                Shows {
+                    lost: 20,
+                    segs: (1_000, 150, 4),
+                    ..busy
+                }
+            } else if (on(cleared) && (w == 5 || w == 6 || w >= 9)) || (on(tcp_only) && w >= 3) {
+                // Retransmitting, probes clean.
+                Shows {
+                    segs: (1_000, 150, 4),
+                    ..busy
+                }
+            } else {
+                busy
+            })
+        },
+        never,
+    );
+    let a = analysis(&store, 11, 0);
+    let mut named: Vec<(String, u64, u32)> = a
+        .anomalies
+        .iter()
+        .map(|x| (x.element.clone(), (x.first_window_ns - T0) / W, x.windows))
+        .collect();
+    named.sort();
+    // r3n1: windows 3–4, then (retransmitting, probes clean since window 5,
+    // three windows after the fault) 9–10; r2n2 from window 3 to the end.
+    let expected = [("r2n2".to_string(), 3, 8), ("r3n1".into(), 3, 2), ("r3n1".into(), 9, 2)];
+    assert_eq!(named, expected, "{:#?}", a.anomalies);
+}
+
 /// A host that dies in the middle of window 3 reported its own paths as
 /// they were before (healthy); its peers' probes to it lose from then on.
 /// It is named in that window already, scored by the paths into it.

@@ -44,6 +44,12 @@ pub const DATAGRAMS_REWINDOWED: Family = Family::counter(
     "Datagrams counted in the window of their arrival: late past the grace period, or from a skewed clock.",
 );
 
+/// Records counted in their datagram's window because the window of their own time was already emitted (an answer later than aggregate.grace_ms) or lies ahead of the clock.
+pub const RECORDS_LATE: Family = Family::counter(
+    "flowmesh_sampler_records_late_total",
+    "Records counted in their datagram's window because the window of their own time was already emitted (an answer later than aggregate.grace_ms) or lies ahead of the clock.",
+);
+
 /// Records not aggregated because a window held aggregate.max_paths paths.
 pub const RECORDS_OVER_CAPACITY: Family = Family::counter(
     "flowmesh_sampler_records_over_capacity_total",
@@ -178,6 +184,7 @@ pub const FAMILIES: &[Family] = &[
     DATAGRAMS_DROPPED,
     DATAGRAMS_DUPLICATE,
     DATAGRAMS_REWINDOWED,
+    RECORDS_LATE,
     RECORDS_OVER_CAPACITY,
     SAMPLES_OVER_CAPACITY,
     FLOWS_UNTRACKED,
@@ -225,6 +232,7 @@ pub fn endpoint(
             }
             DATAGRAMS_DUPLICATE.absolute(&[], totals.duplicates);
             DATAGRAMS_REWINDOWED.absolute(&[], totals.rewindowed);
+            RECORDS_LATE.absolute(&[], totals.records_late);
             RECORDS_OVER_CAPACITY.absolute(&[], totals.records_over_capacity);
             SAMPLES_OVER_CAPACITY.absolute(&[], totals.samples_over_capacity);
             FLOWS_UNTRACKED.absolute(&[], totals.flows_untracked);

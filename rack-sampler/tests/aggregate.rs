@@ -468,3 +468,88 @@ fn a_catch_up_merge_adds_histograms_and_keeps_sample_weights_exact() {
     assert_eq!(weights.iter().filter(|&&w| w != 10).count(), 2, "{weights:?}");
     assert_eq!(completeness(&view, 101).datagrams_received.get(), seq);
 }
+
+/// Item 1 of issue 17: what was measured before a window boundary (a fault
+/// being cleared) is counted before it, though it is flushed after it. A
+/// probe sent 0.4 s before the boundary that times out 0.6 s after it, and a
+/// retransmission reported at the first tick after the boundary for the
+/// second before it, both belong to the first window; the second window
+/// holds only what happened in it.
+#[test]
+fn records_count_in_the_window_they_were_measured_in_not_the_one_they_were_flushed_in() {
+    let mut agg = aggregator(settings());
+    let boundary = T0 + W;
+    let mut timed_out = probe(101, 102, 1, ProbeOutcome::Timeout, 0, 0);
+    timed_out.requester_send_ns.set(boundary - 400_000_000);
+    let mut answered = probe(101, 102, 2, ProbeOutcome::Ok, 100_000, 0);
+    answered.requester_send_ns.set(boundary + 100_000_000);
+    answered.requester_receive_ns.set(boundary + 100_100_000);
+    let report = |at: u64, c: Counters| {
+        let mut r = flow(101, ip(102), 9, EndReason::Open, c);
+        r.start_ns.set(T0 + SECOND);
+        r.duration_ns.set(at - (T0 + SECOND));
+        r
+    };
+    // Reports at the ticks 8 s, 9 s (0 retransmissions) and 10 s (4
+    // retransmissions in 9..10 s), the last flushed 0.2 s after the boundary.
+    let flushed = boundary + 200_000_000;
+    let ticks = [
+        (8, counters(8_000, 80, 0)),
+        (9, counters(9_000, 90, 0)),
+        (10, counters(10_000, 100, 4)),
+    ];
+    for (seq, (tick, c)) in (0u32..).zip(ticks) {
+        let at = T0 + tick * SECOND + 1_000_000;
+        let sent = if tick == 10 { flushed } else { at };
+        agg.ingest(&datagram(101, 1, seq, sent, &[report(at, c)]), sent);
+    }
+    // Then 11 s: a clean second after the boundary.
+    let later = boundary + SECOND + 1_000_000;
+    agg.ingest(
+        &datagram(101, 1, 3, later, &[report(later, counters(11_000, 110, 4))]),
+        later,
+    );
+    let probes_flushed = boundary + 600_000_000;
+    agg.ingest(
+        &datagram(101, 1, 4, probes_flushed, &[timed_out, answered]),
+        probes_flushed,
+    );
+    assert_eq!(agg.totals().records_late, 0);
+
+    let before = emit(&mut agg, T0);
+    let view = BatchView::parse(&before).unwrap();
+    let p = view.paths.iter().find(|p| p.transport == 0).unwrap();
+    assert_eq!((p.retrans_segs.get(), p.flows_with_retrans.get()), (4, 1));
+    let probed = view.paths.iter().find(|p| p.probes_sent.get() > 0).unwrap();
+    assert_eq!((probed.probes_sent.get(), probed.probes_lost.get()), (1, 1));
+
+    let after = emit(&mut agg, boundary);
+    let view = BatchView::parse(&after).unwrap();
+    let p = view.paths.iter().find(|p| p.transport == 0).unwrap();
+    assert_eq!(
+        (p.retrans_segs.get(), p.flows_with_retrans.get()),
+        (0, 0),
+        "the clean window is clean"
+    );
+    assert_eq!((p.bytes_sent.get(), p.flows.get()), (1_000, 1));
+    let probed = view.paths.iter().find(|p| p.probes_sent.get() > 0).unwrap();
+    assert_eq!((probed.probes_sent.get(), probed.probes_lost.get()), (1, 0));
+    // The datagrams themselves are counted where they were sent.
+    assert_eq!(completeness(&view, 101).datagrams_received.get(), 3);
+}
+
+/// A probe answered later than the grace period allows is not lost: it is
+/// counted with its datagram, as late.
+#[test]
+fn a_record_whose_window_was_emitted_goes_with_its_datagram_and_is_counted_late() {
+    let mut agg = aggregator(settings());
+    emit(&mut agg, T0);
+    let mut old = probe(101, 102, 1, ProbeOutcome::Timeout, 0, 0);
+    old.requester_send_ns.set(T0 + W - SECOND);
+    let at = T0 + W + 3 * SECOND;
+    agg.ingest(&datagram(101, 1, 0, at, &[old]), at);
+    assert_eq!(agg.totals().records_late, 1);
+    let view_bytes = emit(&mut agg, T0 + W);
+    let view = BatchView::parse(&view_bytes).unwrap();
+    assert_eq!(view.paths[0].probes_lost.get(), 1);
+}

@@ -10,10 +10,21 @@
 //! (its closing report was lost, or its agent went away). This lives apart
 //! from the path summaries because it is state that spans windows, while a
 //! path summary belongs to one.
+//!
+//! **Which window.** A report's difference happened between the flow's
+//! previous report (or its start) and this one, so it is counted in the
+//! window holding the middle of that interval, not the window the report
+//! was sent or received in. Agents report a retransmitting flow at ticks
+//! aligned to the wall clock (`flows.retrans_report_ms`), so the interval of
+//! such a report lies within one window and its retransmissions are counted
+//! in the window they happened in — not in the first window after a fault
+//! cleared, which is where the report itself arrives.
 
 use std::collections::HashMap;
 
 use wire_format::{EndReason, FlowRecord, anomaly};
+
+use super::Placement;
 
 /// A remembered flow not reported for this many windows is forgotten (its
 /// closing report was lost, or its agent went away).
@@ -36,6 +47,9 @@ struct FlowState {
     bytes_received: u64,
     segs_out: u32,
     retrans_segs: u32,
+    /// When the flow was last reported (the agent's clock): where the next
+    /// report's interval begins.
+    reported_ns: u64,
     /// Window (start) in which the flow was last counted ([`NEVER`]: never).
     counted_in: u64,
     /// Window in which its retransmissions were last counted.
@@ -51,6 +65,7 @@ impl FlowState {
             bytes_received: 0,
             segs_out: 0,
             retrans_segs: 0,
+            reported_ns: 0,
             counted_in: NEVER,
             retrans_counted_in: NEVER,
             reset_counted_in: NEVER,
@@ -61,6 +76,11 @@ impl FlowState {
 /// One flow report's share of a window: what it adds to its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FlowDelta {
+    /// The window (start) it is counted in.
+    pub(super) window: u64,
+    /// Neither the middle of its interval nor its own time is in a window
+    /// still open: it is counted in the window its datagram was placed in.
+    pub(super) late: bool,
     /// Payload bytes acknowledged since the last report.
     pub(super) bytes_sent: u64,
     /// Payload bytes received since the last report.
@@ -120,22 +140,33 @@ impl FlowTable {
         self.flows.len()
     }
 
-    /// Accounts a report by agent `node` counted in the window starting at
-    /// `window`: returns its share, and remembers the flow while it is open.
-    pub(super) fn account(&mut self, node: u32, record: &FlowRecord, window: u64) -> FlowDelta {
+    /// Accounts a report by agent `node`, placing it in a window with
+    /// `place` (see the module's "Which window"): returns its share, and
+    /// remembers the flow while it is open.
+    pub(super) fn account(&mut self, node: u32, record: &FlowRecord, place: &Placement) -> FlowDelta {
+        let start_ns = record.start_ns.get();
         let key = FlowKey {
             node,
             flow_id: record.flow_id.get(),
-            start_ns: record.start_ns.get(),
+            start_ns,
         };
         let end = record.end_reason();
         let known = self.flows.get(&key).copied();
         let tracked = known.is_some() || self.flows.len() < self.max_flows;
         let mut state = known.unwrap_or_else(FlowState::new);
+        let at = start_ns.saturating_add(record.duration_ns.get());
+        let since = if known.is_some() { state.reported_ns } else { start_ns }.min(at);
+        let middle = since + (at - since) / 2;
+        let (window, late) = match place.window(middle).or_else(|| place.window(at)) {
+            Some(window) => (window, false),
+            None => (place.fallback, true),
+        };
         // Counters only grow; if a report goes backwards it is taken whole.
         let delta = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
         let retrans_segs = delta(record.retrans_segs.get().into(), state.retrans_segs.into());
         let share = FlowDelta {
+            window,
+            late,
             bytes_sent: delta(record.bytes_acked.get(), state.bytes_acked),
             bytes_received: delta(record.bytes_received.get(), state.bytes_received),
             segs_out: delta(record.segs_out.get().into(), state.segs_out.into()),
@@ -149,6 +180,7 @@ impl FlowTable {
         state.bytes_received = record.bytes_received.get();
         state.segs_out = record.segs_out.get();
         state.retrans_segs = record.retrans_segs.get();
+        state.reported_ns = state.reported_ns.max(at);
         state.counted_in = window;
         if share.retrans_first {
             state.retrans_counted_in = window;
@@ -183,6 +215,17 @@ mod tests {
 
     const W: u64 = 10;
 
+    /// Every report counted in window `start` (their times, 2 000 ns, are
+    /// taken as ahead of the clock).
+    fn at(start: u64) -> Placement {
+        Placement {
+            len: W,
+            open_from: start,
+            until_ns: 0,
+            fallback: start,
+        }
+    }
+
     fn report(flow_id: u64, end: EndReason, bytes: u64, retrans: u32) -> FlowRecord {
         Flow {
             flow_id,
@@ -209,24 +252,64 @@ mod tests {
     #[test]
     fn reports_add_their_difference_and_an_ended_flow_is_forgotten() {
         let mut table = FlowTable::new(10);
-        let d = table.account(1, &report(7, EndReason::Open, 100, 0), 0);
+        let d = table.account(1, &report(7, EndReason::Open, 100, 0), &at(0));
         assert_eq!((d.bytes_sent, d.first_in_window, d.untracked), (100, true, false));
-        let d = table.account(1, &report(7, EndReason::Open, 250, 1), 0);
+        let d = table.account(1, &report(7, EndReason::Open, 250, 1), &at(0));
         assert_eq!((d.bytes_sent, d.first_in_window, d.retrans_first), (150, false, true));
         assert_eq!(table.len(), 1);
-        let d = table.account(1, &report(7, EndReason::Reset, 300, 1), W);
+        let d = table.account(1, &report(7, EndReason::Reset, 300, 1), &at(W));
         assert_eq!((d.bytes_sent, d.retrans_segs, d.first_in_window), (50, 0, true));
         assert!(d.reset_first);
         assert_eq!(table.len(), 0);
     }
 
     #[test]
+    fn a_report_is_counted_in_the_window_of_the_middle_of_its_interval() {
+        // Windows 0 and W open. A flow starts at 2; reports at 8, 11 and 19.
+        let place = Placement {
+            len: W,
+            open_from: 0,
+            until_ns: u64::MAX,
+            fallback: W,
+        };
+        let at = |duration: u64, retrans: u32| {
+            let mut r = report(7, EndReason::Open, 100 * duration, retrans);
+            r.start_ns.set(2);
+            r.duration_ns.set(duration - 2);
+            r
+        };
+        let d = table_account(&mut FlowTable::new(10), &[at(8, 0)], &place);
+        assert_eq!(d, [(0, false)], "2..8, middle 5");
+        let mut table = FlowTable::new(10);
+        let d = table_account(&mut table, &[at(8, 0), at(11, 2), at(19, 3)], &place);
+        // 8..11 (middle 9) happened in window 0, though reported in W.
+        assert_eq!(d, [(0, false), (0, false), (W, false)]);
+        // Nothing open holds a report's time: its datagram's window, late.
+        let closed = Placement {
+            open_from: 3 * W,
+            fallback: 3 * W,
+            ..place
+        };
+        let d = table_account(&mut table, &[at(25, 4)], &closed);
+        assert_eq!(d, [(3 * W, true)]);
+    }
+
+    /// The window and lateness of each report, in turn.
+    fn table_account(table: &mut FlowTable, reports: &[FlowRecord], place: &Placement) -> Vec<(u64, bool)> {
+        reports
+            .iter()
+            .map(|r| table.account(1, r, place))
+            .map(|d| (d.window, d.late))
+            .collect()
+    }
+
+    #[test]
     fn a_full_table_takes_reports_whole() {
         let mut table = FlowTable::new(1);
-        table.account(1, &report(1, EndReason::Open, 100, 0), 0);
-        let d = table.account(1, &report(2, EndReason::Open, 100, 0), 0);
+        table.account(1, &report(1, EndReason::Open, 100, 0), &at(0));
+        let d = table.account(1, &report(2, EndReason::Open, 100, 0), &at(0));
         assert!(d.untracked);
-        let again = table.account(1, &report(2, EndReason::Open, 150, 0), 0);
+        let again = table.account(1, &report(2, EndReason::Open, 150, 0), &at(0));
         assert_eq!(again.bytes_sent, 150, "not remembered: counted whole again");
         assert_eq!(table.len(), 1);
     }
@@ -234,11 +317,11 @@ mod tests {
     #[test]
     fn idle_flows_are_forgotten() {
         let mut table = FlowTable::new(10);
-        table.account(1, &report(1, EndReason::Open, 100, 0), W);
-        table.account(1, &report(2, EndReason::Open, 100, 0), 0);
+        table.account(1, &report(1, EndReason::Open, 100, 0), &at(W));
+        table.account(1, &report(2, EndReason::Open, 100, 0), &at(0));
         table.forget_idle(W);
         assert_eq!(table.len(), 1, "flow 2, last counted in window 0, is forgotten");
-        let d = table.account(1, &report(2, EndReason::Open, 150, 0), 2 * W);
+        let d = table.account(1, &report(2, EndReason::Open, 150, 0), &at(2 * W));
         assert_eq!(d.bytes_sent, 150, "a forgotten flow's next report is taken whole");
     }
 }

@@ -2,8 +2,17 @@
 //! logic, free of I/O so it is tested with plain values and time passed in.
 //!
 //! **Windows.** A datagram belongs to the window holding its send time (the
-//! agent's clock), so a flush that crosses a window boundary lands where it
-//! was measured. A window is emitted `grace` after it ends, and every window
+//! agent's clock): its completeness is counted there. Each of its records
+//! is counted in the window of the record's own time when that window is
+//! still open — a probe in the window it was sent in (t1), however late its
+//! answer or timeout was flushed; a flow report's difference in the window
+//! holding the middle of the interval it covers (`flows`) — so what was
+//! measured before a window boundary (a fault being cleared) is not charged
+//! to the window after it. A record whose own window was already emitted
+//! (its answer came later than `grace` allows: keep `grace` above the
+//! agents' probe timeout plus their flush interval) or lies ahead of the
+//! sampler's clock goes with its datagram and is counted as *late*. A
+//! window is emitted `grace` after it ends, and every window
 //! is emitted in turn, even one in which nothing arrived: an agent's silence
 //! is reported (`SILENT`), never mistaken for a clean window. A datagram
 //! whose window was already emitted, or whose send time is more than one
@@ -125,6 +134,30 @@ impl Settings {
             max_batch_bytes: MAX_BATCH_BYTES,
             heartbeat_ns: agg.agent_heartbeat_secs * 1_000_000_000,
         }
+    }
+}
+
+/// Where one datagram's records are counted (see "Windows" above): each in
+/// the window of its own time if that window is still open and not ahead of
+/// the sampler's clock, else in the datagram's window.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    /// Window length, ns.
+    len: u64,
+    /// Start of the oldest window not yet emitted.
+    open_from: u64,
+    /// The latest record time believed: one window past the arrival (a
+    /// later one is a skewed clock's).
+    until_ns: u64,
+    /// The datagram's window: for records with no open window of their own.
+    fallback: u64,
+}
+
+impl Placement {
+    /// The open window holding time `t_ns`, if there is one.
+    fn window(&self, t_ns: u64) -> Option<u64> {
+        let start = t_ns - t_ns % self.len;
+        (start >= self.open_from && t_ns <= self.until_ns).then_some(start)
     }
 }
 
@@ -452,21 +485,26 @@ impl Aggregator {
         w.reordered += u32::from(reordered);
         w.restarted |= restarted;
         w.records += records as u32;
+        let place = Placement {
+            len: self.settings.window_ns,
+            open_from: self.next_emit,
+            until_ns: arrival_ns.saturating_add(self.settings.window_ns),
+            fallback: start,
+        };
         match datagram.records {
             Records::Flow(flows) => {
                 self.totals.flow_records += flows.len() as u64;
                 for record in flows {
-                    self.flow(start, node, record);
+                    self.flow(&place, node, record);
                 }
             }
             Records::Probe(probes) => {
                 self.totals.probe_records += probes.len() as u64;
                 for record in probes {
-                    self.probe(start, node, record);
+                    self.probe(&place, node, record);
                 }
             }
         }
-        self.window(start).records += records as u64;
         Ingested::Accepted { records }
     }
 
@@ -486,9 +524,10 @@ impl Aggregator {
         self.windows.entry(start).or_default()
     }
 
-    fn flow(&mut self, start: u64, node: u32, record: &FlowRecord) {
-        let share = self.flows.account(node, record, start);
+    fn flow(&mut self, place: &Placement, node: u32, record: &FlowRecord) {
+        let share = self.flows.account(node, record, place);
         self.totals.flows_untracked += u64::from(share.untracked);
+        self.totals.records_late += u64::from(share.late);
         let dst = record
             .dst_ip()
             .and_then(|ip| self.topology.node_by_address(ip))
@@ -500,7 +539,8 @@ impl Aggregator {
             transport: 0,
         };
         let settings = &self.settings;
-        let window = self.windows.entry(start).or_default();
+        let window = self.windows.entry(share.window).or_default();
+        window.records += 1;
         let Some(path) = window.path(key, settings.max_paths) else {
             self.totals.records_over_capacity += 1;
             return;
@@ -511,7 +551,11 @@ impl Aggregator {
         self.totals.samples_over_capacity += over;
     }
 
-    fn probe(&mut self, start: u64, node: u32, record: &ProbeRecord) {
+    fn probe(&mut self, place: &Placement, node: u32, record: &ProbeRecord) {
+        let start = place.window(record.requester_send_ns.get()).unwrap_or_else(|| {
+            self.totals.records_late += 1;
+            place.fallback
+        });
         let key = PathKey {
             src: node,
             dst: record.dst_node.get(),
@@ -520,6 +564,7 @@ impl Aggregator {
         };
         let settings = &self.settings;
         let window = self.windows.entry(start).or_default();
+        window.records += 1;
         let Some(path) = window.path(key, settings.max_paths) else {
             self.totals.records_over_capacity += 1;
             return;

@@ -79,6 +79,9 @@ pub struct Totals {
     /// Datagrams counted in the window of their arrival, not of their send
     /// time.
     pub rewindowed: u64,
+    /// Records counted in their datagram's window because the window of
+    /// their own time was already emitted (or is ahead of the clock).
+    pub records_late: u64,
     /// Records not aggregated because a window held `max_paths` paths.
     pub records_over_capacity: u64,
     /// Raw records not kept (or displaced) because a window held
