@@ -164,6 +164,13 @@ fn debug_line(flow: &Flow) -> serde_json::Value {
     })
 }
 
+/// Time since the Unix epoch (zero if the clock is before it).
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// A flow (closed, or still open) to the debug output and the sampler.
 async fn report_flow(flow: Flow, debug: DebugOutput, sender: Option<&mut Sender>) {
     debug.flow(&flow);
@@ -356,10 +363,12 @@ async fn trace(
     // sampler counts the retransmissions in the window they happened in.
     let retrans_reports = config.flows.retrans_report_ms > 0;
     let report_retrans = Duration::from_millis(config.flows.retrans_report_ms.max(1));
-    let mut retrans_tick = tokio::time::interval(report_retrans);
-    // Late ticks are not made up in a burst: a tick reports everything
-    // since the previous one.
-    retrans_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At multiples of the period on the wall clock, so that a report's
+    // interval ends at a sampler window's boundary (tracer::until_aligned).
+    // A late report covers everything since the previous one.
+    let until_retrans_report = || tokio::time::sleep(node_agent::tracer::until_aligned(report_retrans, wall_clock()));
+    let retrans_tick = until_retrans_report();
+    tokio::pin!(retrans_tick);
     let mut last_sweep = std::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
@@ -377,7 +386,8 @@ async fn trace(
                     sender.push_probe(record).await;
                 }
             }
-            _ = retrans_tick.tick(), if retrans_reports => {
+            _ = &mut retrans_tick, if retrans_reports => {
+                retrans_tick.set(until_retrans_report());
                 let reports = tracer.retransmissions();
                 {
                     let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());

@@ -23,6 +23,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
@@ -642,6 +643,21 @@ pub fn flow(event: &FlowEvent, clock: Clock) -> Result<Flow, InvalidEvent> {
     })
 }
 
+/// How long from `now` (time since the Unix epoch) to the next multiple of
+/// `period` on the wall clock: when retransmission reports are made. The
+/// samplers' windows start at multiples of whole seconds of the same clock,
+/// so with a period that divides a second (or a whole number of seconds
+/// that divides the window), the interval one report covers ends at a
+/// window boundary instead of straddling it, and the sampler counts its
+/// retransmissions in the window they happened in. Taken afresh from the
+/// wall clock at every report, so the schedule follows the clock's
+/// adjustments rather than drifting from it on the monotonic clock.
+pub fn until_aligned(period: Duration, now: Duration) -> Duration {
+    let period_ns = period.as_nanos().max(1);
+    let into = now.as_nanos() % period_ns;
+    Duration::from_nanos(u64::try_from(period_ns - into).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -654,6 +670,18 @@ mod tests {
 
     /// Boot time 0 is this wall-clock instant.
     const BOOTED_AT_NS: u64 = 1_700_000_000_000_000_000;
+
+    #[test]
+    fn retransmission_reports_fall_on_wall_clock_multiples_of_their_period() {
+        let second = Duration::from_secs(1);
+        let now = Duration::from_nanos(BOOTED_AT_NS + 300_000_000);
+        assert_eq!(until_aligned(second, now), Duration::from_millis(700));
+        let on = Duration::from_nanos(BOOTED_AT_NS);
+        assert_eq!(until_aligned(second, on), second, "on a multiple: the next one");
+        let quarter = Duration::from_millis(250);
+        assert_eq!(until_aligned(quarter, now), Duration::from_millis(200));
+        assert_eq!(until_aligned(Duration::ZERO, now), Duration::from_nanos(1));
+    }
 
     fn clock() -> Clock {
         Clock {
