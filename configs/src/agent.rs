@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{Checks, Component, Invalid, MetricsEndpoint};
+use crate::host_port::HostPort;
 
 /// Smallest datagram that holds a header and one flow record.
 const MIN_DATAGRAM: usize = 24 + 104;
@@ -38,14 +39,17 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentUplink {
-    /// The rack sampler's UDP address. Unset: the `sampler` of this node's
-    /// rack in the topology file.
+    /// The rack sampler's UDP address, `host:port` with an IP address or a
+    /// DNS name (such as a Kubernetes Service's). A name is resolved when
+    /// the agent starts sending, again after a failed send and every 30 s,
+    /// so a sampler that moves behind its name is followed. Unset: the
+    /// `sampler` of this node's rack in the topology file.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sampler: Option<SocketAddr>,
+    pub sampler: Option<HostPort>,
     /// A second sampler that receives a copy of every datagram (for a
-    /// redundant sampler pair).
+    /// redundant sampler pair), `host:port` like `sampler`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub secondary_sampler: Option<SocketAddr>,
+    pub secondary_sampler: Option<HostPort>,
     /// Largest datagram to send, bytes. 1472 fits a 1500-byte MTU over IPv4
     /// without fragmentation; use 1452 on IPv6 paths.
     pub max_datagram_bytes: usize,
@@ -217,11 +221,11 @@ impl Component for AgentConfig {
             1..=1_000_000,
             "datagrams per second",
         );
-        if let (Some(a), Some(b)) = (up.sampler, up.secondary_sampler) {
+        if let (Some(a), Some(b)) = (&up.sampler, &up.secondary_sampler) {
             c.check(
                 a != b,
                 "uplink.secondary_sampler",
-                b,
+                format_args!("{:?}", b.as_str()),
                 "an address other than uplink.sampler",
             );
         }
@@ -284,6 +288,61 @@ mod tests {
         };
         config.flows.retrans_report_ms = ms;
         config.validate()
+    }
+
+    /// A valid configuration with these `uplink` lines, loaded as a file
+    /// (named agent.toml in the message).
+    fn with_uplink(lines: &str) -> Result<AgentConfig, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, format!("node_id = 1\n[uplink]\n{lines}\n")).map_err(|e| e.to_string())?;
+        AgentConfig::load_with_env(Some(&path), Vec::new())
+            .map_err(|e| e.to_string().replace(&path.display().to_string(), "agent.toml"))
+    }
+
+    #[test]
+    fn samplers_are_addresses_or_host_names_with_a_port() {
+        let config = with_uplink("sampler = \"localhost:5001\"\nsecondary_sampler = \"[::1]:5002\"").unwrap();
+        assert_eq!(
+            config.uplink.sampler.as_ref().map(HostPort::as_str),
+            Some("localhost:5001")
+        );
+        assert_eq!(
+            config.uplink.secondary_sampler.and_then(|s| s.socket_addr()),
+            Some("[::1]:5002".parse().unwrap())
+        );
+        let config = with_uplink("sampler = \"flowmesh-sampler-rack1.flowmesh.svc:5001\"").unwrap();
+        assert_eq!(config.uplink.sampler.and_then(|s| s.socket_addr()), None);
+
+        // Neither IP:port nor host:port: one line naming the key, the value and the form.
+        for (line, key, value) in [
+            ("sampler = \"localhost\"", "uplink.sampler", "\"localhost\""),
+            (
+                "secondary_sampler = \"sampler:0\"",
+                "uplink.secondary_sampler",
+                "\"sampler:0\"",
+            ),
+            (
+                "sampler = \"http://sampler:5001\"",
+                "uplink.sampler",
+                "\"http://sampler:5001\"",
+            ),
+        ] {
+            let error = with_uplink(line).unwrap_err();
+            assert_eq!(
+                error,
+                format!(
+                    "agent configuration in agent.toml: line 3, column {}: {key} = {value}: expected {}",
+                    line.find('"').unwrap() + 1,
+                    crate::host_port::HOST_PORT_FORM
+                )
+            );
+        }
+        let error = with_uplink("sampler = \"s:5001\"\nsecondary_sampler = \"s:5001\"").unwrap_err();
+        assert_eq!(
+            error,
+            "agent configuration in agent.toml: uplink.secondary_sampler = \"s:5001\": expected an address other than uplink.sampler"
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! The [`Topology`] file lists racks and nodes; it is the one source of truth
 //! for probe peers, a sampler's rack and fault localization.
 //!
+//! Where an agent sends (`uplink.sampler`, a rack's `sampler`) is a
+//! [`HostPort`]: `host:port` with an IP address or a DNS name, checked for
+//! its form here and resolved by the agent when it sends.
+//!
 //! What the binaries share at run time — exit codes, logging, the metrics
 //! endpoint, signals, TLS and the development PKI — is `configs-runtime`
 //! (configs/runtime), so a tool that needs only configuration links none of
@@ -20,6 +24,7 @@ mod agent;
 mod analyzer;
 mod collector;
 mod component;
+mod host_port;
 mod sampler;
 mod storage;
 mod topology;
@@ -28,6 +33,7 @@ pub use agent::{AgentConfig, AgentUplink, FlowTracing, Probing};
 pub use analyzer::{AnalyzerConfig, Detection, Incidents, Localization, ResultsEndpoint};
 pub use collector::{Authorize, CollectorConfig};
 pub use component::{Component, ConfigArgs, ConfigError, Invalid, MetricsEndpoint, Since, TlsFiles};
+pub use host_port::{HostPort, NotHostPort};
 pub use sampler::{Aggregation, Ingest, SamplerConfig, SamplerUplink};
 pub use storage::{Backend, ClickHouseStorage, Storage};
 pub use topology::{Node, Problem, Rack, Topology, TopologyError};

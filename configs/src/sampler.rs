@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::component::{Checks, Component, Invalid, MetricsEndpoint, TlsFiles};
+use crate::host_port::is_host_port;
 
 /// Configuration of `flowmesh-sampler`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,44 +266,6 @@ impl Component for SamplerConfig {
 const COLLECTOR_FORM: &str = "\"host:port\" with a port from 1 to 65535 and an IPv4 address, an IPv6 address in \
                               brackets or a DNS name, such as \"collector1.example:4433\", \"198.18.0.1:4433\" or \
                               \"[fd00::1]:4433\"";
-
-/// Whether `entry` is "host:port" with a non-zero port and an IPv4 address,
-/// a bracketed IPv6 address or a DNS name: the forms the uplink resolves.
-fn is_host_port(entry: &str) -> bool {
-    if let Ok(addr) = entry.parse::<SocketAddr>() {
-        return addr.port() != 0;
-    }
-    let Some((host, port)) = entry.rsplit_once(':') else {
-        return false;
-    };
-    let port_ok =
-        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0);
-    port_ok && is_dns_name(host)
-}
-
-/// Whether `host` is a DNS name (RFC 1123 labels; `_` allowed, as resolvers
-/// accept it), optionally fully qualified with a final dot.
-fn is_dns_name(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.len() > 253 {
-        return false;
-    }
-    let label_ok = |label: &str| {
-        (1..=63).contains(&label.len())
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    // An all-numeric last label is a malformed IPv4 address ("198.18.0.300"),
-    // not a name, and would otherwise be looked up in DNS.
-    let numeric = host
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    host.split('.').all(label_ok) && !numeric
-}
 
 #[cfg(test)]
 mod tests {

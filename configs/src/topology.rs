@@ -5,6 +5,7 @@
 //! id = 1
 //! name = "rack1"
 //! sampler = "198.18.1.254:5001"   # optional: where this rack's agents send
+//!                                  # ("host:port"; a DNS name is resolved by the agent)
 //!
 //! [[nodes]]
 //! id = 101
@@ -19,10 +20,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::host_port::{HOST_PORT_FORM, HostPort};
 
 /// A rack: the unit a rack switch (ToR) and one sampler serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +34,10 @@ pub struct Rack {
     pub id: u32,
     /// Rack name, unique.
     pub name: String,
-    /// UDP address of the rack's sampler, if the file names one.
-    pub sampler: Option<SocketAddr>,
+    /// UDP address of the rack's sampler, if the file names one:
+    /// `host:port` with an IP address or a DNS name (such as the sampler's
+    /// Kubernetes Service), which each agent resolves.
+    pub sampler: Option<HostPort>,
 }
 
 /// A node: one server with an agent.
@@ -220,12 +225,12 @@ fn build(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
                 "is used by an earlier rack; expected a unique name".into(),
             );
         }
-        let sampler = r.sampler.as_deref().and_then(|s| match s.parse::<SocketAddr>() {
+        let sampler = r.sampler.as_deref().and_then(|s| match s.parse::<HostPort>() {
             Ok(addr) => Some(addr),
             Err(_) => {
                 problem(
                     format!("{key}.sampler"),
-                    format!("{s:?} is not a socket address; expected \"198.18.1.254:5001\" or \"[fd00::1:fe]:5001\""),
+                    format!("{s:?} is not an address and port; expected {HOST_PORT_FORM}"),
                 );
                 None
             }
@@ -413,5 +418,25 @@ mod tests {
                 "nodes[0] (\"n\").addresses"
             ]
         );
+        assert_eq!(
+            problems[1].message,
+            format!("\"nowhere\" is not an address and port; expected {HOST_PORT_FORM}")
+        );
+    }
+
+    #[test]
+    fn a_racks_sampler_may_be_a_host_name() {
+        let t = parse(&GOOD.replace("198.18.1.254:5001", "flowmesh-sampler-rack1.flowmesh.svc:5001")).unwrap();
+        let sampler = t.rack(1).unwrap().sampler.as_ref().unwrap();
+        assert_eq!(sampler.as_str(), "flowmesh-sampler-rack1.flowmesh.svc:5001");
+        assert_eq!(sampler.socket_addr(), None);
+        for bad in ["flowmesh-sampler-rack1.flowmesh.svc", "sampler:0", "198.18.1.300:5001"] {
+            let err = parse(&GOOD.replace("198.18.1.254:5001", bad)).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("racks[0] (\"rack1\").sampler: {bad:?}")),
+                "{err}"
+            );
+        }
     }
 }

@@ -78,7 +78,9 @@ fn other_wrong_types_name_key_value_and_type() {
         ("node_id = 1\nnode_name = 7\n", "node_name = 7: expected a string"),
         (
             "node_id = 1\n[uplink]\nsampler = \"nowhere\"\n",
-            "uplink.sampler = \"nowhere\": expected an address and port such as \"127.0.0.1:4433\" or \"[::1]:4433\"",
+            "uplink.sampler = \"nowhere\": expected \"host:port\" with a port from 1 to 65535 and an IPv4 \
+             address, an IPv6 address in brackets or a DNS name, such as \"sampler1.example:5001\", \
+             \"198.18.1.254:5001\" or \"[fd00::1:fe]:5001\"",
         ),
         ("node_id = 1\nuplink = 5\n", "uplink = 5: expected a table"),
         (
@@ -300,7 +302,41 @@ fn environment_text_is_read_as_the_keys_type() {
     assert!(!agent.probes.enabled && agent.probes.rdma);
     assert_eq!(agent.probes.port, 7789);
     assert_eq!(agent.uplink.sampler, Some("198.18.1.254:5001".parse().unwrap()));
+
     assert_eq!(agent.flows.cgroup.as_deref(), Some(Path::new("/sys/fs/cgroup/x")));
+    // A sampler by name, from the environment as from a file.
+    let named = AgentConfig::load_with_env(
+        None,
+        env(&[
+            ("FLOWMESH_AGENT_NODE_ID", "1"),
+            (
+                "FLOWMESH_AGENT_UPLINK__SAMPLER",
+                "flowmesh-sampler-rack1.flowmesh.svc:5001",
+            ),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        named.uplink.sampler.as_ref().map(HostPort::as_str),
+        Some("flowmesh-sampler-rack1.flowmesh.svc:5001")
+    );
+    let err = AgentConfig::load_with_env(
+        None,
+        env(&[
+            ("FLOWMESH_AGENT_NODE_ID", "1"),
+            ("FLOWMESH_AGENT_UPLINK__SAMPLER", "sampler.svc"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with(
+            "agent configuration from environment variable FLOWMESH_AGENT_UPLINK__SAMPLER: \
+             uplink.sampler = \"sampler.svc\": expected \"host:port\""
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
 
     // Fractions, enums, and a list no component used to declare as one.
     let analyzer = AnalyzerConfig::load_with_env(

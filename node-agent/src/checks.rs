@@ -9,10 +9,9 @@
 //! attaches sock_ops and cgroup connect programs, no tracepoint, so it
 //! works whether or not either is mounted.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use configs::{AgentConfig, Topology, TopologyError};
+use configs::{AgentConfig, HostPort, Topology, TopologyError};
 
 /// A start-up requirement that is not met.
 #[derive(Debug, thiserror::Error)]
@@ -227,14 +226,19 @@ pub fn identity(config: &AgentConfig) -> Result<Identity, CheckError> {
 }
 
 /// The primary sampler: `uplink.sampler`, else the `sampler` of this node's
-/// rack in the topology. `None` is allowed only with a secondary sampler
-/// to send to or with `debug` (records printed, not sent).
-pub fn sampler(config: &AgentConfig, identity: &Identity, debug: bool) -> Result<Option<SocketAddr>, CheckError> {
+/// rack in the topology (either an address or a name, resolved later, when
+/// the agent sends). `None` is allowed only with a secondary sampler to
+/// send to or with `debug` (records printed, not sent).
+pub fn sampler(config: &AgentConfig, identity: &Identity, debug: bool) -> Result<Option<HostPort>, CheckError> {
     let rack = identity
         .topology
         .node(identity.node_id)
         .and_then(|n| identity.topology.rack(n.rack));
-    let sampler = config.uplink.sampler.or_else(|| rack.and_then(|r| r.sampler));
+    let sampler = config
+        .uplink
+        .sampler
+        .clone()
+        .or_else(|| rack.and_then(|r| r.sampler.clone()));
     if sampler.is_none() && config.uplink.secondary_sampler.is_none() && !debug {
         return Err(CheckError::NoSampler {
             node_id: identity.node_id,

@@ -5,7 +5,8 @@
 //! [`checks`] verifies privileges and kernel features before anything is
 //! loaded; [`tracer`] loads, attaches and reads the programs; [`sender`]
 //! batches records into datagrams (its logic, [`sender::Batcher`], takes
-//! the time as an argument); [`probe`] measures the network to the node's
+//! the time as an argument) for the samplers at the addresses
+//! [`sampler_address`] keeps resolved; [`probe`] measures the network to the node's
 //! peers with UDP probes, and `rdma` (feature `rdma`) over RDMA UD where
 //! the host has an RDMA NIC — both thin drivers of one probe session with
 //! time passed in (the node-agent-probe crate).
@@ -26,6 +27,7 @@ pub mod netns;
 pub mod probe;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+pub mod sampler_address;
 pub mod sender;
 pub mod sockdiag;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use configs::{AgentConfig, ConfigArgs, Topology};
 use configs_runtime::LogFormat;
 use node_agent::checks::{self, CheckError};
 use node_agent::probe::{self, ProbeStats, ProberSettings, RdmaEndpoint};
+use node_agent::sampler_address::{Refresh, SamplerAddress, system_lookup};
 use node_agent::sender::Sender;
 use node_agent::telemetry::{self, AgentStats};
 use node_agent::tracer::Tracer;
@@ -224,32 +225,36 @@ async fn trace(
         config.flows.retrans_report_ms > 0,
     )?;
     info!(message = "tracing TCP flows", cgroup = %cgroup.display(), netns = ?config.flows.netns);
-    let samplers: Vec<_> = [config.uplink.sampler, config.uplink.secondary_sampler]
+    // Names are looked up by a task each, off the record path (see
+    // node_agent::sampler_address); the first lookup is awaited, briefly,
+    // so the first datagrams are not lost to a name still resolving.
+    let refresh = Refresh::default();
+    let samplers: Vec<SamplerAddress> = [config.uplink.sampler.clone(), config.uplink.secondary_sampler.clone()]
         .into_iter()
         .flatten()
+        .map(|configured| SamplerAddress::new(configured, system_lookup(), refresh))
         .collect();
-    let mut sender = match samplers.first() {
-        Some(first) => {
-            let bind = if first.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-            let socket = tokio::net::UdpSocket::bind(bind)
-                .await
-                .context("binding the uplink socket")?;
-            let epoch = (node_agent::now_ns() / 1_000_000_000) as u32;
-            Some(Sender::new(
-                socket,
-                samplers,
-                Origin {
-                    node_id: config.node_id,
-                    agent_epoch: epoch,
-                },
-                config.uplink.max_datagram_bytes,
-                config.uplink.batch_size,
-                config.uplink.max_datagrams_per_sec,
-            ))
+    // checks::sampler allows none only with --debug.
+    let mut sender = (!samplers.is_empty()).then(|| {
+        let epoch = (node_agent::now_ns() / 1_000_000_000) as u32;
+        Sender::new(
+            samplers,
+            Origin {
+                node_id: config.node_id,
+                agent_epoch: epoch,
+            },
+            config.uplink.max_datagram_bytes,
+            config.uplink.batch_size,
+            config.uplink.max_datagrams_per_sec,
+        )
+    });
+    if let Some(sender) = &sender {
+        sender.wait_resolved(refresh.timeout).await;
+        for sampler in sender.samplers() {
+            let address = sampler.current().map_or("none yet".to_string(), |a| a.to_string());
+            info!(message = "sending to sampler", sampler = %sampler.configured(), %address);
         }
-        // checks::sampler allows none only with --debug.
-        None => None,
-    };
+    }
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeRecord>(4_096);
     let probe_stats = Arc::new(std::sync::Mutex::new(ProbeStats::default()));
     let mut probe_tasks = Vec::new();

@@ -8,7 +8,11 @@
 //! timer), sequence numbers, the datagram rate cap, and heartbeats after a
 //! quiet spell; it is unit-tested on a virtual clock. [`Sender`] is the
 //! thin async shell: it reads the clock, sends whatever the batcher emits
-//! to every sampler and notes whether the primary took it.
+//! to every sampler at its current address ([`SamplerAddress`], resolved
+//! off the record path) and notes whether the primary took it. A failed
+//! send, or a sampler whose name has not resolved yet, counts as a send
+//! error and asks for the name to be looked up again; its datagram is lost
+//! to that sampler, which sees the gap in the sequence numbers.
 //!
 //! Datagram buffers: the batcher writes each datagram once, in place, into
 //! a [`BytesMut`] arena with room for many datagrams, and cuts it off as a
@@ -22,12 +26,14 @@
 //! only while datagrams cut from the old one are still held.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::UdpSocket;
 use wire_format::{DatagramBuilder, FlowRecord, Origin, ProbeRecord, Record, capacity};
+
+use crate::sampler_address::SamplerAddress;
 
 /// What the sender has done, for the agent's metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,9 +42,12 @@ pub struct SenderStats {
     pub datagrams: u64,
     /// Records sent.
     pub records: u64,
-    /// Sends that failed (per sampler); their records are lost to that
-    /// sampler and show there as a sequence gap.
+    /// Sends that failed (per sampler), a sampler whose name had not
+    /// resolved included; their records are lost to that sampler and show
+    /// there as a sequence gap.
     pub send_errors: u64,
+    /// Lookups of the samplers' names that failed (every sampler).
+    pub lookup_failures: u64,
     /// Datagrams not sent to stay under the rate cap (their sequence
     /// numbers are used, so samplers count them as lost).
     pub rate_limited_datagrams: u64,
@@ -245,11 +254,38 @@ impl Batcher {
     }
 }
 
+/// The sender's UDP sockets, one per address family, each bound to an
+/// ephemeral port at the first send to that family: a sampler's name may
+/// lead to IPv4 or IPv6, and a host may lack either.
+#[derive(Debug, Default)]
+struct Sockets([Option<UdpSocket>; 2]);
+
+impl Sockets {
+    /// The socket for `to`'s family, bound now if it is the first.
+    fn for_addr(&mut self, to: SocketAddr) -> std::io::Result<&UdpSocket> {
+        let slot = &mut self.0[usize::from(to.is_ipv6())];
+        let socket = match slot.take() {
+            Some(socket) => socket,
+            None => {
+                let any: SocketAddr = if to.is_ipv6() {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                let socket = std::net::UdpSocket::bind(any)?;
+                socket.set_nonblocking(true)?;
+                UdpSocket::from_std(socket)?
+            }
+        };
+        Ok(slot.insert(socket))
+    }
+}
+
 /// A batcher of records for the samplers, sending over UDP.
 #[derive(Debug)]
 pub struct Sender {
-    socket: UdpSocket,
-    samplers: Vec<SocketAddr>,
+    sockets: Sockets,
+    samplers: Vec<SamplerAddress>,
     batcher: Batcher,
     send_errors: u64,
     /// Whether the latest send to the primary sampler succeeded.
@@ -257,24 +293,39 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A sender from a socket bound for the samplers' family. `batch_size`
-    /// caps records per datagram (0: as many as `max_datagram` bytes hold);
-    /// at most `max_per_sec` datagrams leave per second.
+    /// A sender to `samplers` (the primary first), from sockets it binds
+    /// as needed. `batch_size` caps records per datagram (0: as many as
+    /// `max_datagram` bytes hold); at most `max_per_sec` datagrams leave
+    /// per second.
     pub fn new(
-        socket: UdpSocket,
-        samplers: Vec<SocketAddr>,
+        samplers: Vec<SamplerAddress>,
         origin: Origin,
         max_datagram: usize,
         batch_size: usize,
         max_per_sec: u32,
     ) -> Sender {
         Sender {
-            socket,
+            sockets: Sockets::default(),
             samplers,
             batcher: Batcher::new(origin, max_datagram, batch_size, max_per_sec, Instant::now()),
             send_errors: 0,
             primary_ok: true,
         }
+    }
+
+    /// Waits until every sampler's name has resolved, at most `within` in
+    /// all (the agent's start: datagrams sent before would be lost).
+    pub async fn wait_resolved(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        for sampler in &self.samplers {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            sampler.resolved(left).await;
+        }
+    }
+
+    /// The samplers, the primary first.
+    pub fn samplers(&self) -> &[SamplerAddress] {
+        &self.samplers
     }
 
     /// Queues a flow record, sending a datagram when one is full.
@@ -302,13 +353,22 @@ impl Sender {
     }
 
     /// Sends what the batcher emitted to every sampler (the same bytes,
-    /// the same sequence number), noting whether the primary took it.
+    /// the same sequence number), noting whether the primary took it. A
+    /// sampler with no address yet, or a send that fails, asks for its name
+    /// to be looked up again (a no-op for an IP address).
     async fn transmit(&mut self) {
         while let Some(datagram) = self.batcher.poll_transmit() {
             for (i, sampler) in self.samplers.iter().enumerate() {
-                let ok = self.socket.send_to(&datagram, sampler).await.is_ok();
+                let ok = match sampler.current() {
+                    Some(to) => match self.sockets.for_addr(to) {
+                        Ok(socket) => socket.send_to(&datagram, to).await.is_ok(),
+                        Err(_) => false,
+                    },
+                    None => false,
+                };
                 if !ok {
                     self.send_errors += 1;
+                    sampler.send_failed();
                 }
                 if i == 0 {
                     self.primary_ok = ok;
@@ -329,6 +389,7 @@ impl Sender {
     pub fn stats(&self) -> SenderStats {
         SenderStats {
             send_errors: self.send_errors,
+            lookup_failures: self.samplers.iter().map(SamplerAddress::lookup_failures).sum(),
             ..self.batcher.stats()
         }
     }
@@ -337,6 +398,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampler_address::{Lookup, Refresh, system_lookup};
     use wire_format::RecordKind;
 
     const ORIGIN: Origin = Origin {
@@ -546,34 +608,43 @@ mod tests {
         );
     }
 
+    /// A sampler at a fixed address (no lookup).
+    fn at(addr: SocketAddr) -> SamplerAddress {
+        SamplerAddress::new(addr.into(), system_lookup(), Refresh::default())
+    }
+
+    /// Receives `count` datagrams on `socket` (5 s each at most): their
+    /// sequence numbers and record counts.
+    fn receive(socket: &std::net::UdpSocket, count: usize) -> Vec<(u32, usize)> {
+        let mut buf = [0u8; 2048];
+        (0..count)
+            .map(|_| {
+                let len = socket.recv(&mut buf).expect("a datagram within 5 s");
+                let datagram = wire_format::parse(&buf[..len]).expect("valid");
+                (datagram.header.sequence.get(), datagram.records.len())
+            })
+            .collect()
+    }
+
+    fn bind(ip: std::net::IpAddr) -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind");
+        socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        socket
+    }
+
     /// The shell sends every datagram to both samplers with the same
     /// sequence number, heartbeats included.
     #[tokio::test]
     async fn both_samplers_get_every_datagram() {
-        let samplers: Vec<std::net::UdpSocket> = (0..2)
-            .map(|_| {
-                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-                s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-                s
-            })
-            .collect();
-        let to = samplers.iter().map(|s| s.local_addr().expect("addr")).collect();
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let mut sender = Sender::new(socket, to, ORIGIN, 1472, 1, 100);
+        let samplers: Vec<std::net::UdpSocket> = (0..2).map(|_| bind(Ipv4Addr::LOCALHOST.into())).collect();
+        let to = samplers.iter().map(|s| at(s.local_addr().expect("addr"))).collect();
+        let mut sender = Sender::new(to, ORIGIN, 1472, 1, 100);
         for _ in 0..3 {
             sender.push_probe(record()).await;
         }
         sender.heartbeat_if_idle(Duration::ZERO).await;
         for sampler in &samplers {
-            let mut buf = [0u8; 2048];
-            let received: Vec<(u32, usize)> = (0..4)
-                .map(|_| {
-                    let len = sampler.recv(&mut buf).expect("a datagram within 5 s");
-                    let datagram = wire_format::parse(&buf[..len]).expect("valid");
-                    (datagram.header.sequence.get(), datagram.records.len())
-                })
-                .collect();
-            assert_eq!(received, [(0, 1), (1, 1), (2, 1), (3, 0)]);
+            assert_eq!(receive(sampler, 4), [(0, 1), (1, 1), (2, 1), (3, 0)]);
         }
         let stats = sender.stats();
         assert_eq!(
@@ -587,12 +658,104 @@ mod tests {
     /// packet leaves) makes the agent not ready, and counts the errors.
     #[tokio::test]
     async fn an_unreachable_sampler_is_noticed() {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let to = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
-        let mut sender = Sender::new(socket, to, ORIGIN, 1472, 1, 100);
+        let to = vec![at(SocketAddr::from(([127, 0, 0, 1], 0)))];
+        let mut sender = Sender::new(to, ORIGIN, 1472, 1, 100);
         assert!(sender.reachable(), "nothing sent yet");
         sender.push_probe(record()).await;
         assert!(!sender.reachable());
         assert_eq!(sender.stats().send_errors, 1);
+    }
+
+    /// A sampler named `localhost:PORT` is looked up with the system
+    /// resolver and gets the datagrams on a real socket at the address the
+    /// name has (127.0.0.1 here).
+    #[tokio::test]
+    async fn a_sampler_named_localhost_gets_the_datagrams() {
+        let first = tokio::net::lookup_host("localhost:0")
+            .await
+            .expect("localhost resolves")
+            .next()
+            .expect("an address");
+        assert!(first.ip().is_loopback(), "{first}");
+        let sampler = bind(first.ip());
+        let port = sampler.local_addr().expect("addr").port();
+        let named = SamplerAddress::new(
+            format!("localhost:{port}").parse().expect("host:port"),
+            system_lookup(),
+            Refresh::default(),
+        );
+        let mut sender = Sender::new(vec![named], ORIGIN, 1472, 1, 100);
+        tokio::time::timeout(Duration::from_secs(10), sender.wait_resolved(Duration::from_secs(5)))
+            .await
+            .expect("bounded by its own deadline");
+        assert_eq!(sender.samplers()[0].current(), Some(SocketAddr::new(first.ip(), port)));
+        sender.push_probe(record()).await;
+        sender.heartbeat_if_idle(Duration::ZERO).await;
+        assert_eq!(receive(&sampler, 2), [(0, 1), (1, 0)]);
+        let stats = sender.stats();
+        assert_eq!((stats.send_errors, stats.lookup_failures), (0, 0));
+        assert!(sender.reachable());
+    }
+
+    /// A lookup that answers from a list, one answer per call (the last
+    /// one again once the list runs out).
+    fn answers(list: Vec<Option<SocketAddr>>) -> Lookup {
+        let list = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::from(list)));
+        std::sync::Arc::new(move |_: &str| {
+            let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
+            let answer = if list.len() > 1 {
+                list.pop_front().flatten()
+            } else {
+                list.front().copied().flatten()
+            };
+            Box::pin(async move {
+                answer
+                    .map(|a| vec![a])
+                    .ok_or_else(|| std::io::Error::other("no such name"))
+            })
+        })
+    }
+
+    /// The name first leads where the kernel refuses to send (the sampler
+    /// moved); the failed send makes the agent look it up again, and the
+    /// next datagram reaches the sampler at its new address. A name that
+    /// does not resolve yet is a send error too, and looked up again.
+    #[tokio::test]
+    async fn a_failed_send_follows_the_sampler_to_its_new_address() {
+        let sampler = bind(Ipv4Addr::LOCALHOST.into());
+        let moved = sampler.local_addr().expect("addr");
+        let nowhere = SocketAddr::from(([127, 0, 0, 1], 0));
+        // Looked up only at the start and after a failed send.
+        let refresh = Refresh {
+            period: Duration::from_secs(3_600),
+            timeout: Duration::from_secs(1),
+            min_interval: Duration::ZERO,
+        };
+        let name: configs::HostPort = "sampler.test:5001".parse().expect("host:port");
+        let lookup = answers(vec![None, Some(nowhere), Some(moved)]);
+        let mut sender = Sender::new(vec![SamplerAddress::new(name, lookup, refresh)], ORIGIN, 1472, 1, 100);
+        let wait = |sender: &Sender, what: &'static str, want: Option<SocketAddr>| {
+            let sampler = sender.samplers()[0].clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while sampler.current() != want || (want.is_none() && sampler.lookup_failures() == 0) {
+                    assert!(Instant::now() < deadline, "not within 5 s: {what}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait(&sender, "the failed first lookup", None).await;
+        sender.push_probe(record()).await;
+        assert!(!sender.reachable());
+        wait(&sender, "the address nobody can send to", Some(nowhere)).await;
+        sender.push_probe(record()).await;
+        assert!(!sender.reachable());
+        wait(&sender, "the sampler's new address", Some(moved)).await;
+        sender.push_probe(record()).await;
+        assert!(sender.reachable());
+        // Sequence numbers 0 and 1 were lost: the sampler sees the gap.
+        assert_eq!(receive(&sampler, 1), [(2, 1)]);
+        let stats = sender.stats();
+        assert_eq!((stats.datagrams, stats.send_errors, stats.lookup_failures), (3, 2, 1));
     }
 }

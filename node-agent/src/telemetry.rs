@@ -1,6 +1,7 @@
 //! What the agent's Prometheus endpoint reports
 //! ([`configs_runtime::endpoint`] serves it): flows traced, the kernel
-//! side's drops by reason, datagrams and records sent, probe outcomes.
+//! side's drops by reason, datagrams and records sent, failed lookups of
+//! the samplers' names, probe outcomes.
 //! Each family is declared once here, as a `const` [`Family`], and both
 //! described and recorded through that declaration.
 
@@ -42,7 +43,12 @@ pub const RECORDS_SENT: Family = Family::counter("flowmesh_agent_records_sent_to
 /// Failed sends.
 pub const SEND_ERRORS: Family = Family::counter(
     "flowmesh_agent_send_errors_total",
-    "Datagram sends that failed, per sampler.",
+    "Datagram sends that failed, per sampler (to a sampler whose name had not resolved yet included).",
+);
+/// Failed lookups of the samplers' names.
+pub const SAMPLER_LOOKUP_FAILURES: Family = Family::counter(
+    "flowmesh_agent_sampler_lookup_failures_total",
+    "Lookups of a sampler's name (uplink.sampler, uplink.secondary_sampler or the rack's sampler) that failed: no answer within 5 s, an error, or no address. The agent keeps sending to the address the name had, and tries again after a failed send and every 30 s.",
 );
 /// Datagrams not sent, by reason.
 pub const DATAGRAMS_DROPPED: Family = Family::counter(
@@ -85,6 +91,7 @@ pub const FAMILIES: &[Family] = &[
     DATAGRAMS_SENT,
     RECORDS_SENT,
     SEND_ERRORS,
+    SAMPLER_LOOKUP_FAILURES,
     DATAGRAMS_DROPPED,
     RECORDS_DROPPED,
     HEARTBEATS,
@@ -191,6 +198,7 @@ pub fn endpoint(stats: Arc<Mutex<AgentStats>>, probes: Arc<Mutex<ProbeStats>>) -
             DATAGRAMS_SENT.absolute(&[], s.sender.datagrams);
             RECORDS_SENT.absolute(&[], s.sender.records);
             SEND_ERRORS.absolute(&[], s.sender.send_errors);
+            SAMPLER_LOOKUP_FAILURES.absolute(&[], s.sender.lookup_failures);
             DATAGRAMS_DROPPED.absolute(&[("reason", "rate_limit")], s.sender.rate_limited_datagrams);
             RECORDS_DROPPED.absolute(&[("reason", "rate_limit")], s.sender.rate_limited_records);
             HEARTBEATS.absolute(&[], s.sender.heartbeats);
@@ -229,6 +237,7 @@ mod tests {
                 datagrams: 12,
                 records: 13,
                 send_errors: 14,
+                lookup_failures: 18,
                 rate_limited_datagrams: 15,
                 rate_limited_records: 16,
                 heartbeats: 17,
@@ -260,6 +269,7 @@ mod tests {
             "flowmesh_agent_datagrams_sent_total 12",
             "flowmesh_agent_records_sent_total 13",
             "flowmesh_agent_send_errors_total 14",
+            "flowmesh_agent_sampler_lookup_failures_total 18",
             "flowmesh_agent_datagrams_dropped_total{reason=\"rate_limit\"} 15",
             "flowmesh_agent_records_dropped_total{reason=\"rate_limit\"} 16",
             "flowmesh_agent_heartbeats_total 17",

@@ -422,13 +422,21 @@ fn scrape(addr: SocketAddr) -> String {
 
 /// SIGHUP reloads the topology: a node added to the file is probed from the
 /// next tick; a file that no longer loads is reported and the previous
-/// topology kept, probes going on.
+/// topology kept, probes going on. The agent is configured by names: its
+/// node's, and its sampler's (`localhost:PORT`, looked up when it starts
+/// sending; the test sampler listens at the address the name has first,
+/// 127.0.0.1 on CI).
 #[test]
 fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
     let topology = write_topology(dir.path(), &[(101, "127.0.0.1"), (102, "127.0.0.2")], no_extra);
-    let sampler = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let localhost = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 0))
+        .unwrap()
+        .next()
+        .unwrap();
+    let sampler = std::net::UdpSocket::bind(localhost).unwrap();
+    let sampler_port = sampler.local_addr().unwrap().port();
     let cg = TestCgroup::create();
     let mut a = Agent::start(
         &cg,
@@ -436,10 +444,10 @@ fn sighup_reloads_the_topology_and_keeps_the_old_one_when_the_new_one_is_broken(
         "a",
         &format!(
             // By name: the agent looks its id (101) up in the topology.
-            "node_name = \"n101\"\ntopology = \"{}\"\n[uplink]\nsampler = \"{}\"\nflush_ms = 50\n[flows]\n\
+            "node_name = \"n101\"\ntopology = \"{}\"\n[uplink]\nsampler = \"localhost:{sampler_port}\"\n\
+             flush_ms = 50\n[flows]\n\
              [probes]\nport = {port}\ninterval_ms = 100\ntimeout_ms = 200\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
             topology.display(),
-            sampler.local_addr().unwrap()
         ),
     );
     let hup = |a: &Agent| {
