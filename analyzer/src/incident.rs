@@ -353,8 +353,8 @@ struct Followed {
 #[derive(Debug, Default)]
 pub struct Watch {
     incidents: BTreeMap<(&'static str, String), Followed>,
-    /// Per node: the open gap's state and first window.
-    gaps: BTreeMap<String, (GapState, u64)>,
+    /// Per node: the open gap's state, first window and rack.
+    gaps: BTreeMap<String, (GapState, u64, String)>,
 }
 
 impl Watch {
@@ -499,6 +499,9 @@ impl Watch {
 
     /// Telemetry gaps start and end with the windows they cover (no quiet
     /// windows): a gap is a fact about the data, not a verdict that flaps.
+    /// Nodes of one rack whose gaps start, change or end alike (a rack's
+    /// sampler down: every agent of it without telemetry) are one line
+    /// naming the rack and its nodes, not a line per node.
     fn gap_events(&mut self, analysis: &Analysis, events: &mut Vec<Event>) {
         let mut open: BTreeMap<&str, &crate::report::TelemetryGap> = BTreeMap::new();
         for g in analysis.telemetry_gaps.iter().filter(|g| g.open) {
@@ -507,36 +510,51 @@ impl Watch {
                 *entry = g;
             }
         }
-        let event = |transition, node: &str, detail| Event {
-            transition,
-            kind: "telemetry_gap".to_string(),
-            element: node.to_string(),
-            detail,
+        // (transition, rack, detail) → nodes, in the order first seen.
+        let mut lines: Vec<((Transition, String, String), Vec<String>)> = Vec::new();
+        let mut line = |transition: Transition, node: &str, rack: &str, detail: String| {
+            let key = (transition, rack.to_string(), detail);
+            match lines.iter_mut().find(|(k, _)| !key.1.is_empty() && *k == key) {
+                Some((_, nodes)) => nodes.push(node.to_string()),
+                None => lines.push((key, vec![node.to_string()])),
+            }
         };
-        self.gaps.retain(|node, (state, first)| {
+        self.gaps.retain(|node, (state, first, rack)| {
             let gone = !open.contains_key(node.as_str());
             if gone {
-                events.push(event(
+                line(
                     Transition::End,
                     node,
+                    rack,
                     format!("{} since {}", state.describe(), utc(*first)),
-                ));
+                );
             }
             !gone
         });
         for (node, g) in open {
             let what = format!("{} since {}", g.describe(), utc(g.first_window_ns));
-            match self.gaps.insert(node.to_string(), (g.state, g.first_window_ns)) {
-                None => events.push(event(Transition::Start, node, what)),
-                Some((state, _)) if state != g.state => {
-                    events.push(event(Transition::Change, node, format!("now {what}")));
-                }
-                Some((state, first)) => {
+            let now = (g.state, g.first_window_ns, g.rack.clone());
+            match self.gaps.insert(node.to_string(), now) {
+                None => line(Transition::Start, node, &g.rack, what),
+                Some((state, ..)) if state != g.state => line(Transition::Change, node, &g.rack, format!("now {what}")),
+                Some((state, first, rack)) => {
                     // Same state: keep when it began.
                     self.gaps
-                        .insert(node.to_string(), (state, first.min(g.first_window_ns)));
+                        .insert(node.to_string(), (state, first.min(g.first_window_ns), rack));
                 }
             }
+        }
+        for ((transition, rack, detail), nodes) in lines {
+            let element = match nodes.as_slice() {
+                [node] => node.clone(),
+                nodes => format!("{rack} ({})", nodes.join(", ")),
+            };
+            events.push(Event {
+                transition,
+                kind: "telemetry_gap".to_string(),
+                element,
+                detail,
+            });
         }
     }
 }
@@ -726,6 +744,7 @@ mod tests {
     fn watch_follows_a_gap_through_its_states() {
         let gap = |state: GapState, first: u64, open: bool| TelemetryGap {
             node: "r1n2".to_string(),
+            rack: "rack1".to_string(),
             first_window_ns: first * W,
             last_window_ns: first * W,
             windows: 1,
@@ -756,6 +775,46 @@ mod tests {
         assert_eq!(end.len(), 1);
         assert!(
             end[0].starts_with("END     telemetry_gap r1n2: silent since "),
+            "{end:?}"
+        );
+    }
+
+    /// A rack's sampler down: every agent of the rack without telemetry
+    /// from the same window is one START and one END naming the rack and
+    /// its nodes; a node of another rack is a line of its own.
+    #[test]
+    fn watch_tells_a_racks_gaps_in_one_line() {
+        let gap = |node: &str, rack: &str, open: bool| TelemetryGap {
+            node: node.to_string(),
+            rack: rack.to_string(),
+            first_window_ns: 3 * W,
+            last_window_ns: 4 * W,
+            windows: 2,
+            silent: false,
+            min_completeness: 0.0,
+            state: GapState::NoTelemetry,
+            open,
+        };
+        let gaps = |open: bool| {
+            vec![
+                gap("r2n1", "rack2", open),
+                gap("r2n2", "rack2", open),
+                gap("r2n3", "rack2", open),
+                gap("r3n1", "rack3", open),
+            ]
+        };
+        let mut watch = Watch::default();
+        let start = lines(&watch.pass(&analysis(Vec::new(), gaps(true))));
+        assert_eq!(start.len(), 2, "{start:?}");
+        assert!(
+            start[0].starts_with("START   telemetry_gap rack2 (r2n1, r2n2, r2n3): no telemetry"),
+            "{start:?}"
+        );
+        assert!(start[1].starts_with("START   telemetry_gap r3n1: "), "{start:?}");
+        let end = lines(&watch.pass(&analysis(Vec::new(), gaps(false))));
+        assert_eq!(end.len(), 2, "{end:?}");
+        assert!(
+            end[0].starts_with("END     telemetry_gap rack2 (r2n1, r2n2, r2n3): "),
             "{end:?}"
         );
     }

@@ -197,6 +197,8 @@ impl GapState {
 pub struct TelemetryGap {
     /// The node's name.
     pub node: String,
+    /// Its rack's name (empty for a node outside the topology).
+    pub rack: String,
     /// First window, ns.
     pub first_window_ns: u64,
     /// Last window, ns.
@@ -587,6 +589,10 @@ fn gaps(
             }
             _ => out.push(TelemetryGap {
                 node: node_name(topology, node),
+                rack: topology
+                    .node(node)
+                    .and_then(|n| topology.rack(n.rack))
+                    .map_or_else(String::new, |r| r.name.clone()),
                 first_window_ns: window,
                 last_window_ns: window,
                 windows: 1,
