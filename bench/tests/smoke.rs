@@ -80,14 +80,40 @@ fn pipeline_runs_through_sampler_and_collector() {
 
 /// Needs root, bpftrace and the agent binary (all there in CI).
 #[test]
-fn tcp_overhead_runs_all_three_tracers() {
+fn tcp_overhead_runs_every_tracer_and_reads_their_bpf_run_time() {
     let out = Command::new(env!("CARGO_BIN_EXE_flowmesh-bench"))
         .args(["tcp-overhead", "--seconds", "1", "--bulk-seconds", "1", "--rounds", "1"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for line in ["untraced", "flowmesh-agent", "bpftrace peer", "CPU-s per 100 000 flows"] {
+    for line in [
+        "untraced",
+        "flowmesh-agent",
+        "bpftrace peer, printf",
+        "bpftrace peer, in-kernel hist",
+        "CPU-s per 100 000 flows",
+        "ns of BPF per flow",
+    ] {
         assert!(stdout.contains(line), "missing {line:?} in {stdout}");
     }
+    // The kernel's accounting was read for the agent and both peers: a
+    // number of ns per flow on each of their median lines.
+    let with_bpf = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("flowmesh-agent ") || l.trim_start().starts_with("bpftrace peer"))
+        .filter(|l| {
+            l.split_whitespace()
+                .last()
+                .is_some_and(|ns| ns.parse::<f64>().is_ok_and(|ns| ns > 0.0))
+        })
+        .count();
+    assert_eq!(with_bpf, 3, "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .unwrap()
+            .trim(),
+        "0",
+        "bpf_stats left as found"
+    );
 }
