@@ -891,6 +891,13 @@ proptest! {
         delay_ms in 0u64..1_900,
     ) {
         live_agent(settings_30s(), base_ms, &jitter, delay_ms)?;
-        live_agent(settings_5s(), base_ms, &jitter, delay_ms)?;
+        // A gap of up to twice the base must fit in a window for every
+        // window to hold a datagram: an agent silent for a whole 5 s window
+        // (gaps up to 5.2 s with a base of 2.6 s) sent nothing in it, and
+        // the window truthfully reads SILENT. (Agents probing every second,
+        // as deployed and simulated, are never that quiet.)
+        if 2 * base_ms < 5_000 {
+            live_agent(settings_5s(), base_ms, &jitter, delay_ms)?;
+        }
     }
 }
