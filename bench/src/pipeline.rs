@@ -137,6 +137,8 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         targets: opts.targets,
         kind: Kind::Probe,
         paced: 1.0,
+        runs: 1,
+        aggregation_only: false,
     };
     let mut traffic = build_traffic(&traffic_opts)?;
     let per = traffic.records_per_datagram;

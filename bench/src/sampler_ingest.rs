@@ -7,7 +7,12 @@
 //! socket set-up (`rack_sampler::ingest::bind`) and quinn-udp's recvmmsg, so
 //! the difference between them is the sampler's parsing, aggregation,
 //! downsampling and window emission. A third run paces the sender at a
-//! fraction of the sampler's measured throughput and reports the loss there.
+//! fraction of the sampler's measured throughput and reports the loss there;
+//! the bare loop then runs again at that pace, so CPU per record is also
+//! compared at equal load (one sending core saturates neither receiver, and
+//! a receiver that wakes more often takes fewer datagrams per system call).
+//! `--runs` repeats it all and prints the spread; `--aggregation-only` runs
+//! only the in-process aggregation phase.
 
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
@@ -63,6 +68,13 @@ pub(crate) struct Options {
     /// Pace of the loss run, as a fraction of the sampler's saturated rate.
     #[arg(long, default_value_t = 0.6)]
     pub(crate) paced: f64,
+    /// Runs of every phase; with more than one, a summary of the spread.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) runs: u32,
+    /// Only the in-process aggregation phase (no sockets, no daemons): the
+    /// sampler's own cost per record, quickly.
+    #[arg(long)]
+    pub(crate) aggregation_only: bool,
 }
 
 /// Hidden child mode: a bare receive loop that counts datagrams.
@@ -271,9 +283,9 @@ pub(crate) fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: O
     Ok(sent)
 }
 
-/// The baseline: datagrams a bare loop receives, and the CPU seconds it
-/// used.
-fn baseline(traffic: &mut Traffic, seconds: u64) -> anyhow::Result<(u64, u64, f64)> {
+/// The baseline: datagrams sent (at most `rate` per second if given) and
+/// received by a bare loop, and the CPU seconds it used.
+fn baseline(traffic: &mut Traffic, seconds: u64, rate: Option<f64>) -> anyhow::Result<(u64, u64, f64)> {
     let addr = free_local_addr()?;
     let exe = std::env::current_exe()?;
     let mut child = ChildGuard(
@@ -290,7 +302,7 @@ fn baseline(traffic: &mut Traffic, seconds: u64) -> anyhow::Result<(u64, u64, f6
     if line.trim() != "ready" {
         bail!("sink did not start: {line:?}");
     }
-    let sent = blast(traffic, addr, seconds, None)?;
+    let sent = blast(traffic, addr, seconds, rate)?;
     line.clear();
     std::io::BufRead::read_line(&mut stdout, &mut line)?;
     let (received, cpu) = line
@@ -392,8 +404,9 @@ fn run_sampler(dir: &Path, opts: &Options, traffic: &mut Traffic, rate: Option<f
 
 /// The sampler's per-record CPU cost without the kernel: the same traffic
 /// fed straight into an `Aggregator`, windows emitted and encoded as they
-/// close. Returns records aggregated and seconds taken.
-fn aggregate_only(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::Result<(u64, f64)> {
+/// close. Returns records aggregated, seconds taken and CPU seconds used
+/// (this process's, which does nothing else meanwhile).
+fn aggregate_only(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::Result<(u64, f64, f64)> {
     use rack_sampler::aggregate::{Aggregator, ClosedWindow, Settings};
     let config_path = write_setup(
         &dir.join("in-process"),
@@ -407,6 +420,7 @@ fn aggregate_only(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::
     let topology = std::sync::Arc::new(configs::Topology::load(&config.topology)?);
     let mut aggregator = Aggregator::new(Settings::new(&config, 1), topology, rack_sampler::now_ns());
     let mut seqs = vec![0u32; traffic.agents];
+    let cpu_before = cpu_seconds("self")?;
     let start = Instant::now();
     let mut records = 0u64;
     let mut now_ns = rack_sampler::now_ns();
@@ -425,19 +439,119 @@ fn aggregate_only(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::
             std::hint::black_box(ClosedWindow::encode(window));
         }
     }
-    Ok((records, start.elapsed().as_secs_f64()))
+    Ok((
+        records,
+        start.elapsed().as_secs_f64(),
+        cpu_seconds("self")? - cpu_before,
+    ))
+}
+
+/// What one run measured, for the summary over runs.
+struct RunFigures {
+    /// The sampler's records per CPU-second ÷ the bare loop's, flat out.
+    per_cpu_ratio: f64,
+    /// The same at the same paced load.
+    paced_per_cpu_ratio: f64,
+    /// CPU ns per record at that load: the sampler's, the bare loop's.
+    paced_ns: (f64, f64),
+    /// Aggregation alone, CPU ns per record.
+    aggregation_ns: f64,
+    /// Paced run: datagrams lost, and sent.
+    paced_lost: u64,
+    paced_sent: u64,
 }
 
 /// Runs the benchmark and prints its report.
 pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     let mut traffic = build_traffic(opts)?;
+    println!(
+        "sampler-ingest: {:?} records, {:.1} per datagram on average, {} agents × {} targets = {} paths, {} s windows, {} s per phase; receivers pinned to CPU 1",
+        opts.kind,
+        traffic.records_per_datagram,
+        opts.agents,
+        opts.targets,
+        u64::from(opts.agents) * u64::from(opts.targets),
+        opts.window_secs,
+        opts.seconds
+    );
+    let dir = tempfile::tempdir()?;
+    let mut figures = Vec::new();
+    for run in 1..=opts.runs.max(1) {
+        if opts.runs > 1 {
+            println!(" run {run} of {}:", opts.runs);
+        }
+        let run_dir = dir.path().join(format!("run{run}"));
+        if opts.aggregation_only {
+            let aggregation_ns = aggregation_phase(&run_dir, opts, &mut traffic)?;
+            figures.push(RunFigures {
+                per_cpu_ratio: f64::NAN,
+                paced_per_cpu_ratio: f64::NAN,
+                paced_ns: (f64::NAN, f64::NAN),
+                aggregation_ns,
+                paced_lost: 0,
+                paced_sent: 0,
+            });
+        } else {
+            figures.push(run_once(&run_dir, opts, &mut traffic)?);
+        }
+    }
+    if figures.len() > 1 {
+        let spread = |f: &dyn Fn(&RunFigures) -> f64, digits: usize| {
+            let values: Vec<String> = figures.iter().map(|r| format!("{:.digits$}", f(r))).collect();
+            values.join(", ")
+        };
+        println!(" over {} runs:", figures.len());
+        if !opts.aggregation_only {
+            println!(
+                "  records per CPU-second, flowmesh-sampler ÷ bare loop: flat out {}; at the same paced load {}",
+                spread(&|r| r.per_cpu_ratio, 2),
+                spread(&|r| r.paced_per_cpu_ratio, 2)
+            );
+            println!(
+                "  CPU ns per record at the paced load: flowmesh-sampler {}; bare loop {}",
+                spread(&|r| r.paced_ns.0, 0),
+                spread(&|r| r.paced_ns.1, 0)
+            );
+        }
+        println!(
+            "  aggregation alone, CPU ns per record: {}",
+            spread(&|r| r.aggregation_ns, 0)
+        );
+        if !opts.aggregation_only {
+            println!(
+                "  paced at {:.0} %, datagrams lost: {}",
+                opts.paced * 100.0,
+                figures
+                    .iter()
+                    .map(|r| format!("{} of {}", r.paced_lost, r.paced_sent))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The in-process aggregation phase: prints it and returns CPU ns per
+/// record.
+fn aggregation_phase(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::Result<f64> {
+    let (records, wall, cpu) = aggregate_only(dir, opts, traffic)?;
+    let ns = cpu.max(0.01) * 1e9 / records.max(1) as f64;
+    println!(
+        "  aggregation alone (in process, no sockets, one thread): {:>6.2} M records per CPU-second = {:.0} ns per record ({:.2} M records/s, {:.1} s of wall time)",
+        records as f64 / cpu.max(0.01) / 1e6,
+        ns,
+        records as f64 / wall / 1e6,
+        wall
+    );
+    Ok(ns)
+}
+
+/// One run of every phase.
+fn run_once(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::Result<RunFigures> {
     let per = traffic.records_per_datagram;
     let secs = opts.seconds as f64;
-    println!(
-        "sampler-ingest: {:?} records, {:.1} per datagram on average, {} agents × {} targets, {} s windows, {} s per phase; receivers pinned to CPU 1",
-        opts.kind, per, opts.agents, opts.targets, opts.window_secs, opts.seconds
-    );
-    let (sent, received, sink_cpu) = baseline(&mut traffic, opts.seconds)?;
+    let (sent, received, sink_cpu) = baseline(traffic, opts.seconds, None)?;
     let sink_rate = received as f64 / secs;
     // Records per CPU-second: what one core sustains, whether or not the
     // sender could saturate the receiver.
@@ -450,8 +564,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         sink_cpu,
         sink_capacity / 1e6
     );
-    let dir = tempfile::tempdir()?;
-    let saturated = run_sampler(&dir.path().join("saturated"), opts, &mut traffic, None)?;
+    let saturated = run_sampler(&dir.join("saturated"), opts, traffic, None)?;
     let rate = saturated.datagrams as f64 / secs;
     let capacity = saturated.records as f64 / saturated.cpu_seconds.max(0.01);
     println!(
@@ -463,19 +576,16 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         capacity / 1e6,
         saturated.peak_rss_kib / 1024
     );
+    // The headline: one sending core saturates neither receiver, so the
+    // records received say little; the records per CPU-second do.
+    let per_cpu_ratio = capacity / sink_capacity.max(1.0);
     println!(
-        "  ratio to the bare loop: received {:.2}, per CPU-second {:.2}",
+        "  records per CPU-second, flowmesh-sampler ÷ bare loop: {per_cpu_ratio:.2}  (received: {:.2}, which only says the sender kept up)",
         rate / sink_rate.max(1.0),
-        capacity / sink_capacity.max(1.0)
     );
-    let (cpu_records, cpu_secs) = aggregate_only(dir.path(), opts, &mut traffic)?;
-    println!(
-        "  aggregation alone (in process, no sockets, one thread): {:>6.2} M records/s = {:.0} ns per record",
-        cpu_records as f64 / cpu_secs / 1e6,
-        cpu_secs * 1e9 / cpu_records as f64
-    );
+    let aggregation_ns = aggregation_phase(dir, opts, traffic)?;
     let target = rate * opts.paced;
-    let paced = run_sampler(&dir.path().join("paced"), opts, &mut traffic, Some(target))?;
+    let paced = run_sampler(&dir.join("paced"), opts, traffic, Some(target))?;
     let lost = paced.sent.saturating_sub(paced.datagrams);
     println!(
         "  flowmesh-sampler, paced at {:.0} % ({:.0} datagrams/s = {:.2} M records/s): {} of {} datagrams lost ({:.3} %), peak RSS {} MiB",
@@ -487,5 +597,28 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         100.0 * lost as f64 / paced.sent.max(1) as f64,
         paced.peak_rss_kib / 1024
     );
-    Ok(())
+    // The bare loop at the same offered load: with one sending core neither
+    // receiver is saturated, and a receiver that wakes more often takes
+    // fewer datagrams per system call, so CPU per record is compared at
+    // equal load too.
+    let (bare_sent, bare_received, bare_cpu) = baseline(traffic, opts.seconds, Some(target))?;
+    let sampler_ns = paced.cpu_seconds * 1e9 / paced.records.max(1) as f64;
+    let bare_ns = bare_cpu * 1e9 / (bare_received as f64 * per).max(1.0);
+    println!(
+        "  bare receive loop, same pace: {} of {} datagrams lost, {:.2} CPU-s; CPU per record at this load: flowmesh-sampler {:.0} ns, bare loop {:.0} ns → records per CPU-second, flowmesh-sampler ÷ bare loop: {:.2}",
+        bare_sent.saturating_sub(bare_received),
+        bare_sent,
+        bare_cpu,
+        sampler_ns,
+        bare_ns,
+        bare_ns / sampler_ns.max(1e-9)
+    );
+    Ok(RunFigures {
+        per_cpu_ratio,
+        paced_per_cpu_ratio: bare_ns / sampler_ns.max(1e-9),
+        paced_ns: (sampler_ns, bare_ns),
+        aggregation_ns,
+        paced_lost: lost,
+        paced_sent: paced.sent,
+    })
 }

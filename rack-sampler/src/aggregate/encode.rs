@@ -15,7 +15,7 @@ use wire_format::{
     SampleMeta, SampledFlow, SampledProbe,
 };
 
-use super::paths::{PathAgg, PathKey, summarize};
+use super::paths::summarize;
 use super::window::Window;
 
 /// One emitted window: its batch (or parts, when it would exceed the batch
@@ -62,8 +62,7 @@ impl ClosedWindow {
             part_limit,
         } = self;
         let mut parts = Parts::new(info, first_part, part_limit);
-        let mut paths: Vec<(PathKey, PathAgg)> = std::mem::take(&mut window.paths).into_iter().collect();
-        paths.sort_unstable_by_key(|(k, _)| *k);
+        let paths = std::mem::take(&mut window.paths).into_sorted();
         let path_count = paths.len();
         let mut histogram_bytes = Vec::new();
         for (key, path) in paths {

@@ -6,7 +6,11 @@
 //! or 0 outside the topology, DSCP) with transport 0. A path counts probes
 //! by outcome and flows' shares of the window ([`FlowDelta`]), and keeps
 //! the distributions of network RTT and responder delay: raw values while
-//! there are few (the common case), an HDR histogram beyond that.
+//! there are few (the common case), counts in the buckets of the batch's HDR
+//! histogram beyond that — only the buckets the path's values fall in, so a
+//! busy rack's paths stay small enough for the caches and a value costs a
+//! shift and an increment. The HDR histogram the batch carries is built
+//! from them when the window is summarized.
 
 use hdrhistogram::Histogram;
 use wire_format::{
@@ -16,15 +20,18 @@ use wire_format::{
 
 use super::flows::FlowDelta;
 
-/// Values held per path as raw values before switching to a histogram: a
-/// few probes per path and window is the common case, at 8 bytes each.
-const FEW_SAMPLES: usize = 256;
+/// Values held per path as raw values before switching to bucket counts: a
+/// few probes per path and window is the common case, at 8 bytes each. Past
+/// this, counts over the buckets the values fall in take less room (a path
+/// whose RTTs span one power of two needs 128 buckets, 512 bytes).
+const FEW_SAMPLES: usize = 64;
 
 /// Significant digits of the sampler's RTT histograms: values within 1 %.
 /// Three digits would cost 2 048 counters per power of two, 80 KiB for a
 /// path with sub-millisecond RTTs — over a gigabyte for a busy rack's few
-/// thousand paths; two digits cost 12 KiB and resolve 1 µs at 100 µs, well
-/// inside what the SLA thresholds (hundreds of µs) need.
+/// thousand paths; two digits cost 128 counters per power of two and
+/// resolve 1 µs at 100 µs, well inside what the SLA thresholds (hundreds of
+/// µs) need.
 pub const HISTOGRAM_SIGFIGS: u8 = 2;
 
 /// Values are clamped below this so a histogram that grows to hold them
@@ -45,11 +52,229 @@ pub(super) struct PathKey {
     pub(super) transport: u8,
 }
 
-/// A distribution of values: raw while small, a histogram when large.
+/// The bucket layout of an HDR histogram from 1 ns with [`HISTOGRAM_SIGFIGS`]
+/// digits — the histogram a batch carries — computed here so that a value
+/// is counted with a shift and an increment: no histogram (≈ 13 KiB for RTTs
+/// up to 1 ms) per path while a window is open, only the buckets the path's
+/// values fall in. [`Counts::histogram`] turns the counts into that HDR
+/// histogram when the window is summarized; the test
+/// `buckets_match_the_hdr_layout` checks the two layouts agree.
+mod layout {
+    use super::{HISTOGRAM_CLAMP_NS, HISTOGRAM_SIGFIGS};
+
+    /// log2 of the sub-buckets per power of two: the smallest power of two
+    /// above 2·10^digits (what hdrhistogram resolves to one unit).
+    const SUB_BUCKET_MAGNITUDE: u32 = {
+        let largest = 2 * 10u64.pow(HISTOGRAM_SIGFIGS as u32);
+        let mut magnitude = 0;
+        while (1u64 << magnitude) < largest {
+            magnitude += 1;
+        }
+        magnitude
+    };
+    const HALF_MAGNITUDE: u32 = SUB_BUCKET_MAGNITUDE - 1;
+    const SUB_BUCKET_MASK: u64 = (1 << SUB_BUCKET_MAGNITUDE) - 1;
+
+    /// The bucket (hdrhistogram's counts index) of `value`.
+    #[inline]
+    pub(super) fn bucket_of(value: u64) -> usize {
+        // Powers of two above what the first bucket holds: 0 up to 2^mag.
+        let shift = (64 - SUB_BUCKET_MAGNITUDE) - (value | SUB_BUCKET_MASK).leading_zeros();
+        // shift·half + value >> shift: hdrhistogram's (shift + 1)·half +
+        // (sub-bucket − half).
+        ((shift as usize) << HALF_MAGNITUDE) + (value >> shift) as usize
+    }
+
+    /// The lowest value counted in `bucket`.
+    pub(super) fn lowest_in(bucket: usize) -> u64 {
+        if bucket < 1 << SUB_BUCKET_MAGNITUDE {
+            return bucket as u64;
+        }
+        let shift = (bucket >> HALF_MAGNITUDE) - 1;
+        let sub_bucket = (bucket & ((1 << HALF_MAGNITUDE) - 1)) + (1 << HALF_MAGNITUDE);
+        (sub_bucket as u64) << shift
+    }
+
+    /// Buckets a (clamped) value can fall in.
+    pub(super) const BUCKETS: usize = {
+        let value = HISTOGRAM_CLAMP_NS;
+        let shift = (64 - SUB_BUCKET_MAGNITUDE) - (value | SUB_BUCKET_MASK).leading_zeros();
+        ((shift as usize) << HALF_MAGNITUDE) + (value >> shift) as usize + 1
+    };
+}
+
+/// Values counted per bucket ([`layout`]), over just the range of buckets a
+/// path's values fall in: the same information as the HDR histogram the
+/// batch carries, in 4 bytes per bucket used instead of 8 per bucket from
+/// 1 ns up.
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    /// Bucket of the first cell.
+    first: usize,
+    cells: Cells,
+    /// Values counted.
+    total: u64,
+}
+
+/// The cells of [`Counts`]: 4-byte counts, widened to 8 bytes if a bucket
+/// ever passes `u32::MAX` values (billions of probes on one path in one
+/// window: possible with long windows, never seen).
+#[derive(Debug, Clone)]
+enum Cells {
+    Narrow(Vec<u32>),
+    Wide(Vec<u64>),
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Cells::Narrow(Vec::new())
+    }
+}
+
+impl Cells {
+    fn len(&self) -> usize {
+        match self {
+            Cells::Narrow(c) => c.len(),
+            Cells::Wide(c) => c.len(),
+        }
+    }
+
+    /// Calls `f` with the index and count of every non-zero cell, in order.
+    fn each_nonzero(&self, mut f: impl FnMut(usize, u64)) {
+        match self {
+            Cells::Narrow(c) => c
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n != 0)
+                .for_each(|(i, &n)| f(i, u64::from(n))),
+            Cells::Wide(c) => c
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n != 0)
+                .for_each(|(i, &n)| f(i, n)),
+        }
+    }
+}
+
+/// `cells` (whose first cell is bucket `first`) moved into a vector of
+/// `len` cells whose first is bucket `new_first`.
+fn regrown<C: Copy + Default>(cells: &[C], first: usize, new_first: usize, len: usize) -> Vec<C> {
+    let mut grown = vec![C::default(); len];
+    let at = first - new_first;
+    grown[at..at + cells.len()].copy_from_slice(cells);
+    grown
+}
+
+impl Counts {
+    /// Counts of `values` (clamped), cells covering just their range.
+    fn of(values: &[u64]) -> Counts {
+        let (low, high) = values.iter().fold((usize::MAX, 0), |(low, high), &v| {
+            let b = layout::bucket_of(v);
+            (low.min(b), high.max(b))
+        });
+        let mut counts = Counts::default();
+        if low <= high {
+            counts.first = low;
+            counts.cells = Cells::Narrow(vec![0; high - low + 1]);
+        }
+        for &v in values {
+            counts.record(v);
+        }
+        counts
+    }
+
+    /// Counts one (clamped) value.
+    #[inline]
+    fn record(&mut self, value: u64) {
+        let bucket = layout::bucket_of(value);
+        self.total += 1;
+        if let Cells::Narrow(cells) = &mut self.cells
+            && let Some(cell) = bucket.checked_sub(self.first).and_then(|i| cells.get_mut(i))
+            && let Some(sum) = cell.checked_add(1)
+        {
+            *cell = sum;
+            return;
+        }
+        self.add_slow(bucket, 1);
+    }
+
+    /// Adds `n` values to `bucket`, growing or widening the cells.
+    fn add_slow(&mut self, bucket: usize, n: u64) {
+        self.cover(bucket);
+        let i = bucket - self.first;
+        if let Cells::Narrow(cells) = &mut self.cells {
+            match u32::try_from(n).ok().and_then(|n| cells[i].checked_add(n)) {
+                Some(sum) => {
+                    cells[i] = sum;
+                    return;
+                }
+                None => self.cells = Cells::Wide(cells.iter().map(|&c| u64::from(c)).collect()),
+            }
+        }
+        if let Cells::Wide(cells) = &mut self.cells {
+            // At most 2⁶⁴ − 1 values fit in memory's worth of probes.
+            cells[i] = cells[i].saturating_add(n);
+        }
+    }
+
+    /// Grows the cells to cover `bucket`, with room for a quarter more on
+    /// the side grown so a path's range settles after a few growths.
+    fn cover(&mut self, bucket: usize) {
+        let (first, len) = (self.first, self.cells.len());
+        if len == 0 {
+            self.first = bucket;
+            self.cells = Cells::Narrow(vec![0; 1]);
+            return;
+        }
+        if (first..first + len).contains(&bucket) {
+            return;
+        }
+        let slack = len / 4 + 8;
+        let new_first = if bucket < first {
+            bucket.saturating_sub(slack)
+        } else {
+            first
+        };
+        let end = if bucket >= first + len {
+            (bucket + 1 + slack).min(layout::BUCKETS).max(bucket + 1)
+        } else {
+            first + len
+        };
+        let new_len = end - new_first;
+        self.cells = match &self.cells {
+            Cells::Narrow(c) => Cells::Narrow(regrown(c, first, new_first, new_len)),
+            Cells::Wide(c) => Cells::Wide(regrown(c, first, new_first, new_len)),
+        };
+        self.first = new_first;
+    }
+
+    /// Adds `other`'s counts bucket by bucket.
+    fn absorb(&mut self, other: &Counts) {
+        other.cells.each_nonzero(|i, n| self.add_slow(other.first + i, n));
+        self.total += other.total;
+    }
+
+    /// The HDR histogram of the values recorded: the same buckets, so the
+    /// same quantiles and encoding as recording each value into it.
+    fn histogram(&self) -> Histogram<u64> {
+        let mut top = 0;
+        self.cells.each_nonzero(|i, _| top = self.first + i);
+        let mut histogram = Histogram::new_with_bounds(1, layout::lowest_in(top).max(2), HISTOGRAM_SIGFIGS)
+            .unwrap_or_else(|_| new_rtt_histogram());
+        histogram.auto(true);
+        self.cells.each_nonzero(|i, n| {
+            // Auto-resizing, and values were clamped: cannot fail.
+            let _ = histogram.record_n(layout::lowest_in(self.first + i), n);
+        });
+        histogram
+    }
+}
+
+/// A distribution of values: raw while few, counts per bucket beyond.
 #[derive(Debug, Clone)]
 enum Dist {
     Few(Vec<u64>),
-    Many(Box<Histogram<u64>>),
+    Many(Counts),
 }
 
 impl Default for Dist {
@@ -60,26 +285,23 @@ impl Default for Dist {
 
 impl Dist {
     /// Records `value`; beyond `spill_at` raw values the distribution turns
-    /// into a histogram.
+    /// into bucket counts.
+    #[inline]
     fn record(&mut self, value: u64, spill_at: usize) {
         let value = value.min(HISTOGRAM_CLAMP_NS);
         match self {
+            Dist::Many(counts) => counts.record(value),
             Dist::Few(values) if values.len() < spill_at => values.push(value),
             Dist::Few(values) => {
                 values.push(value);
-                let histogram = sized_histogram(values);
-                *self = Dist::Many(Box::new(histogram));
-            }
-            Dist::Many(histogram) => {
-                // Auto-resizing, and values are clamped: cannot fail.
-                let _ = histogram.record(value);
+                *self = Dist::Many(Counts::of(values));
             }
         }
     }
 
-    /// Adds `other`'s values. Two histograms are added bucket by bucket
-    /// ([`Histogram::add`]), never expanded value by value: a merged path
-    /// may hold millions of values.
+    /// Adds `other`'s values; two sets of counts are added bucket by
+    /// bucket, never expanded value by value (a merged path may hold
+    /// millions of values).
     fn merge(&mut self, other: Dist, spill_at: usize) {
         if let (Dist::Few(mine), Dist::Few(theirs)) = (&mut *self, &other)
             && mine.len() + theirs.len() <= spill_at
@@ -87,71 +309,70 @@ impl Dist {
             mine.extend_from_slice(theirs);
             return;
         }
-        // The larger side (a histogram, if either is one) takes the other.
-        let (mut histogram, rest) = match (std::mem::take(self), other) {
-            (Dist::Many(h), rest) => (h, rest),
-            (few, Dist::Many(h)) => (h, few),
-            (Dist::Few(values), rest) => (Box::new(sized_histogram(&values)), rest),
+        let mut counts = match std::mem::take(self) {
+            Dist::Many(counts) => counts,
+            Dist::Few(values) => Counts::of(&values),
         };
-        match rest {
-            Dist::Few(values) => {
-                for v in values {
-                    // Auto-resizing, and values are clamped: cannot fail.
-                    let _ = histogram.record(v);
-                }
-            }
-            Dist::Many(other) => {
-                // Auto-resizing, and the other's values were clamped when
-                // recorded: cannot fail.
-                let _ = histogram.add(&*other);
-            }
+        match other {
+            Dist::Few(values) => values.iter().for_each(|&v| counts.record(v)),
+            Dist::Many(other) => counts.absorb(&other),
         }
-        *self = Dist::Many(histogram);
+        *self = Dist::Many(counts);
     }
 
     fn is_empty(&self) -> bool {
         match self {
             Dist::Few(values) => values.is_empty(),
-            Dist::Many(histogram) => histogram.is_empty(),
+            Dist::Many(counts) => counts.total == 0,
         }
     }
 
     fn into_histogram(self) -> Histogram<u64> {
         match self {
-            Dist::Many(histogram) => *histogram,
-            Dist::Few(values) => sized_histogram(&values),
+            Dist::Many(counts) => counts.histogram(),
+            Dist::Few(values) => Counts::of(&values).histogram(),
         }
     }
 }
 
-/// A histogram of `values` covering just their range (it grows if more are
-/// recorded), so small RTTs cost a small allocation.
-fn sized_histogram(values: &[u64]) -> Histogram<u64> {
-    let highest = values.iter().copied().max().unwrap_or(0).max(2);
-    let mut histogram =
-        Histogram::new_with_bounds(1, highest, HISTOGRAM_SIGFIGS).unwrap_or_else(|_| new_rtt_histogram());
-    histogram.auto(true);
-    for &v in values {
-        let _ = histogram.record(v);
-    }
-    histogram
-}
+/// Answered probes a path holds before recording their values into its
+/// distributions together (see [`PathAgg::batch`]).
+const BATCH: usize = 8;
+
+/// A batched probe without a responder delay (delays from `u32::MAX` ns up
+/// are recorded at once, not batched).
+const NO_DELAY: u32 = u32::MAX;
 
 /// One path's aggregate over a window.
-#[derive(Debug, Clone, Default)]
+///
+/// Laid out for the cache: a probe record touches only the first 96 bytes
+/// (its counts, the RTT extremes and the batch), which `align(64)` keeps in
+/// two cache lines; the distributions and flow counts follow. With 20 000
+/// paths the aggregates are 6 MiB and their distributions tens of MiB, more
+/// than the caches hold.
+#[derive(Debug, Clone)]
+#[repr(C, align(64))]
 pub(super) struct PathAgg {
-    /// Raw values this path holds before switching to a histogram. It
-    /// differs between paths so that a busy window's paths, all filling at
-    /// the same pace, do not all convert in the same millisecond and stall
-    /// ingest.
-    spill_at: usize,
     probes_sent: u32,
     probes_lost: u32,
     probes_failed: u32,
+    /// Pairs held in `batch`.
+    held: u32,
     rtt_min_ns: u64,
     rtt_max_ns: u64,
+    /// Network RTT and responder delay ([`NO_DELAY`]: none) of answered
+    /// probes not yet recorded into `rtts` and `delays`: `batch[..held]`.
+    /// A value lands in a random place of its distribution, rarely in the
+    /// cache with thousands of paths: recorded one at a time, every probe
+    /// would wait for memory twice; recorded in batches, the misses of a
+    /// batch overlap. RTTs from `u32::MAX` ns up are recorded at once.
+    batch: [[u32; 2]; BATCH],
     rtts: Dist,
     delays: Dist,
+    /// Raw values this path holds before switching to bucket counts. It
+    /// differs between paths so that a busy window's paths, all filling at
+    /// the same pace, do not all convert in the same millisecond.
+    spill_at: usize,
     flows: u32,
     flows_with_retrans: u32,
     flows_reset: u32,
@@ -169,17 +390,60 @@ impl PathAgg {
             (u64::from(key.src) << 32 | u64::from(key.dst)) ^ (u64::from(key.dscp) << 8 | u64::from(key.transport));
         let spread = (mix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % FEW_SAMPLES;
         PathAgg {
+            probes_sent: 0,
+            probes_lost: 0,
+            probes_failed: 0,
+            held: 0,
+            rtt_min_ns: u64::MAX,
+            rtt_max_ns: 0,
+            batch: [[0; 2]; BATCH],
+            rtts: Dist::default(),
+            delays: Dist::default(),
             spill_at: FEW_SAMPLES + spread,
-            ..PathAgg::default()
+            flows: 0,
+            flows_with_retrans: 0,
+            flows_reset: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            segs_out: 0,
+            retrans_segs: 0,
         }
     }
 
-    fn record_rtt(&mut self, rtt: u64) {
-        if self.rtts.is_empty() || rtt < self.rtt_min_ns {
-            self.rtt_min_ns = rtt;
-        }
+    /// Records an answered probe's network RTT and responder delay.
+    #[inline]
+    fn record_answer(&mut self, rtt: u64, delay: Option<u64>) {
+        self.rtt_min_ns = self.rtt_min_ns.min(rtt);
         self.rtt_max_ns = self.rtt_max_ns.max(rtt);
+        let batched_delay = match delay {
+            None => Some(NO_DELAY),
+            Some(delay) => u32::try_from(delay).ok().filter(|&d| d != NO_DELAY),
+        };
+        if let (Ok(rtt), Some(delay)) = (u32::try_from(rtt), batched_delay)
+            && let Some(slot) = self.batch.get_mut(self.held as usize)
+        {
+            *slot = [rtt, delay];
+            self.held += 1;
+            if self.held as usize == BATCH {
+                self.record_batch();
+            }
+            return;
+        }
         self.rtts.record(rtt, self.spill_at);
+        if let Some(delay) = delay {
+            self.delays.record(delay, self.spill_at);
+        }
+    }
+
+    /// Records the batched values into the distributions.
+    fn record_batch(&mut self) {
+        let held = std::mem::take(&mut self.held) as usize;
+        for &[rtt, delay] in &self.batch[..held] {
+            self.rtts.record(u64::from(rtt), self.spill_at);
+            if delay != NO_DELAY {
+                self.delays.record(u64::from(delay), self.spill_at);
+            }
+        }
     }
 
     /// Counts one probe record; returns why it is anomalous ([`anomaly`]
@@ -189,14 +453,12 @@ impl PathAgg {
         let mut anomalies = 0;
         match record.outcome() {
             ProbeOutcome::Ok => {
-                if let Some(rtt) = record.network_rtt_ns() {
-                    self.record_rtt(rtt);
-                    if rtt > rtt_anomaly_ns {
-                        anomalies |= anomaly::HIGH_RTT;
-                    }
-                }
-                if let Some(delay) = record.responder_delay_ns() {
-                    self.delays.record(delay, self.spill_at);
+                let delay = record.responder_delay_ns();
+                // An answered probe always has a network RTT.
+                let rtt = record.network_rtt_ns().unwrap_or(0);
+                self.record_answer(rtt, delay);
+                if rtt > rtt_anomaly_ns {
+                    anomalies |= anomaly::HIGH_RTT;
                 }
             }
             ProbeOutcome::Timeout => {
@@ -225,7 +487,9 @@ impl PathAgg {
 
     /// Adds the same path's aggregate from another window (catching up
     /// after a long pause).
-    pub(super) fn merge(&mut self, other: PathAgg) {
+    pub(super) fn merge(&mut self, mut other: PathAgg) {
+        self.record_batch();
+        other.record_batch();
         self.probes_sent += other.probes_sent;
         self.probes_lost += other.probes_lost;
         self.probes_failed += other.probes_failed;
@@ -236,12 +500,9 @@ impl PathAgg {
         self.bytes_received += other.bytes_received;
         self.segs_out += other.segs_out;
         self.retrans_segs += other.retrans_segs;
-        if !other.rtts.is_empty() {
-            if self.rtts.is_empty() || other.rtt_min_ns < self.rtt_min_ns {
-                self.rtt_min_ns = other.rtt_min_ns;
-            }
-            self.rtt_max_ns = self.rtt_max_ns.max(other.rtt_max_ns);
-        }
+        // Extremes of no RTT at all are u64::MAX and 0.
+        self.rtt_min_ns = self.rtt_min_ns.min(other.rtt_min_ns);
+        self.rtt_max_ns = self.rtt_max_ns.max(other.rtt_max_ns);
         self.rtts.merge(other.rtts, self.spill_at);
         self.delays.merge(other.delays, self.spill_at);
     }
@@ -249,7 +510,8 @@ impl PathAgg {
 
 /// The batch's summary of path `key` and its encoded RTT histogram (empty
 /// when no probe was answered). `scratch` is reused between paths.
-pub(super) fn summarize(key: &PathKey, p: PathAgg, scratch: &mut Vec<u8>) -> (PathSummary, Vec<u8>) {
+pub(super) fn summarize(key: &PathKey, mut p: PathAgg, scratch: &mut Vec<u8>) -> (PathSummary, Vec<u8>) {
+    p.record_batch();
     let transport = (key.transport != 0).then(|| Transport::from(key.transport));
     let mut s = PathSummary::new(key.src, key.dst, key.dscp, transport);
     s.probes_sent = p.probes_sent.into();
@@ -321,6 +583,94 @@ mod tests {
         }
     }
 
+    /// The buckets are hdrhistogram's (1 ns, [`HISTOGRAM_SIGFIGS`] digits):
+    /// same bucket for the same values, and each bucket's lowest value.
+    #[test]
+    fn buckets_match_the_hdr_layout() {
+        let hdr = Histogram::<u64>::new_with_bounds(1, HISTOGRAM_CLAMP_NS, HISTOGRAM_SIGFIGS).unwrap();
+        let mut values: Vec<u64> = (0..5_000).collect();
+        for shift in 0..=42 {
+            let p = 1u64 << shift;
+            values.extend([p - 1, p, p + 1, p + p / 3, p + p / 2, p * 2 - 1]);
+        }
+        values.push(HISTOGRAM_CLAMP_NS);
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..100_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            values.push((rng % HISTOGRAM_CLAMP_NS) >> (rng % 40));
+        }
+        for v in values {
+            let v = v.min(HISTOGRAM_CLAMP_NS);
+            let bucket = layout::bucket_of(v);
+            assert!(bucket < layout::BUCKETS, "{v}");
+            assert_eq!(layout::lowest_in(bucket), hdr.lowest_equivalent(v), "{v}");
+            assert_eq!(layout::bucket_of(hdr.highest_equivalent(v)), bucket, "{v}");
+            if layout::lowest_in(bucket) > 0 {
+                assert_eq!(layout::bucket_of(layout::lowest_in(bucket) - 1), bucket - 1, "{v}");
+            }
+        }
+        assert_eq!(layout::BUCKETS, layout::bucket_of(HISTOGRAM_CLAMP_NS) + 1);
+    }
+
+    /// Counting values in buckets and building the histogram from the
+    /// counts gives the histogram of recording every value: equal counts,
+    /// quantiles and encoding — whether the counts grew down, up, or
+    /// widened past `u32::MAX`.
+    #[test]
+    fn counts_give_the_histogram_of_every_value() {
+        let sets: [Vec<u64>; 4] = [
+            (1..=300).map(|i| 400_000 - i * 1_111).collect(),
+            (1..=300).map(|i| 50_000 + i * 1_511).collect(),
+            [0, 1, 7, 255, 256, 1 << 20, HISTOGRAM_CLAMP_NS, 3, 99_999].repeat(40),
+            (0..400).map(|i| 10_000 << (i % 30)).collect(),
+        ];
+        for values in sets {
+            let mut direct = Histogram::<u64>::new_with_bounds(1, 2, HISTOGRAM_SIGFIGS).unwrap();
+            direct.auto(true);
+            let mut d = Dist::default();
+            for &v in &values {
+                direct.record(v.min(HISTOGRAM_CLAMP_NS)).unwrap();
+                d.record(v, 16);
+            }
+            let h = d.into_histogram();
+            // Every bucket's count (the extremes hdrhistogram keeps on the
+            // side differ: the batch carries the exact ones apart).
+            let buckets = |h: &Histogram<u64>| -> Vec<(u64, u64)> {
+                h.iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                    .collect()
+            };
+            let (x, y) = (buckets(&h), buckets(&direct));
+            if x != y {
+                let diff: Vec<_> = x.iter().zip(&y).filter(|(a, b)| a != b).take(5).collect();
+                panic!("{} vs {} buckets; {diff:?}", x.len(), y.len());
+            }
+            assert_eq!(h.len(), direct.len());
+            for q in [0.0, 0.01, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                assert_eq!(h.value_at_quantile(q), direct.value_at_quantile(q), "q{q}");
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            wire_format::encode_histogram(&h, &mut a).unwrap();
+            wire_format::encode_histogram(&direct, &mut b).unwrap();
+            let (a, b) = (
+                wire_format::decode_histogram(&a).unwrap(),
+                wire_format::decode_histogram(&b).unwrap(),
+            );
+            assert!(a == b, "decoded histograms differ");
+        }
+
+        let mut counts = Counts::of(&[1_000, 2_000]);
+        counts.add_slow(layout::bucket_of(1_000), u64::from(u32::MAX));
+        counts.total += u64::from(u32::MAX);
+        counts.record(1_000);
+        assert!(matches!(counts.cells, Cells::Wide(_)));
+        let h = counts.histogram();
+        assert_eq!(h.count_at(1_000), u64::from(u32::MAX) + 2);
+        assert_eq!(h.len(), u64::from(u32::MAX) + 3);
+    }
+
     #[test]
     fn few_values_stay_raw_until_the_threshold() {
         let mut d = dist([1, 2, 3], 8);
@@ -328,6 +678,39 @@ mod tests {
         assert!(matches!(&d, Dist::Few(v) if v == &[1, 2, 3, 4, 5]));
         d.merge(dist([6, 7, 8, 9], 8), 8);
         assert!(matches!(d, Dist::Many(_)));
+    }
+
+    /// Answers still in the batch when the window is summarized are in its
+    /// histograms, and so are values too large to batch; a probe without a
+    /// responder delay adds no delay.
+    #[test]
+    fn batched_answers_are_all_summarized() {
+        let key = PathKey {
+            src: 1,
+            dst: 2,
+            dscp: 0,
+            transport: 1,
+        };
+        let mut p = PathAgg::new(&key);
+        let answers = BATCH as u64 * 3 + 5;
+        for i in 0..answers {
+            let rtt = if i == 7 { 5_000_000_000 } else { 100_000 + i * 1_000 };
+            let delay = match i % 4 {
+                0 => None,
+                1 => Some(u64::from(u32::MAX)),
+                _ => Some(10_000),
+            };
+            p.record_answer(rtt, delay);
+        }
+        assert!(p.held > 0, "some answers are still batched");
+        let mut scratch = Vec::new();
+        let (s, histogram) = summarize(&key, p, &mut scratch);
+        let rtts = wire_format::decode_histogram(&histogram).unwrap();
+        assert_eq!(rtts.len(), answers);
+        assert_eq!((s.rtt_min_ns.get(), s.rtt_max_ns.get()), (100_000, 5_000_000_000));
+        // Delays: 3 in 4 answers, the largest u32::MAX ns.
+        assert!(s.responder_delay_p50_ns.get().abs_diff(10_000) <= 100);
+        assert!(s.responder_delay_p99_ns.get() >= u64::from(u32::MAX));
     }
 
     #[test]
@@ -341,8 +724,8 @@ mod tests {
         let mut a = PathAgg::new(&key);
         let mut b = PathAgg::new(&key);
         for (i, rtt) in [5_000, 9_000, 7_000].into_iter().enumerate() {
-            a.record_rtt(rtt);
-            b.record_rtt(rtt * 3 + i as u64);
+            a.record_answer(rtt, None);
+            b.record_answer(rtt * 3 + i as u64, Some(1_000));
         }
         a.probes_sent = 3;
         b.probes_sent = 4;

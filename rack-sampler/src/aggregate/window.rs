@@ -3,8 +3,10 @@
 //! into a later one. The [`Aggregator`](super::Aggregator) decides which
 //! window a datagram belongs to; this is what it fills.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 
+use rustc_hash::FxHashMap;
 use wire_format::{AgentCompleteness, FlowRecord, ProbeRecord, completeness_flags};
 
 use super::paths::{PathAgg, PathKey};
@@ -43,11 +45,35 @@ impl AgentWindow {
     }
 }
 
+/// A window's path aggregates: a small map from each key to its place in a
+/// vector. The map (16 bytes a path) stays in the cache where a map holding
+/// the aggregates themselves would not, and the aggregates keep the layout
+/// [`PathAgg`] chose for them. Looked up for every record, so with FxHash:
+/// SipHash cost a quarter of ingest, and its protection against chosen
+/// collisions is not worth that here — the keys are node ids, a window holds
+/// at most `max_paths` of them, and whoever can send the sampler datagrams
+/// can flood its socket anyway.
+#[derive(Debug, Default)]
+pub(super) struct Paths {
+    index: FxHashMap<PathKey, u32>,
+    keys: Vec<PathKey>,
+    aggs: Vec<PathAgg>,
+}
+
+impl Paths {
+    /// The paths and their aggregates, in key order.
+    pub(super) fn into_sorted(self) -> Vec<(PathKey, PathAgg)> {
+        let mut paths: Vec<(PathKey, PathAgg)> = self.keys.into_iter().zip(self.aggs).collect();
+        paths.sort_unstable_by_key(|(k, _)| *k);
+        paths
+    }
+}
+
 /// An open window.
 #[derive(Debug, Default)]
 pub(super) struct Window {
     /// Path aggregates, at most `max_paths`.
-    pub(super) paths: HashMap<PathKey, PathAgg>,
+    pub(super) paths: Paths,
     /// Agents heard in the window.
     pub(super) agents: BTreeMap<u32, AgentWindow>,
     /// Flow record samples.
@@ -66,18 +92,23 @@ impl Window {
     /// The aggregate of path `key`, created if the window holds fewer than
     /// `max_paths` paths; `None` (counted) if it is full.
     pub(super) fn path(&mut self, key: PathKey, max_paths: usize) -> Option<&mut PathAgg> {
-        let full = self.paths.len() >= max_paths;
-        match self.paths.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
-            std::collections::hash_map::Entry::Vacant(_) if full => {
+        let paths = &mut self.paths;
+        let full = paths.keys.len() >= max_paths;
+        let at = match paths.index.entry(key) {
+            Entry::Occupied(e) => *e.get() as usize,
+            Entry::Vacant(_) if full => {
                 self.records_over_capacity += 1;
-                None
+                return None;
             }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let path = PathAgg::new(e.key());
-                Some(e.insert(path))
+            Entry::Vacant(e) => {
+                // At most `max_paths` paths (validated ≤ 10⁸): fits a u32.
+                e.insert(u32::try_from(paths.aggs.len()).unwrap_or(u32::MAX));
+                paths.keys.push(key);
+                paths.aggs.push(PathAgg::new(&key));
+                paths.aggs.len() - 1
             }
-        }
+        };
+        paths.aggs.get_mut(at)
     }
 
     /// Adds a skipped window's counts to this one: paths are summed into the
@@ -88,7 +119,7 @@ impl Window {
         self.malformed += other.malformed;
         self.records_over_capacity += other.records_over_capacity;
         self.records += other.records;
-        for (key, p) in other.paths {
+        for (key, p) in other.paths.keys.into_iter().zip(other.paths.aggs) {
             if let Some(t) = self.path(key, max_paths) {
                 t.merge(p);
             }
