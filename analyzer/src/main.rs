@@ -224,7 +224,9 @@ impl Progress {
 /// telemetry gaps that started, changed or ended since the previous pass
 /// ([`analyzer::incident::Watch`] keeps what was open), and serving the
 /// findings as metrics when `metrics.listen` is set. The first pass must succeed (a wrong path
-/// or URL should stop the command at once); a later pass that fails is
+/// or URL should stop the command at once) — except that an SQLite database not created yet, in
+/// a directory that exists, is waited for (a service started beside the collector, which creates
+/// it at its first start: a first boot must not fail the analyzer); a later pass that fails is
 /// reported on stderr and counted, and the next pass reopens the store.
 fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Option<u64>) -> anyhow::Result<()> {
     let topology = Topology::load(&config.topology)?;
@@ -232,17 +234,43 @@ fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Opti
         Some(addr) => Some(serve::Server::start(addr)?),
         None => None,
     };
-    let mut store = Some(open(config)?);
+    let mut store = match open(config) {
+        Ok(store) => Some(store),
+        Err(_) if not_created_yet(config) => {
+            eprintln!(
+                "flowmesh-analyzer: {} does not exist yet (the collector creates it); waiting for it",
+                config.database.display()
+            );
+            None
+        }
+        Err(error) => return Err(error),
+    };
     let mut followed = analyzer::incident::Watch::default();
     let mut pass = 0u64;
     loop {
         let started = std::time::Instant::now();
         let outcome = match &store {
-            Some(store) => analyze_since(store.as_ref(), &topology, config, since, Keep::Newest),
-            None => open(config).and_then(|opened| {
-                let store = store.insert(opened);
-                analyze_since(store.as_ref(), &topology, config, since, Keep::Newest)
-            }),
+            // Still not there: nothing to analyze, not a failure (not ready).
+            None if not_created_yet(config) => Err(None),
+            Some(store) => analyze_since(store.as_ref(), &topology, config, since, Keep::Newest).map_err(Some),
+            None => open(config)
+                .and_then(|opened| {
+                    let store = store.insert(opened);
+                    analyze_since(store.as_ref(), &topology, config, since, Keep::Newest)
+                })
+                .map_err(Some),
+        };
+        let outcome = match outcome {
+            Err(None) => {
+                pass += 1;
+                if passes.is_some_and(|n| pass >= n) {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_secs(interval_secs.max(1)));
+                continue;
+            }
+            Ok(found) => Ok(found),
+            Err(Some(error)) => Err(error),
         };
         match outcome {
             Ok((analysis, observations)) => {
@@ -258,7 +286,7 @@ fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Opti
                     server.passed(page, started.elapsed());
                 }
             }
-            Err(error) if pass > 0 => {
+            Err(error) if pass > 0 || store.is_none() => {
                 eprintln!(
                     "flowmesh-analyzer: pass failed, retrying in {interval_secs} s: {}",
                     configs_runtime::exit::error_line(error.as_ref())
@@ -276,6 +304,17 @@ fn watch(config: &AnalyzerConfig, since: Since, interval_secs: u64, passes: Opti
         }
         std::thread::sleep(std::time::Duration::from_secs(interval_secs.max(1)));
     }
+}
+
+/// Whether the store is an SQLite database that does not exist yet in a
+/// directory that does: the collector has not created it yet.
+fn not_created_yet(config: &AnalyzerConfig) -> bool {
+    config.storage.backend == Backend::Sqlite
+        && !config.database.exists()
+        && config
+            .database
+            .parent()
+            .is_some_and(|dir| dir.as_os_str().is_empty() || dir.is_dir())
 }
 
 /// Applies `--database` or `--clickhouse`: either one picks its backend.

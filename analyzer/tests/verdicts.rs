@@ -919,3 +919,58 @@ fn watch_serves_its_findings_to_prometheus_and_stops_exporting_a_cleared_anomaly
     }
     assert!(child.0.try_wait().unwrap().is_none(), "watch exited");
 }
+
+/// A first boot starts the analyzer beside the collector, which creates the
+/// database at its own start: `watch` waits for a database not created yet
+/// and analyzes it once it is there; a database in a directory that does
+/// not exist is a wrong path and stops it at once.
+#[test]
+fn watch_waits_for_a_database_the_collector_has_not_created_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, topology_racks().concat()).unwrap();
+    let watch = |database: &Path, passes: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-analyzer"))
+            .args([
+                "watch",
+                "--since",
+                "all",
+                "--interval-secs",
+                "1",
+                "--passes",
+                passes,
+                "--database",
+            ])
+            .arg(database)
+            .arg("--topology")
+            .arg(&topology)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let database = dir.path().join("flowmesh.db");
+    let child = watch(&database, "4");
+    // Created while it waits (the passes are a second apart).
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    drop(lossy_r3n3(dir.path()));
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("does not exist yet (the collector creates it); waiting"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("START   host r3n3"),
+        "analyzed once there: {stdout}{stderr}"
+    );
+
+    let wrong = watch(&dir.path().join("no-such-dir/flowmesh.db"), "1")
+        .wait_with_output()
+        .unwrap();
+    assert!(!wrong.status.success(), "a wrong path stops it at once");
+}
