@@ -153,6 +153,16 @@ impl Alerting {
                 && n.labels.get("alertname").is_some_and(|a| names.contains(&a.as_str()))
         })
     }
+
+    /// The latest notification received since `since` about one of `names`
+    /// for `element`, firing or resolved: where that alert stands now.
+    pub(super) fn latest(&self, since: Instant, names: &[&str], element: &str) -> Option<Notice> {
+        self.notices().into_iter().rev().find(|n| {
+            n.received >= since
+                && n.labels.get("element").is_some_and(|e| e == element)
+                && n.labels.get("alertname").is_some_and(|a| names.contains(&a.as_str()))
+        })
+    }
 }
 
 /// Accepts until `stop`; each request's alerts are appended to `notices`.

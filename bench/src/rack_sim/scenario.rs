@@ -492,10 +492,14 @@ fn detect(
     match (alerting, &mut outcome.alert) {
         (Some(alerting), Some(alert)) => {
             let resolve_deadline = window * 3 + EVALUATION_INTERVAL * 4;
+            // Where the alert stands, not a resolution after the clear: a
+            // flapping fault's last up phase may resolve it before the
+            // clear (then 0 s).
             while cleared.elapsed() < resolve_deadline {
                 pause(Duration::from_millis(500))?;
-                if let Some(n) = alerting.find(cleared, "resolved", &[alert.name.as_str()], &alert.element) {
-                    alert.resolved = Some(n.received.duration_since(cleared));
+                let now = alerting.latest(started, &[alert.name.as_str()], &alert.element);
+                if let Some(n) = now.filter(|n| n.status == "resolved") {
+                    alert.resolved = Some(n.received.saturating_duration_since(cleared));
                     break;
                 }
             }
