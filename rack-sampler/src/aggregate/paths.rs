@@ -680,17 +680,22 @@ mod tests {
         assert!(matches!(d, Dist::Many(_)));
     }
 
+    /// The probe path 1 → 2 the tests below fill.
+    fn probe_key() -> PathKey {
+        PathKey {
+            src: 1,
+            dst: 2,
+            dscp: 0,
+            transport: 1,
+        }
+    }
+
     /// Answers still in the batch when the window is summarized are in its
     /// histograms, and so are values too large to batch; a probe without a
     /// responder delay adds no delay.
     #[test]
     fn batched_answers_are_all_summarized() {
-        let key = PathKey {
-            src: 1,
-            dst: 2,
-            dscp: 0,
-            transport: 1,
-        };
+        let key = probe_key();
         let mut p = PathAgg::new(&key);
         let answers = BATCH as u64 * 3 + 5;
         for i in 0..answers {
@@ -715,12 +720,7 @@ mod tests {
 
     #[test]
     fn a_merged_path_keeps_exact_extremes_and_sums() {
-        let key = PathKey {
-            src: 1,
-            dst: 2,
-            dscp: 0,
-            transport: 1,
-        };
+        let key = probe_key();
         let mut a = PathAgg::new(&key);
         let mut b = PathAgg::new(&key);
         for (i, rtt) in [5_000, 9_000, 7_000].into_iter().enumerate() {
