@@ -6,8 +6,8 @@
 //!
 //! bpffs and tracefs are deliberately not required: the agent pins no
 //! object (so none of it outlives the process, even after `kill -9`) and
-//! attaches sock_ops and cgroup connect programs, no tracepoint, so it
-//! works whether or not either is mounted.
+//! attaches BTF tracepoints, which are found in the kernel's BTF, not in
+//! tracefs, so it works whether or not either is mounted.
 
 use std::path::{Path, PathBuf};
 
@@ -35,8 +35,9 @@ pub enum CheckError {
     /// The configured cgroup is not a cgroup v2 directory.
     #[error("flows.cgroup {}: not a cgroup v2 directory (no cgroup.procs in it)", .0.display())]
     BadCgroup(PathBuf),
-    /// The kernel is older than sock_ops with the needed context fields.
-    #[error("kernel {found} is too old: flowmesh-agent needs Linux 5.10 or newer")]
+    /// The kernel is older than the programs need: BTF tracepoints calling
+    /// socket helpers (5.12) and a cgroup pointer in each socket (5.15).
+    #[error("kernel {found} is too old: flowmesh-agent needs Linux 5.15 or newer")]
     KernelTooOld {
         /// The running kernel's release.
         found: String,
@@ -156,7 +157,7 @@ pub fn run(cgroup: Option<&Path>) -> Result<PathBuf, CheckError> {
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     match kernel_version(release.trim()) {
-        Some(v) if v >= (5, 10) => {}
+        Some(v) if v >= (5, 15) => {}
         _ => {
             return Err(CheckError::KernelTooOld {
                 found: release.trim().to_string(),

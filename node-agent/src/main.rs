@@ -468,6 +468,8 @@ async fn trace(
             untracked_end = drops[2],
             procs_full = drops[3],
             retrans_ring_full = drops[4],
+            establish_ring_full = drops[5],
+            recursion_miss = drops[6],
             invalid_event = invalid
         );
     }

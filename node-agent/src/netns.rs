@@ -2,8 +2,8 @@
 //! namespaces against when `flows.netns` scopes tracing to one namespace.
 //!
 //! The cookie is the kernel's 64-bit id of a namespace
-//! (`SO_NETNS_COOKIE`, Linux 5.14), the same value `bpf_get_netns_cookie`
-//! returns in the programs. It is read from a socket made inside the
+//! (`SO_NETNS_COOKIE`, Linux 5.14), the `net.net_cookie` the programs read
+//! from each socket's namespace. It is read from a socket made inside the
 //! namespace, by a thread that enters it (setns affects only the calling
 //! thread).
 

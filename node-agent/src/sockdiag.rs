@@ -1,14 +1,14 @@
 //! The current counters of this network namespace's TCP sockets, from the
 //! kernel's sock_diag netlink interface (what `ss -ti` reads), keyed by
-//! socket cookie — the key the eBPF flow table uses.
+//! socket cookie — the key the agent's table of open flows uses.
 //!
-//! Flows that stay open are reported from here rather than by keeping the
-//! flow table current on every ACK: a sock_ops callback per RTT sample cost
-//! a short-connection workload 5 % of its rate (docs/performance.md); one
-//! dump every `flows.report_open_secs` costs nothing per packet. Sockets of
-//! other network namespaces (e.g. containers whose cgroup the agent traces
-//! from the host's namespace) are not in the dump; their open reports carry
-//! the counters the flow table last saw (at establishment or the latest
+//! Flows that stay open are reported from here rather than by tracing
+//! every ACK: a callback per RTT sample cost a short-connection workload 5 %
+//! of its rate (docs/performance.md); one dump every
+//! `flows.report_open_secs` costs nothing per packet. Sockets of other
+//! network namespaces (e.g. containers whose cgroup the agent traces from
+//! the host's namespace) are not in the dump; their open reports carry the
+//! counters the programs last saw (at establishment or the latest
 //! retransmission).
 //!
 //! Flows that retransmitted are reported within `flows.retrans_report_ms`,

@@ -108,6 +108,8 @@ pub const KERNEL_DROP_REASONS: [&str; KERNEL_DROP_COUNTERS] = [
     "untracked_end",
     "procs_full",
     "retrans_ring_full",
+    "establish_ring_full",
+    "recursion_miss",
 ];
 /// The label of [`AgentStats::invalid_events`] beside them: events the
 /// programs delivered that the agent could not read (`tracer::InvalidEvent`).
@@ -230,7 +232,7 @@ mod tests {
             flows: 11,
             open_reports: 2,
             retrans_reports: 3,
-            kernel_drops: [1, 2, 3, 4, 6],
+            kernel_drops: [1, 2, 3, 4, 6, 8, 9],
             invalid_events: 5,
             connects: [("curl".to_string(), 7)].into_iter().collect(),
             sender: SenderStats {
@@ -265,6 +267,8 @@ mod tests {
             "flowmesh_agent_kernel_drops_total{reason=\"ring_full\"} 1",
             "flowmesh_agent_kernel_drops_total{reason=\"procs_full\"} 4",
             "flowmesh_agent_kernel_drops_total{reason=\"retrans_ring_full\"} 6",
+            "flowmesh_agent_kernel_drops_total{reason=\"establish_ring_full\"} 8",
+            "flowmesh_agent_kernel_drops_total{reason=\"recursion_miss\"} 9",
             "flowmesh_agent_kernel_drops_total{reason=\"invalid_event\"} 5",
             "flowmesh_agent_datagrams_sent_total 12",
             "flowmesh_agent_records_sent_total 13",

@@ -1,9 +1,17 @@
-//! Loads the sock_ops program, attaches it to a cgroup v2 and turns its
-//! ring-buffer events into wire-format flow records.
+//! Loads the BTF tracepoint programs, attaches them, joins their
+//! ring-buffer events into flows and turns those into wire-format flow
+//! records.
+//!
+//! The programs put two records in the ring per flow: its establishment
+//! (identity, start, TOS) and its end (counters, end reason). The agent
+//! keeps the establishments as its table of open flows ([`Joiner`]) and
+//! completes each end from it; an end without an establishment (a flow
+//! older than the agent, or whose establishment the full ring lost) is
+//! counted as `untracked_end`, never reported with a made-up start.
 //!
 //! Three kinds of report leave here: a flow's close (its ring-buffer
-//! event), flows still open every `flows.report_open_secs`
-//! ([`Tracer::open_flows`], from the flow table), and flows still open
+//! events joined), flows still open every `flows.report_open_secs`
+//! ([`Tracer::open_flows`], from the table of open flows), and flows still open
 //! whose retransmission counter grew, every `flows.retrans_report_ms`
 //! ([`Tracer::retransmissions`]): the program puts an open flow in the ring
 //! at its first retransmission of each report epoch, and the agent
@@ -26,11 +34,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use node_ebpf_common::{
-    AF_INET, AF_INET6, CONNECT_PROGRAMS, DROPS_MAP, EVENTS_MAP, FLOWS_MAP, FlowEvent, PROCS_MAP, ProcessConnects,
-    RETRANS_EPOCH_MAP, SOCK_OPS_PROGRAM, direction, drops, end_reason,
+    AF_INET, AF_INET6, DROPS_MAP, EVENTS_MAP, FlowEvent, LAYOUT_GLOBAL, PROCS_MAP, ProcessConnects, RETRANS_EPOCH_MAP,
+    RETRANSMITTING_MAP, TRACEPOINTS, direction, drops, end_reason, kind,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
@@ -48,14 +56,23 @@ pub enum TracerError {
     /// The kernel refused the programs or maps.
     #[error("loading the eBPF programs: {0}")]
     Load(#[from] aya::EbpfError),
-    /// The program could not be loaded or attached.
-    #[error("attaching the sock_ops program to {cgroup}: {source}")]
+    /// A program could not be loaded or attached.
+    #[error("attaching {program} to tracepoint {tracepoint}: {source}")]
     Attach {
-        /// The cgroup.
-        cgroup: String,
+        /// The program.
+        program: &'static str,
+        /// The kernel tracepoint.
+        tracepoint: &'static str,
         /// Why.
         source: aya::programs::ProgramError,
     },
+    /// The kernel's BTF lacks a struct field the programs read, or could
+    /// not be read.
+    #[error(transparent)]
+    Layout(#[from] crate::kernel_layout::LayoutError),
+    /// aya could not read the kernel's BTF (to find the tracepoints).
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(#[from] aya::BtfError),
     /// A map is missing or of the wrong type.
     #[error("eBPF map {name}: {message}")]
     Map {
@@ -64,8 +81,8 @@ pub enum TracerError {
         /// What is wrong.
         message: String,
     },
-    /// The cgroup directory could not be opened.
-    #[error("opening cgroup {cgroup}: {source}")]
+    /// The cgroup directory could not be read.
+    #[error("cgroup {cgroup}: {source}")]
     Cgroup {
         /// The cgroup.
         cgroup: String,
@@ -78,22 +95,27 @@ pub enum TracerError {
 }
 
 /// Attached programs and the handles to read them. Dropping it detaches
-/// everything (the attachment is a BPF link owned by this process, so even
+/// everything (the attachments are BPF links owned by this process, so even
 /// a kill -9 leaves nothing attached).
 pub struct Tracer {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     events: AsyncFd<RingBuf<MapData>>,
-    flows: HashMap<MapData, u64, [u8; FLOW_EVENT_LEN]>,
+    /// Retransmitting flows' counters as of their latest retransmission.
+    latest: HashMap<MapData, u64, [u8; FLOW_EVENT_LEN]>,
     procs: PerCpuHashMap<MapData, u32, [u8; PROCESS_CONNECTS_LEN]>,
     drops: PerCpuArray<MapData, u64>,
     /// The programs' retransmission report epoch (one element).
     epoch_map: Array<MapData, u64>,
     /// Its current value; 0 while prompt retransmission reports are off.
     epoch: u64,
-    /// Open flows that retransmitted since the last
-    /// [`Tracer::retransmissions`], by cookie, as the program saw them at
-    /// their first retransmission of the epoch.
-    retransmitted: std::collections::HashMap<u64, FlowEvent>,
+    /// The open flows, and those that retransmitted.
+    joiner: Joiner,
+    /// Flows that ended, drained from the ring by [`Tracer::open_flows`],
+    /// for the next [`Tracer::take_flows`].
+    ended: Vec<Flow>,
+    /// This process's network namespace cookie: where sock_diag sees
+    /// sockets.
+    own_netns: u64,
     clock: Clock,
     invalid: InvalidEvents,
     /// Connects of processes that have exited, by command name.
@@ -144,6 +166,11 @@ pub enum InvalidEvent {
         "flow event with address family {0} (AF_INET 2 or AF_INET6 10 expected): the eBPF programs and the agent disagree; build both from one source"
     )]
     Family(u16),
+    /// An event kind node-ebpf-common does not define.
+    #[error(
+        "flow event of kind {0} (node-ebpf-common defines 1 to 3): the eBPF programs and the agent disagree; build both from one source"
+    )]
+    Kind(u32),
 }
 
 /// Kernel events refused with an [`InvalidEvent`]: counted, and the first
@@ -206,9 +233,10 @@ impl Clock {
 }
 
 impl Tracer {
-    /// Loads the programs with the given table sizes and attaches them to
-    /// `cgroup`, so only its processes' sockets are seen.
-    /// `max_processes` bounds the per-process connect counters; a non-zero
+    /// Loads the programs with the given table sizes and attaches them,
+    /// tracing only sockets of `cgroup`'s processes (and of its
+    /// descendants). `max_flows` bounds the table of open flows,
+    /// `max_processes` the per-process connect counters; a non-zero
     /// `netns_cookie` limits tracing to that network namespace's sockets.
     /// With `retrans_reports`, the programs tell the agent which open flows
     /// retransmit, for [`Tracer::retransmissions`].
@@ -220,46 +248,40 @@ impl Tracer {
         netns_cookie: u64,
         retrans_reports: bool,
     ) -> Result<Tracer, TracerError> {
+        let offsets = crate::kernel_layout::resolve(&crate::kernel_layout::Btf::from_kernel()?)?;
+        let (cgroup_id, cgroup_level) = cgroup_scope(cgroup).map_err(|source| TracerError::Cgroup {
+            cgroup: cgroup.display().to_string(),
+            source,
+        })?;
         // Wake the agent when an eighth of the ring waits; it drains the
         // rest on its flush timer (Tracer::take_events).
         let wakeup_bytes = u64::from(ring_bytes / 8);
         let mut ebpf = EbpfLoader::new()
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("NETNS_COOKIE", &netns_cookie, true)
-            .map_max_entries(FLOWS_MAP, max_flows)
+            .override_global("CGROUP_ID", &cgroup_id, true)
+            .override_global("CGROUP_LEVEL", &cgroup_level, true)
+            .override_global(LAYOUT_GLOBAL, &offsets, true)
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .map_max_entries(PROCS_MAP, max_processes)
             .load(PROGRAMS)?;
-        let cgroup_name = cgroup.display().to_string();
-        let dir = std::fs::File::open(cgroup).map_err(|source| TracerError::Cgroup {
-            cgroup: cgroup_name.clone(),
-            source,
-        })?;
-        let attach_error = |source| TracerError::Attach {
-            cgroup: cgroup_name.clone(),
-            source,
-        };
-        let missing = |name: &str| TracerError::Map {
-            name: "program",
-            message: format!("{name} missing from the object"),
-        };
-        let program: &mut SockOps = ebpf
-            .program_mut(SOCK_OPS_PROGRAM)
-            .ok_or_else(|| missing(SOCK_OPS_PROGRAM))?
-            .try_into()
-            .map_err(attach_error)?;
-        program.load().map_err(attach_error)?;
-        // Single: AllowMultiple is refused with EINVAL on the kernels
-        // measured (../shared/notes/ebpf-toolchain.md).
-        program.attach(&dir, CgroupAttachMode::Single).map_err(attach_error)?;
-        for name in CONNECT_PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
+        let btf = aya::Btf::from_sys_fs()?;
+        for (name, tracepoint) in TRACEPOINTS {
+            let attach_error = |source| TracerError::Attach {
+                program: name,
+                tracepoint,
+                source,
+            };
+            let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
-                .ok_or_else(|| missing(name))?
+                .ok_or_else(|| TracerError::Map {
+                    name: "program",
+                    message: format!("{name} missing from the object"),
+                })?
                 .try_into()
                 .map_err(attach_error)?;
-            program.load().map_err(attach_error)?;
-            program.attach(&dir, CgroupAttachMode::Single).map_err(attach_error)?;
+            program.load(tracepoint, &btf).map_err(attach_error)?;
+            program.attach().map_err(attach_error)?;
         }
         let map = |name: &'static str, ebpf: &mut Ebpf| {
             ebpf.take_map(name).ok_or(TracerError::Map {
@@ -275,8 +297,8 @@ impl Tracer {
             name: DROPS_MAP,
             message: e.to_string(),
         })?;
-        let flows = HashMap::try_from(map(FLOWS_MAP, &mut ebpf)?).map_err(|e| TracerError::Map {
-            name: FLOWS_MAP,
+        let latest = HashMap::try_from(map(RETRANSMITTING_MAP, &mut ebpf)?).map_err(|e| TracerError::Map {
+            name: RETRANSMITTING_MAP,
             message: e.to_string(),
         })?;
         let procs = PerCpuHashMap::try_from(map(PROCS_MAP, &mut ebpf)?).map_err(|e| TracerError::Map {
@@ -296,6 +318,7 @@ impl Tracer {
                 message: e.to_string(),
             })?;
         }
+        let own_netns = crate::netns::own_cookie()?;
         // `AsyncFd::new` is deprecated because a caller could close the fd
         // while it is registered; here the AsyncFd owns the ring buffer,
         // which owns its fd, so it lives exactly as long as the
@@ -303,14 +326,16 @@ impl Tracer {
         #[allow(deprecated)]
         let events = AsyncFd::new(events)?;
         Ok(Tracer {
-            _ebpf: ebpf,
+            ebpf,
             events,
-            flows,
+            latest,
             procs,
             drops,
             epoch_map,
             epoch,
-            retransmitted: std::collections::HashMap::new(),
+            joiner: Joiner::new(max_flows as usize),
+            ended: Vec::new(),
+            own_netns,
             clock: Clock::now(),
             invalid: InvalidEvents::default(),
             retired: std::collections::BTreeMap::new(),
@@ -323,14 +348,10 @@ impl Tracer {
     pub async fn next_flows(&mut self) -> Result<Vec<Flow>, TracerError> {
         loop {
             let mut guard = self.events.readable_mut().await?;
-            let (flows, read) = drain(
-                guard.get_inner_mut(),
-                self.clock,
-                &mut self.invalid,
-                &mut self.retransmitted,
-            );
+            let (mut flows, read) = drain(guard.get_inner_mut(), self.clock, &mut self.invalid, &mut self.joiner);
             guard.clear_ready();
-            if read > 0 {
+            if read > 0 || !self.ended.is_empty() {
+                flows.append(&mut self.ended);
                 return Ok(flows);
             }
         }
@@ -340,13 +361,9 @@ impl Tracer {
     /// wakeup: the programs only wake the agent for a batch, so it calls
     /// this on a timer too.
     pub fn take_flows(&mut self) -> Vec<Flow> {
-        drain(
-            self.events.get_mut(),
-            self.clock,
-            &mut self.invalid,
-            &mut self.retransmitted,
-        )
-        .0
+        let mut flows = std::mem::take(&mut self.ended);
+        flows.extend(drain(self.events.get_mut(), self.clock, &mut self.invalid, &mut self.joiner).0);
+        flows
     }
 
     /// The open flows that retransmitted since the previous call, with
@@ -374,7 +391,7 @@ impl Tracer {
             warn!(message = "could not start a new retransmission epoch", %error);
         }
         let ended = self.take_flows();
-        let events: Vec<FlowEvent> = std::mem::take(&mut self.retransmitted).into_values().collect();
+        let events: Vec<FlowEvent> = std::mem::take(&mut self.joiner.retransmitted).into_values().collect();
         RetransReports {
             ended,
             retransmitting: self.with_current_counters(events),
@@ -383,10 +400,9 @@ impl Tracer {
 
     /// `events`, open flows, as reports now: with their current counters,
     /// leaving out those that are closing or gone (their close reports
-    /// them). sock_diag is asked before the flow table: a socket that
-    /// closed after that lookup is no longer in the table (the program
-    /// removes it there before the kernel unhashes the socket), so no
-    /// report carries counters older than one already sent.
+    /// them). A socket of the agent's own namespace that sock_diag does not
+    /// find has closed; another namespace's is reported as the programs
+    /// last saw it (at its establishment or latest retransmission).
     fn with_current_counters(&mut self, events: Vec<FlowEvent>) -> Vec<Flow> {
         if events.is_empty() {
             return Vec::new();
@@ -406,13 +422,11 @@ impl Tracer {
             match lookup {
                 Lookup::Open(counters) => with_counters(&mut event, &counters),
                 Lookup::Closing => continue,
-                // Another namespace's socket: as the table saw it at its
-                // latest retransmission. Or closed since: its close
-                // reports everything.
-                Lookup::Absent => match self.table_entry(event.cookie) {
-                    Some(entry) => event = entry,
-                    None => continue,
-                },
+                // Closed since: its close reports everything.
+                Lookup::Absent if event.netns_cookie == self.own_netns => continue,
+                // Another namespace's socket: as the programs saw it at its
+                // latest retransmission.
+                Lookup::Absent => event = self.as_last_seen(event),
             }
             event.end_boot_ns = now;
             flows.extend(self.invalid.keep(flow(&event, self.clock)));
@@ -422,37 +436,32 @@ impl Tracer {
 
     /// The flows open now that have been open for at least `min_age_ns`
     /// (end reason open), with their current counters from sock_diag where
-    /// this network namespace has the socket, else as the flow table last
-    /// saw them.
+    /// this network namespace has the socket, else as the programs last saw
+    /// them.
+    ///
+    /// sock_diag is asked first, the ring drained after: a flow that
+    /// closed before the dump is missing from it and, in the agent's own
+    /// namespace, left out (its close reports it); one that closed after
+    /// the dump is reported with the dump's counters, never more than its
+    /// close will carry. Flows that ended wait for [`Tracer::take_flows`].
     pub fn open_flows(&mut self, min_age_ns: u64) -> Vec<Flow> {
         let now = boot_ns();
-        let mut open = Vec::new();
-        for (_, bytes) in self.flows.iter().filter_map(Result::ok) {
-            match read_event(&bytes) {
-                Ok(event) if now.saturating_sub(event.start_boot_ns) >= min_age_ns => open.push(event),
-                Ok(_) => {}
-                Err(invalid) => {
-                    self.invalid.keep(Err(invalid));
-                }
-            }
-        }
-        if open.is_empty() {
-            return Vec::new();
-        }
         let current = crate::sockdiag::tcp_counters().unwrap_or_default();
-        let mut flows = Vec::with_capacity(open.len());
-        for mut event in open {
+        let ended = drain(self.events.get_mut(), self.clock, &mut self.invalid, &mut self.joiner).0;
+        self.ended.extend(ended);
+        let old_enough: Vec<FlowEvent> = (self.joiner.open.values())
+            .filter(|event| now.saturating_sub(event.start_boot_ns) >= min_age_ns)
+            .copied()
+            .collect();
+        let mut flows = Vec::with_capacity(old_enough.len());
+        for mut event in old_enough {
             match current.get(&event.cookie) {
                 Some(c) => with_counters(&mut event, c),
-                // Not in the dump: another namespace's socket, or one that
-                // closed since the table was read — then gone from the
-                // table too, and its close reports it (reported here, the
-                // table's older counters could undercut a report sent
-                // before with sock_diag's).
-                None => match self.table_entry(event.cookie) {
-                    Some(entry) => event = entry,
-                    None => continue,
-                },
+                // Closed since the dump (or closing): its close reports it.
+                None if event.netns_cookie == self.own_netns => continue,
+                // Another namespace's socket, which sock_diag here cannot
+                // see: as the programs last saw it.
+                None => event = self.as_last_seen(event),
             }
             event.end_boot_ns = now;
             flows.extend(self.invalid.keep(flow(&event, self.clock)));
@@ -460,15 +469,18 @@ impl Tracer {
         flows
     }
 
-    /// The flow table's entry for `cookie` now: `None` once the flow has
-    /// closed (an entry the agent cannot read is counted as invalid).
-    fn table_entry(&mut self, cookie: u64) -> Option<FlowEvent> {
-        let bytes = self.flows.get(&cookie, 0).ok()?;
+    /// `event` (an open flow) with the counters of its latest
+    /// retransmission, if the programs saw one since the event's.
+    fn as_last_seen(&mut self, event: FlowEvent) -> FlowEvent {
+        let Ok(bytes) = self.latest.get(&event.cookie, 0) else {
+            return event;
+        };
         match read_event(&bytes) {
-            Ok(event) => Some(event),
+            Ok(latest) if latest.end_boot_ns >= event.end_boot_ns => joined(&event, &latest),
+            Ok(_) => event,
             Err(invalid) => {
                 self.invalid.keep(Err(invalid));
-                None
+                event
             }
         }
     }
@@ -510,8 +522,9 @@ impl Tracer {
         totals
     }
 
-    /// The kernel side's drop counters summed over CPUs: ring buffer full,
-    /// flow table full, flows ended untracked, process table full.
+    /// The drop counters, indexed by node-ebpf-common's `drops`: the
+    /// programs' summed over CPUs, plus the agent's own (open-flow table
+    /// full, ends without an establishment).
     pub fn drops(&self) -> [u64; drops::COUNT as usize] {
         let mut out = [0; drops::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -519,7 +532,35 @@ impl Tracer {
                 *slot = values.iter().sum();
             }
         }
+        out[drops::FLOWS_FULL as usize] += self.joiner.flows_full;
+        out[drops::UNTRACKED_END as usize] += self.joiner.untracked_ends;
+        out[drops::RECURSION_MISSES as usize] = self.recursion_misses();
         out
+    }
+
+    /// Runs of the programs the kernel skipped because the program was
+    /// already running on that CPU, from each program's fdinfo
+    /// (`recursion_misses`, Linux 5.12): events lost before they were
+    /// written, so counted as a drop like the rest.
+    fn recursion_misses(&self) -> u64 {
+        use std::os::fd::{AsFd, AsRawFd};
+        TRACEPOINTS
+            .iter()
+            .filter_map(|(name, _)| {
+                let program: &BtfTracePoint = self.ebpf.program(name)?.try_into().ok()?;
+                let fd = program.fd().ok()?.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                info.lines()
+                    .find_map(|line| line.strip_prefix("recursion_misses:"))
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Flows open now, as far as the agent knows (established, not yet
+    /// ended in the events read so far).
+    pub fn open_count(&self) -> usize {
+        self.joiner.open.len()
     }
 
     /// The boot-time to wall-clock conversion.
@@ -529,44 +570,129 @@ impl Tracer {
 }
 
 /// The flows that ended in the ring buffer's items, and how many items
-/// were read; open flows' retransmission events go to `retransmitted`
-/// (a flow's close removes it there: the close reports everything);
-/// invalid items are counted in `invalid` and dropped.
+/// were read (see [`Joiner::sort`]).
 fn drain(
     ring: &mut RingBuf<MapData>,
     clock: Clock,
     invalid: &mut InvalidEvents,
-    retransmitted: &mut std::collections::HashMap<u64, FlowEvent>,
+    joiner: &mut Joiner,
 ) -> (Vec<Flow>, usize) {
     let mut flows = Vec::new();
     let mut read = 0;
     while let Some(item) = ring.next() {
         read += 1;
-        flows.extend(sort_item(&item, clock, invalid, retransmitted));
+        flows.extend(joiner.sort(&item, clock, invalid));
     }
     (flows, read)
 }
 
-/// One ring-buffer item: the flow, if it ended; an open flow's
-/// retransmission event goes to `retransmitted` instead, where the flow's
-/// close, if it comes first, takes it out again.
-fn sort_item(
-    item: &[u8],
-    clock: Clock,
-    invalid: &mut InvalidEvents,
-    retransmitted: &mut std::collections::HashMap<u64, FlowEvent>,
-) -> Option<Flow> {
-    match read_event(item) {
-        Ok(event) if event.end_reason == end_reason::OPEN => {
-            retransmitted.insert(event.cookie, event);
-            None
+/// Joins the programs' events into flows: the table of open flows (by
+/// socket cookie, from their establishment), bounded; and the open flows
+/// that retransmitted since the last retransmission report.
+#[derive(Debug, Default)]
+pub struct Joiner {
+    /// Open flows, as established (counters as of their latest
+    /// retransmission event).
+    open: std::collections::HashMap<u64, FlowEvent>,
+    /// Open flows that retransmitted since the last
+    /// [`Tracer::retransmissions`], with their counters at their first
+    /// retransmission of the epoch.
+    retransmitted: std::collections::HashMap<u64, FlowEvent>,
+    /// Most open flows tracked.
+    max_open: usize,
+    /// Establishments not tracked because the table was full.
+    flows_full: u64,
+    /// Ends without an establishment.
+    untracked_ends: u64,
+}
+
+impl Joiner {
+    /// A table of at most `max_open` open flows.
+    pub fn new(max_open: usize) -> Joiner {
+        Joiner {
+            max_open,
+            ..Joiner::default()
         }
-        Ok(event) => {
-            retransmitted.remove(&event.cookie);
-            invalid.keep(flow(&event, clock))
-        }
-        Err(error) => invalid.keep(Err(error)),
     }
+
+    /// One ring-buffer item: the flow, if it ended (joined with its
+    /// establishment). An establishment goes into the table of open flows
+    /// (or is counted, the table full); a retransmission event updates the
+    /// flow there and waits for the next retransmission report, where the
+    /// flow's end, if it comes first, takes it out again. An end without
+    /// an establishment is counted; invalid items are counted in `invalid`.
+    pub fn sort(&mut self, item: &[u8], clock: Clock, invalid: &mut InvalidEvents) -> Option<Flow> {
+        let event = match read_event(item) {
+            Ok(event) => event,
+            Err(error) => return invalid.keep(Err(error)),
+        };
+        match event.kind {
+            kind::ESTABLISHED => {
+                // Refused now, not at every report of it.
+                invalid.keep(flow(&event, clock))?;
+                if self.open.len() >= self.max_open && !self.open.contains_key(&event.cookie) {
+                    self.flows_full += 1;
+                } else {
+                    self.open.insert(event.cookie, event);
+                }
+                None
+            }
+            kind::RETRANSMITTING => {
+                let open = self.open.get_mut(&event.cookie)?;
+                *open = joined(open, &event);
+                self.retransmitted.insert(event.cookie, *open);
+                None
+            }
+            kind::CLOSED => {
+                self.retransmitted.remove(&event.cookie);
+                let Some(start) = self.open.remove(&event.cookie) else {
+                    self.untracked_ends += 1;
+                    return None;
+                };
+                invalid.keep(flow(&joined(&start, &event), clock))
+            }
+            other => invalid.keep(Err(InvalidEvent::Kind(other))),
+        }
+    }
+}
+
+/// `start` (an establishment: identity and start) with `later`'s counters,
+/// time, end reason and state.
+fn joined(start: &FlowEvent, later: &FlowEvent) -> FlowEvent {
+    FlowEvent {
+        end_boot_ns: later.end_boot_ns,
+        bytes_acked: later.bytes_acked,
+        bytes_received: later.bytes_received,
+        segs_out: later.segs_out,
+        segs_in: later.segs_in,
+        total_retrans: later.total_retrans,
+        srtt_us: later.srtt_us,
+        rtt_min_us: later.rtt_min_us,
+        end_reason: later.end_reason,
+        old_state: later.old_state,
+        kind: later.kind,
+        ..*start
+    }
+}
+
+/// The traced cgroup's id (its directory's inode number, which is the
+/// kernel's `kernfs_node.id`) and depth below the cgroup v2 root; `(0, 0)`
+/// for the root itself, where every socket is in scope.
+fn cgroup_scope(cgroup: &Path) -> std::io::Result<(u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let root = crate::checks::cgroup2_mount(&mountinfo)
+        .ok_or_else(|| std::io::Error::other("no cgroup v2 hierarchy is mounted"))?;
+    let cgroup = cgroup.canonicalize()?;
+    let below = cgroup
+        .strip_prefix(root.canonicalize()?)
+        .map_err(|_| std::io::Error::other(format!("not under the cgroup v2 hierarchy at {}", root.display())))?;
+    let level = below.components().count();
+    if level == 0 {
+        return Ok((0, 0));
+    }
+    let level = u32::try_from(level).map_err(std::io::Error::other)?;
+    Ok((std::fs::metadata(&cgroup)?.ino(), level))
 }
 
 /// Sets `event`'s counters to `c`'s (sock_diag's, current).
@@ -858,46 +984,115 @@ mod tests {
         assert_eq!(invalid.count(), 2);
     }
 
-    /// Retransmission events (open) wait for the next retransmission
-    /// report, one per flow however many came; a flow's close reports it
-    /// and takes its waiting event out; invalid items are counted.
-    #[test]
-    fn ring_items_are_sorted_into_ended_flows_and_retransmitting_ones() {
-        let open = |cookie: u64, retrans: u32| FlowEvent {
+    /// The programs' three kinds of event, as the ring carries them.
+    fn established(cookie: u64) -> FlowEvent {
+        FlowEvent {
             cookie,
+            kind: kind::ESTABLISHED,
             end_reason: end_reason::OPEN,
+            end_boot_ns: event().start_boot_ns,
             old_state: 0,
-            total_retrans: retrans,
-            retrans_epoch: 7,
+            bytes_acked: 7,
+            bytes_received: 0,
+            segs_out: 2,
+            segs_in: 1,
+            total_retrans: 0,
             ..event()
-        };
-        let closed = |cookie: u64| FlowEvent { cookie, ..event() };
+        }
+    }
+
+    /// An end or a retransmission carries counters and times only: the
+    /// identity and start come from the establishment.
+    fn later(cookie: u64, kind: u32, retrans: u32) -> FlowEvent {
+        let e = event();
+        FlowEvent {
+            cookie,
+            kind,
+            end_boot_ns: e.end_boot_ns,
+            bytes_acked: e.bytes_acked,
+            bytes_received: e.bytes_received,
+            segs_out: e.segs_out,
+            segs_in: e.segs_in,
+            total_retrans: retrans,
+            srtt_us: e.srtt_us,
+            rtt_min_us: e.rtt_min_us,
+            end_reason: if kind == kind::CLOSED {
+                e.end_reason
+            } else {
+                end_reason::OPEN
+            },
+            old_state: if kind == kind::CLOSED { e.old_state } else { 0 },
+            ..FlowEvent::default()
+        }
+    }
+
+    /// An end joined with its establishment is the flow, exactly; one
+    /// without is counted, not reported; retransmission events wait for
+    /// the next retransmission report, one per flow however many came, and
+    /// a flow's end takes its waiting event out; invalid items are counted.
+    #[test]
+    fn ring_items_are_joined_into_ended_flows_and_retransmitting_ones() {
         let items = [
-            open(1, 1),
-            open(2, 4),
-            open(1, 3),
-            closed(2),
-            closed(3),
+            established(1),
+            established(2),
+            later(1, kind::RETRANSMITTING, 1),
+            later(2, kind::RETRANSMITTING, 4),
+            later(1, kind::RETRANSMITTING, 3),
+            later(2, kind::CLOSED, 3),
+            // Established before the agent started.
+            later(3, kind::CLOSED, 3),
             FlowEvent {
                 direction: 9,
-                ..open(4, 1)
+                ..established(4)
+            },
+            later(4, kind::RETRANSMITTING, 1),
+            FlowEvent {
+                kind: 9,
+                ..established(5)
             },
         ];
-        let (mut invalid, mut retransmitted) = (InvalidEvents::default(), std::collections::HashMap::new());
+        let (mut invalid, mut joiner) = (InvalidEvents::default(), Joiner::new(100));
         let ended: Vec<Flow> = items
             .iter()
-            .filter_map(|e| sort_item(e.as_bytes(), clock(), &mut invalid, &mut retransmitted))
+            .filter_map(|e| joiner.sort(e.as_bytes(), clock(), &mut invalid))
             .collect();
-        assert_eq!(ended.iter().map(|f| f.flow_id).collect::<Vec<_>>(), [2, 3]);
-        assert!(ended.iter().all(|f| f.end_reason == EndReason::Closed));
-        // Flow 1 waits once, as its latest event; flow 2 closed; flow 4's
-        // event waits too, and is refused when it is converted.
-        let mut waiting: Vec<(u64, u32)> = retransmitted.values().map(|e| (e.cookie, e.total_retrans)).collect();
-        waiting.sort();
-        assert_eq!(waiting, [(1, 3), (4, 1)]);
+        assert_eq!(ended.len(), 1);
+        let want = flow(&FlowEvent { cookie: 2, ..event() }, clock()).unwrap();
+        assert_eq!(ended[0], want, "the end and its establishment make the whole flow");
+        assert_eq!(joiner.untracked_ends, 1);
+        // Flow 1 waits once, as its latest event, with its establishment's
+        // identity; flow 4 was refused at establishment, so its
+        // retransmission has no flow; the unknown kind is refused.
+        let waiting: Vec<(u64, u32, u16)> = joiner
+            .retransmitted
+            .values()
+            .map(|e| (e.cookie, e.total_retrans, e.local_port))
+            .collect();
+        assert_eq!(waiting, [(1, 3, 40_000)]);
+        assert_eq!(invalid.count(), 2);
+        assert_eq!(joiner.open.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(joiner.sort(&[0u8; 8], clock(), &mut invalid), None);
+        assert_eq!(invalid.count(), 3);
+    }
+
+    /// A full table counts the establishments it cannot keep, and their
+    /// ends as untracked: nothing is reported with a made-up start.
+    #[test]
+    fn a_full_table_counts_what_it_cannot_track() {
+        let (mut invalid, mut joiner) = (InvalidEvents::default(), Joiner::new(2));
+        for cookie in 1..=3 {
+            assert_eq!(joiner.sort(established(cookie).as_bytes(), clock(), &mut invalid), None);
+        }
+        assert_eq!(joiner.flows_full, 1);
+        let ends: Vec<Option<Flow>> = (1..=3)
+            .map(|cookie| joiner.sort(later(cookie, kind::CLOSED, 0).as_bytes(), clock(), &mut invalid))
+            .collect();
+        assert!(ends[0].is_some() && ends[1].is_some() && ends[2].is_none());
+        assert_eq!(joiner.untracked_ends, 1);
+        // Room again: a new flow is tracked.
+        joiner.sort(established(4).as_bytes(), clock(), &mut invalid);
+        assert_eq!(joiner.open.len(), 1);
         assert_eq!(invalid.count(), 0);
-        assert_eq!(sort_item(&[0u8; 8], clock(), &mut invalid, &mut retransmitted), None);
-        assert_eq!(invalid.count(), 1);
     }
 
     #[test]

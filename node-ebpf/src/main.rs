@@ -1,16 +1,17 @@
-//! flowmesh's kernel side, attached to a cgroup v2: a sock_ops program that
-//! sees every TCP connection of the cgroup's processes established, keeps
-//! it in a flow table while it is open (updated at each retransmission,
-//! and put in the ring at its first retransmission of each of the agent's
-//! report epochs) and reports it closed, IPv4 and IPv6, active and
-//! passive; and connect4/connect6 programs that count TCP connects per
-//! process, in the caller's context (pid and comm are its).
+//! flowmesh's kernel side: two BTF tracepoint programs. One on
+//! `inet_sock_set_state` sees every TCP connection of the traced cgroup and
+//! network namespace established (its identity, start and TOS into the
+//! ring) and closed (its counters into the ring; the agent joins the two),
+//! IPv4 and IPv6, active and passive, and counts TCP connects per process
+//! at `CLOSE` → `SYN_SENT`, in the caller's context (pid and comm are its).
+//! One on `tcp_retransmit_skb` puts an open flow in the ring at its first
+//! retransmission of each of the agent's report epochs.
 //!
-//! Everything comes from the UAPI `bpf_sock_ops` context (bytes, segments,
-//! retransmissions, RTTs, addresses) and helpers (socket cookie, TOS), so
-//! nothing depends on one kernel build's struct offsets. Events go to
-//! userspace through a ring buffer; whatever cannot be delivered is counted
-//! in a per-CPU array the agent exports.
+//! Kernel structs are read at offsets the agent resolves from the running
+//! kernel's BTF and sets in a frozen read-only array, so the verifier checks
+//! every load against the kernel's own types and nothing depends on one
+//! kernel build. Whatever cannot be delivered is counted in a per-CPU array
+//! the agent exports.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

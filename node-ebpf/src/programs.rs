@@ -1,23 +1,30 @@
-//! The sock_ops program and its maps (BPF target only).
+//! The BTF tracepoint programs and their maps (BPF target only).
+//!
+//! Why tracepoints and not sock_ops: a sock_ops program attached to a
+//! cgroup runs at 14 callbacks per loopback connection, 10 of them for
+//! nothing (RTO and window initialisation, ECN, every state change), and
+//! keeping a flow table in a hash map cost an insert at establishment and a
+//! lookup and delete at close. Here a flow costs two ring records (its
+//! establishment and its end, the agent joins them) and the state changes
+//! in between a compare each; the counters are read from the `tcp_sock` at
+//! close, through offsets the agent resolves from the kernel's BTF.
 
-use aya_ebpf::bindings::{
-    BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG,
-    bpf_sock_ops,
-};
-use aya_ebpf::helpers::generated::bpf_get_netns_cookie;
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_boot_ns,
-};
-use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns};
+use aya_ebpf::macros::{btf_tracepoint, map};
 use aya_ebpf::maps::ring_buf::RingBufEntry;
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
-use node_ebpf_common::{AF_INET, AF_INET6, FlowEvent, ProcessConnects, direction, drops, end_reason, tcp_state};
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::programs::BtfTracePointContext;
+use node_ebpf_common::{
+    AF_INET, AF_INET6, FlowEvent, ProcessConnects, direction, drops, end_reason, kind, layout, tcp_state,
+};
 
 // Sizes here are defaults; the agent sets them from its configuration at
 // load time. Each map is named after its static (node_ebpf_common's
-// EVENTS_MAP, FLOWS_MAP, PROCS_MAP, DROPS_MAP, RETRANS_EPOCH_MAP), as the
-// programs are after their functions: that is how the agent finds them.
+// EVENTS_MAP, PROCS_MAP, DROPS_MAP, RETRANS_EPOCH_MAP, RETRANSMITTING_MAP),
+// as the programs are after their functions: that is how the agent finds
+// them.
 #[map]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -33,28 +40,38 @@ static WAKEUP_BYTES: u64 = 1 << 17;
 #[unsafe(no_mangle)]
 static NETNS_COOKIE: u64 = 0;
 
-/// Whether a socket in the namespace with `cookie` is in scope.
-fn in_scope(cookie: u64) -> bool {
-    let wanted = unsafe { core::ptr::read_volatile(&NETNS_COOKIE) };
-    wanted == 0 || cookie == wanted
-}
+/// Only sockets of processes in the cgroup v2 with this id (its directory's
+/// inode number) or below it are traced; 0 traces every cgroup. Set by the
+/// agent at load (`flows.cgroup`), with [`CGROUP_LEVEL`].
+#[unsafe(no_mangle)]
+static CGROUP_ID: u64 = 0;
 
-/// Every established flow's state, keyed by socket cookie: its identity
-/// (addresses, ports, start, DSCP) and its counters as of establishment or
-/// its latest retransmission. The agent reports flows that stay open from
-/// it (with current counters from sock_diag), and the close event is built
-/// from it.
-#[map]
-static FLOWS: HashMap<u64, FlowEvent> = HashMap::with_max_entries(65_536, 0);
+/// The depth of [`CGROUP_ID`] below the cgroup v2 root.
+#[unsafe(no_mangle)]
+static CGROUP_LEVEL: u32 = 0;
+
+/// Kernel struct offsets, indexed by `node_ebpf_common::layout`, resolved
+/// by the agent from the running kernel's BTF and set at load. The map is
+/// frozen and read-only to the programs, so the verifier knows each value
+/// as a constant and checks every load below against the kernel's types.
+#[unsafe(no_mangle)]
+static LAYOUT: [u32; layout::COUNT] = [0; layout::COUNT];
 
 /// The agent's retransmission report epoch, which it advances at each of
 /// its retransmission reports (`flows.retrans_report_ms`); 0 (never
 /// written: prompt reports off) sends no retransmission events. An open
 /// flow goes into the ring at its first retransmission of an epoch only,
-/// so a burst of retransmissions costs one event, and the agent reports
-/// just the flows that retransmitted instead of scanning the table.
+/// so a burst costs one event, and the agent reports just the flows that
+/// retransmitted instead of scanning its table.
 #[map]
 static RETRANS_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Each retransmitting flow's counters as of its latest retransmission
+/// and the epoch in which it last went into the ring, by socket cookie.
+/// LRU: entries of closed flows age out without a delete on every close
+/// (cookies are never reused, so a stale entry is harmless).
+#[map]
+static RETRANSMITTING: LruHashMap<u64, FlowEvent> = LruHashMap::with_max_entries(16_384, 0);
 
 /// TCP connects per process (tgid), per CPU so counting needs no atomics
 /// (the BPF target has no 64-bit fetch-add in Rust); the agent sums the
@@ -65,27 +82,55 @@ static PROCS: PerCpuHashMap<u32, ProcessConnects> = PerCpuHashMap::with_max_entr
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drops::COUNT, 0);
 
-const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
-const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
-const BPF_SOCK_OPS_RETRANS_CB: u32 = 9;
-const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+/// How far up the cgroup tree the scope check walks; deeper cgroups are
+/// out of scope (systemd and Kubernetes nest a handful of levels).
+const MAX_CGROUP_WALK: u32 = 32;
 
-const SOL_IP: i32 = 0;
-const IP_TOS: i32 = 1;
-const SOL_IPV6: i32 = 41;
-const IPV6_TCLASS: i32 = 67;
-
-/// The sock_ops entry point: always lets the socket proceed.
-#[sock_ops]
-pub fn flowmesh_sock_ops(ctx: SockOpsContext) -> u32 {
-    match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, direction::OUTBOUND),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, direction::INBOUND),
-        BPF_SOCK_OPS_RETRANS_CB => refresh(&ctx),
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == tcp_state::CLOSE => closed(&ctx),
+/// `inet_sock_set_state(sk, oldstate, newstate)`, for every TCP state
+/// change on the host: establishment, close and connect are acted on, every
+/// other change is two compares.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn flowmesh_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let (old, new) = (old as u32, new as u32);
+    match new {
+        tcp_state::ESTABLISHED if old == tcp_state::SYN_SENT => established(sk, direction::OUTBOUND),
+        tcp_state::ESTABLISHED if old == tcp_state::SYN_RECV => established(sk, direction::INBOUND),
+        // From SYN_SENT or SYN_RECV it never was a flow.
+        tcp_state::CLOSE if old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV => closed(sk, old),
+        tcp_state::SYN_SENT if old == tcp_state::CLOSE => connecting(sk),
         _ => {}
     }
-    1
+    0
+}
+
+/// `tcp_retransmit_skb(sk, skb, ..)`: puts an open flow in the ring at its
+/// first retransmission of the agent's current epoch.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn flowmesh_retransmit(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    retransmitting(sk);
+    0
+}
+
+/// The offset at `index` of [`LAYOUT`].
+#[inline(always)]
+fn offset(index: usize) -> usize {
+    // Volatile: a load from the frozen map the verifier resolves to a
+    // constant, never folded by the compiler into the default zero.
+    unsafe { core::ptr::read_volatile(&LAYOUT[index]) as usize }
+}
+
+/// The `T` at `LAYOUT[index]` bytes into the kernel object at `base`.
+///
+/// # Safety
+/// `base` must be a BTF-typed kernel pointer of the struct the offset was
+/// resolved in; the verifier checks the load against that type.
+#[inline(always)]
+unsafe fn field<T: Copy>(base: *const u8, index: usize) -> T {
+    unsafe { core::ptr::read_volatile(base.add(offset(index)).cast::<T>()) }
 }
 
 fn count(index: u32) {
@@ -95,150 +140,254 @@ fn count(index: u32) {
     }
 }
 
-fn cookie(ctx: &SockOpsContext) -> u64 {
-    unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) }
-}
-
-/// Copies the socket's counters (UAPI context fields) into `event`, as of
-/// `now`.
-fn snapshot(ctx: &SockOpsContext, event: &mut FlowEvent, now: u64) {
-    let ops: *mut bpf_sock_ops = ctx.ops;
-    event.end_boot_ns = now;
+/// The socket's network namespace cookie.
+fn netns_of(sk: *const u8) -> u64 {
     unsafe {
-        event.bytes_acked = (*ops).bytes_acked;
-        event.bytes_received = (*ops).bytes_received;
-        event.segs_out = (*ops).segs_out;
-        event.segs_in = (*ops).segs_in;
-        event.total_retrans = (*ops).total_retrans;
-        // The kernel keeps srtt scaled by 8.
-        event.srtt_us = (*ops).srtt_us >> 3;
-        event.rtt_min_us = (*ops).rtt_min;
+        let net: *const u8 = field(sk, layout::SKC_NET);
+        field(net, layout::NET_COOKIE)
     }
 }
 
-/// An IPv6 address field of the context, read 4 bytes at a time: the
-/// verifier refuses wider context loads, which the compiler may otherwise
-/// merge the four words into.
-fn ip6_words(field: &[u32; 4]) -> [u32; 4] {
-    let base = field.as_ptr();
-    let mut out = [0u32; 4];
-    for (i, word) in out.iter_mut().enumerate() {
-        *word = unsafe { core::ptr::read_volatile(base.add(i)) };
+/// Whether the socket is in the traced namespace and cgroup.
+fn in_scope(sk: *const u8, netns: u64) -> bool {
+    let wanted = unsafe { core::ptr::read_volatile(&NETNS_COOKIE) };
+    if wanted != 0 && netns != wanted {
+        return false;
     }
-    out
-}
-
-fn established(ctx: &SockOpsContext, direction: u8) {
-    let ops: *mut bpf_sock_ops = ctx.ops;
-    // Out of scope: not tracked, and no callbacks asked for, so its close
-    // is never seen either.
-    if !in_scope(unsafe { bpf_get_netns_cookie(ops as *mut _) }) {
-        return;
+    let cgroup_id = unsafe { core::ptr::read_volatile(&CGROUP_ID) };
+    if cgroup_id == 0 {
+        return true;
     }
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let family = ctx.family() as u16;
-    let mut event = FlowEvent {
-        cookie: cookie(ctx),
-        start_boot_ns: now,
-        direction,
-        family,
-        end_reason: end_reason::OPEN,
-        local_port: ctx.local_port() as u16,
-        // Network order in the upper 16 bits on little-endian hosts.
-        remote_port: u16::from_be((ctx.remote_port() >> 16) as u16),
-        // The kernel counts the SYN in bytes_acked.
-        start_bytes_acked: unsafe { (*ops).bytes_acked } as u32,
-        ..FlowEvent::default()
-    };
-    if family == AF_INET {
-        event.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
-        event.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
-    } else if family == AF_INET6 {
-        let (local, remote) = unsafe { (ip6_words(&(*ops).local_ip6), ip6_words(&(*ops).remote_ip6)) };
-        for i in 0..4 {
-            event.local_addr[i * 4..i * 4 + 4].copy_from_slice(&local[i].to_ne_bytes());
-            event.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&remote[i].to_ne_bytes());
+    let level = unsafe { core::ptr::read_volatile(&CGROUP_LEVEL) } as i32;
+    unsafe {
+        let mut cgroup: *const u8 = field(sk, layout::SK_CGROUP);
+        // Up from the socket's cgroup to the configured one's depth: the
+        // socket is in scope if the cgroup there is the configured one.
+        for _ in 0..MAX_CGROUP_WALK {
+            if cgroup.is_null() {
+                return false;
+            }
+            let at: i32 = field(cgroup, layout::CGROUP_LEVEL);
+            if at < level {
+                return false;
+            }
+            if at == level {
+                let kn: *const u8 = field(cgroup, layout::CGROUP_KN);
+                return !kn.is_null() && field::<u64>(kn, layout::KN_ID) == cgroup_id;
+            }
+            let parent: *const u8 = field(cgroup, layout::CGROUP_PARENT);
+            if parent.is_null() {
+                return false;
+            }
+            cgroup = field(parent, layout::CSS_CGROUP);
         }
     }
-    let (level, name) = if family == AF_INET6 {
-        (SOL_IPV6, IPV6_TCLASS)
-    } else {
-        (SOL_IP, IP_TOS)
-    };
-    let mut tos: i32 = 0;
-    let got = unsafe { bpf_getsockopt(ops as *mut _, level, name, &mut tos as *mut i32 as *mut _, 4) };
-    if got == 0 {
-        event.tos = tos as u32;
-    }
-    snapshot(ctx, &mut event, now);
-    if FLOWS.insert(&event.cookie, &event, 0).is_err() {
-        count(drops::FLOWS_FULL);
-        return;
-    }
-    // Ask for this socket's state changes (to see it close) and its
-    // retransmissions (counted as they happen). Not RTT samples: a callback
-    // per ACK cost short connections 5 % of their rate; the agent reads
-    // open flows' counters with sock_diag instead.
-    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG;
-    let _ = ctx.set_cb_flags(flags as i32);
+    false
 }
 
-/// Brings an open flow's entry up to date at each retransmission, as it
-/// happens (the kernel has counted it in `total_retrans` before this
-/// callback), and tells the agent at the flow's first retransmission of
-/// the current epoch, so its report reaches the sampler in the window the
-/// retransmissions happened in.
-fn refresh(ctx: &SockOpsContext) {
-    let Some(entry) = FLOWS.get_ptr_mut(&cookie(ctx)) else {
+/// The socket as a `tcp_sock` (null for anything but a full TCP socket).
+fn tcp_sock(sk: *const u8) -> *const u8 {
+    unsafe { bpf_skc_to_tcp_sock(sk as *mut _) as *const u8 }
+}
+
+fn cookie(sk: *const u8) -> u64 {
+    unsafe { bpf_get_socket_cookie(sk as *mut _) }
+}
+
+/// Copies the socket's counters into `event`.
+fn snapshot(tp: *const u8, event: &mut FlowEvent) {
+    unsafe {
+        event.bytes_acked = field(tp, layout::TCP_BYTES_ACKED);
+        event.bytes_received = field(tp, layout::TCP_BYTES_RECEIVED);
+        event.segs_out = field(tp, layout::TCP_SEGS_OUT);
+        event.segs_in = field(tp, layout::TCP_SEGS_IN);
+        event.total_retrans = field(tp, layout::TCP_TOTAL_RETRANS);
+        // The kernel keeps srtt scaled by 8.
+        event.srtt_us = field::<u32>(tp, layout::TCP_SRTT_US) >> 3;
+        event.rtt_min_us = field(tp, layout::TCP_RTT_MIN);
+    }
+}
+
+/// A 16-byte address field copied to `out`, 4 bytes at a time (the
+/// widest load the verifier takes from it).
+fn address6(sk: *const u8, index: usize, out: *mut u32) {
+    let base = unsafe { sk.add(offset(index)) };
+    for i in 0..4 {
+        unsafe {
+            out.add(i)
+                .write(core::ptr::read_volatile(base.add(i * 4).cast::<u32>()))
+        };
+    }
+}
+
+/// Zeroes a ring item with word stores. A zeroed struct or array written
+/// the usual way (`..Default::default()`, `[0; 16]`) becomes a call to the
+/// BPF target's byte-by-byte `memset` loop, five instructions a byte: it
+/// was most of an establishment's or end's run time.
+#[inline(always)]
+fn zeroed(event: *mut FlowEvent) {
+    let words = event.cast::<u64>();
+    for i in 0..core::mem::size_of::<FlowEvent>() / 8 {
+        // Volatile, so the compiler cannot turn the stores back into a
+        // memset call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// A zeroed ring item for an event of `sk`, with the socket as a
+/// `tcp_sock` and its namespace cookie; none for a socket out of scope or
+/// not TCP, or when the ring is full (counted under `full`).
+fn reserve_for(sk: *const u8, full: u32) -> Option<(RingBufEntry<FlowEvent>, *const u8, u64)> {
+    let netns = netns_of(sk);
+    if !in_scope(sk, netns) {
+        return None;
+    }
+    let tp = tcp_sock(sk);
+    if tp.is_null() {
+        return None;
+    }
+    let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
+        count(full);
+        return None;
+    };
+    // The event is written in the ring's memory, which is not zeroed.
+    zeroed(entry.as_mut_ptr());
+    Some((entry, tp, netns))
+}
+
+fn established(sk: *const u8, direction: u8) {
+    let Some((mut entry, tp, netns)) = reserve_for(sk, drops::ESTABLISH_RING_FULL) else {
         return;
     };
-    // The entry is this socket's alone, and the socket is locked while its
-    // callbacks run, so no other program writes it meanwhile.
-    let event = unsafe { &mut *entry };
-    snapshot(ctx, event, unsafe { bpf_ktime_get_boot_ns() });
+    // Only bytes_acked of the counters is needed now, the rest come at
+    // the end.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    let family: u16 = unsafe { field(sk, layout::SKC_FAMILY) };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // Generated here (the helper's first call for this socket); the end
+    // reads it back from the socket.
+    event.cookie = cookie(sk);
+    event.start_boot_ns = now;
+    event.end_boot_ns = now;
+    event.direction = direction;
+    event.family = family;
+    event.end_reason = end_reason::OPEN;
+    event.local_port = unsafe { field(sk, layout::SKC_NUM) };
+    event.remote_port = u16::from_be(unsafe { field(sk, layout::SKC_DPORT) });
+    // The kernel counts the SYN in bytes_acked.
+    event.bytes_acked = unsafe { field(tp, layout::TCP_BYTES_ACKED) };
+    event.start_bytes_acked = event.bytes_acked as u32;
+    event.netns_cookie = netns;
+    event.kind = kind::ESTABLISHED;
+    let (local, remote) = (
+        event.local_addr.as_mut_ptr().cast::<u32>(),
+        event.remote_addr.as_mut_ptr().cast::<u32>(),
+    );
+    if family == AF_INET {
+        // The addresses are 4-byte aligned in FlowEvent (offsets 40, 56).
+        unsafe {
+            local.write(field(sk, layout::SKC_RCV_SADDR));
+            remote.write(field(sk, layout::SKC_DADDR));
+        }
+        event.tos = u32::from(unsafe { field::<u8>(tp, layout::TCP_TOS) });
+    } else if family == AF_INET6 {
+        address6(sk, layout::SKC_V6_RCV_SADDR, local);
+        address6(sk, layout::SKC_V6_DADDR, remote);
+        let np: *const u8 = unsafe { field(tp, layout::TCP_PINET6) };
+        if !np.is_null() {
+            event.tos = u32::from(unsafe { field::<u8>(np, layout::IPV6_TCLASS) });
+        }
+    }
+    submit(entry);
+}
+
+fn closed(sk: *const u8, old_state: u32) {
+    let Some((mut entry, tp, netns)) = reserve_for(sk, drops::RING_FULL) else {
+        return;
+    };
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    // A cookie was generated at establishment (0 for a flow older than
+    // the programs that nothing asked for one: untracked either way).
+    event.cookie = unsafe { field(sk, layout::SKC_COOKIE) };
+    event.end_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // Straight from an open state to closed is a reset or an abort;
+    // through FIN states it is an orderly close.
+    event.end_reason = match old_state {
+        tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT => end_reason::RESET,
+        _ => end_reason::CLOSED,
+    };
+    event.old_state = old_state;
+    event.netns_cookie = netns;
+    event.kind = kind::CLOSED;
+    snapshot(tp, event);
+    submit(entry);
+}
+
+fn retransmitting(sk: *const u8) {
     // An array lookup the verifier inlines: a load, not a helper call.
     let epoch = match RETRANS_EPOCH.get(0) {
         Some(epoch) => unsafe { core::ptr::read_volatile(epoch) },
         None => 0,
     };
-    if epoch == 0 || event.retrans_epoch == epoch {
+    if epoch == 0 {
         return;
     }
+    // A SYN's retransmission is no flow's yet.
+    let state: u8 = unsafe { field(sk, layout::SKC_STATE) };
+    if u32::from(state) == tcp_state::SYN_SENT || u32::from(state) == tcp_state::SYN_RECV {
+        return;
+    }
+    let netns = netns_of(sk);
+    if !in_scope(sk, netns) {
+        return;
+    }
+    let tp = tcp_sock(sk);
+    if tp.is_null() {
+        return;
+    }
+    let cookie = cookie(sk);
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let epoch = epoch as u32;
+    let entry = match RETRANSMITTING.get_ptr_mut(&cookie) {
+        Some(entry) => {
+            // The entry is this socket's alone, and the socket is locked
+            // while it retransmits: no other program writes it meanwhile.
+            let latest = unsafe { &mut *entry };
+            latest.end_boot_ns = now;
+            snapshot(tp, latest);
+            if latest.epoch == epoch {
+                return;
+            }
+            latest.epoch = epoch;
+            *latest
+        }
+        None => {
+            let mut fresh = FlowEvent {
+                cookie,
+                end_boot_ns: now,
+                end_reason: end_reason::OPEN,
+                netns_cookie: netns,
+                kind: kind::RETRANSMITTING,
+                epoch,
+                ..FlowEvent::default()
+            };
+            snapshot(tp, &mut fresh);
+            if RETRANSMITTING.insert(&cookie, &fresh, 0).is_err() {
+                return;
+            }
+            fresh
+        }
+    };
     let Some(mut item) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         // Not marked: the flow's next retransmission tries again.
+        if let Some(latest) = RETRANSMITTING.get_ptr_mut(&cookie) {
+            unsafe { (*latest).epoch = 0 };
+        }
         count(drops::RETRANS_RING_FULL);
         return;
     };
-    event.retrans_epoch = epoch;
-    // Non-overlapping, so the compiler copies in 8-byte words inline; a
-    // plain `write(*event)` became a call to a byte-by-byte memmove loop
-    // (120 iterations), most of this event's cost.
-    unsafe { core::ptr::copy_nonoverlapping(entry.cast_const(), item.as_mut_ptr(), 1) };
+    item.write(entry);
     submit(item);
-}
-
-fn closed(ctx: &SockOpsContext) {
-    let cookie = cookie(ctx);
-    let Some(mut event) = (unsafe { FLOWS.get(&cookie) }).copied() else {
-        count(drops::UNTRACKED_END);
-        return;
-    };
-    let _ = FLOWS.remove(&cookie);
-    let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        count(drops::RING_FULL);
-        return;
-    };
-    let old_state = ctx.arg(0);
-    // Straight from an open state to closed is a reset or an abort;
-    // through FIN states it is an orderly close.
-    event.end_reason = match old_state {
-        tcp_state::ESTABLISHED | tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::CLOSE_WAIT => end_reason::RESET,
-        _ => end_reason::CLOSED,
-    };
-    event.old_state = old_state;
-    snapshot(ctx, &mut event, unsafe { bpf_ktime_get_boot_ns() });
-    entry.write(event);
-    submit(entry);
 }
 
 /// Submits a ring-buffer item, waking the agent only once
@@ -253,29 +402,15 @@ fn submit(entry: RingBufEntry<FlowEvent>) {
     entry.submit(wakeup as u64);
 }
 
-const SOCK_STREAM: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
+const IPPROTO_TCP: u16 = 6;
 
-/// `connect()` on an IPv4 socket of the cgroup; always allowed.
-#[cgroup_sock_addr(connect4)]
-pub fn flowmesh_connect4(ctx: SockAddrContext) -> i32 {
-    count_connect(&ctx);
-    1
-}
-
-/// `connect()` on an IPv6 socket of the cgroup; always allowed.
-#[cgroup_sock_addr(connect6)]
-pub fn flowmesh_connect6(ctx: SockAddrContext) -> i32 {
-    count_connect(&ctx);
-    1
-}
-
-fn count_connect(ctx: &SockAddrContext) {
-    // UDP sockets connect too; only TCP connections are counted.
-    if unsafe { (*ctx.sock_addr).type_ } != SOCK_STREAM {
-        return;
-    }
-    if !in_scope(unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut _) }) {
+/// A TCP socket starts connecting (`CLOSE` → `SYN_SENT`, in `connect()`,
+/// so the current task is the caller): counted for its process.
+fn connecting(sk: *const u8) {
+    // Not MPTCP's own socket (its TCP subflow is the one counted).
+    let protocol: u16 = unsafe { field(sk, layout::SK_PROTOCOL) };
+    if protocol != IPPROTO_TCP || !in_scope(sk, netns_of(sk)) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

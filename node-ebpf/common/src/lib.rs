@@ -24,28 +24,107 @@
 //! without it, and its integration tests load the real object.
 #![no_std]
 
-/// Name of the ring buffer map carrying [`FlowEvent`]s: flows that ended,
-/// and open flows that retransmitted (end reason [`end_reason::OPEN`]; at
-/// most one per flow per [`RETRANS_EPOCH_MAP`] epoch).
+/// Name of the ring buffer map carrying [`FlowEvent`]s: flows that were
+/// established ([`kind::ESTABLISHED`]), that ended ([`kind::CLOSED`]), and
+/// open flows that retransmitted ([`kind::RETRANSMITTING`]; at most one per
+/// flow per [`RETRANS_EPOCH_MAP`] epoch).
 pub const EVENTS_MAP: &str = "FLOW_EVENTS";
 /// Name of the one-element array holding the agent's retransmission report
 /// epoch (a `u64`; 0: no retransmission events). The agent advances it at
 /// each of its retransmission reports; an open flow's first retransmission
-/// in an epoch puts the flow in the ring ([`FlowEvent::retrans_epoch`]).
+/// in an epoch puts the flow in the ring.
 pub const RETRANS_EPOCH_MAP: &str = "RETRANS_EPOCH";
-/// Name of the hash map of established flows (socket cookie → their latest
-/// [`FlowEvent`], `end_reason` [`end_reason::OPEN`]).
-pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the LRU hash map of retransmitting flows (socket cookie →
+/// [`FlowEvent`] with the counters as of its latest retransmission and, in
+/// `epoch`, the epoch in which it last went into the ring). Only flows that
+/// retransmit have an entry; stale ones age out, a cookie is never reused.
+/// The agent reads it for flows of namespaces sock_diag cannot see.
+pub const RETRANSMITTING_MAP: &str = "RETRANSMITTING";
 /// Name of the per-CPU array of drop counters, indexed by [`drops`].
 pub const DROPS_MAP: &str = "DROPS";
-/// Name of the sock_ops program.
-pub const SOCK_OPS_PROGRAM: &str = "flowmesh_sock_ops";
+/// Name of the BTF tracepoint program on `inet_sock_set_state`: flows'
+/// establishment and close, and connects (`CLOSE` → `SYN_SENT`).
+pub const SET_STATE_PROGRAM: &str = "flowmesh_set_state";
+/// Name of the BTF tracepoint program on `tcp_retransmit_skb`.
+pub const RETRANSMIT_PROGRAM: &str = "flowmesh_retransmit";
+/// The kernel function (tracepoint) each program attaches to.
+pub const TRACEPOINTS: [(&str, &str); 2] = [
+    (SET_STATE_PROGRAM, "inet_sock_set_state"),
+    (RETRANSMIT_PROGRAM, "tcp_retransmit_skb"),
+];
 /// Name of the hash map of per-process TCP connect counts (tgid →
 /// [`ProcessConnects`]).
 pub const PROCS_MAP: &str = "PROCS";
-/// Names of the cgroup connect programs (IPv4, IPv6), which count
-/// `connect()` calls in the caller's context, where pid and comm are its.
-pub const CONNECT_PROGRAMS: [&str; 2] = ["flowmesh_connect4", "flowmesh_connect6"];
+/// Name of the programs' read-only array of kernel struct offsets, indexed
+/// by [`layout`]; the agent resolves them from the running kernel's BTF and
+/// sets them at load (Rust eBPF gets no CO-RE relocations).
+pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+
+/// Indexes into [`LAYOUT_GLOBAL`]: the byte offset of one kernel struct
+/// field each, named `STRUCT_FIELD`. The agent's table (node-agent's
+/// `kernel_layout`) says which field and size each one is; the programs
+/// read only through these.
+pub mod layout {
+    /// `sock.__sk_common.skc_family` (u16).
+    pub const SKC_FAMILY: usize = 0;
+    /// `sock.__sk_common.skc_num`: local port, host order (u16).
+    pub const SKC_NUM: usize = 1;
+    /// `sock.__sk_common.skc_dport`: remote port, network order (u16).
+    pub const SKC_DPORT: usize = 2;
+    /// `sock.__sk_common.skc_rcv_saddr` (IPv4 local address).
+    pub const SKC_RCV_SADDR: usize = 3;
+    /// `sock.__sk_common.skc_daddr` (IPv4 remote address).
+    pub const SKC_DADDR: usize = 4;
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub const SKC_V6_RCV_SADDR: usize = 5;
+    /// `sock.__sk_common.skc_v6_daddr` (16 bytes).
+    pub const SKC_V6_DADDR: usize = 6;
+    /// `sock.__sk_common.skc_net.net` (pointer).
+    pub const SKC_NET: usize = 7;
+    /// `net.net_cookie` (u64).
+    pub const NET_COOKIE: usize = 8;
+    /// `sock.sk_cgrp_data.cgroup` (pointer).
+    pub const SK_CGROUP: usize = 9;
+    /// `cgroup.level` (int).
+    pub const CGROUP_LEVEL: usize = 10;
+    /// `cgroup.self.parent` (pointer to a `cgroup_subsys_state`).
+    pub const CGROUP_PARENT: usize = 11;
+    /// `cgroup_subsys_state.cgroup` (pointer).
+    pub const CSS_CGROUP: usize = 12;
+    /// `cgroup.kn` (pointer).
+    pub const CGROUP_KN: usize = 13;
+    /// `kernfs_node.id` (u64: the cgroup directory's inode number).
+    pub const KN_ID: usize = 14;
+    /// `tcp_sock.inet_conn.icsk_inet.tos` (u8).
+    pub const TCP_TOS: usize = 15;
+    /// `tcp_sock.inet_conn.icsk_inet.pinet6` (pointer).
+    pub const TCP_PINET6: usize = 16;
+    /// `ipv6_pinfo.tclass` (u8).
+    pub const IPV6_TCLASS: usize = 17;
+    /// `tcp_sock.bytes_acked` (u64).
+    pub const TCP_BYTES_ACKED: usize = 18;
+    /// `tcp_sock.bytes_received` (u64).
+    pub const TCP_BYTES_RECEIVED: usize = 19;
+    /// `tcp_sock.segs_out` (u32).
+    pub const TCP_SEGS_OUT: usize = 20;
+    /// `tcp_sock.segs_in` (u32).
+    pub const TCP_SEGS_IN: usize = 21;
+    /// `tcp_sock.total_retrans` (u32).
+    pub const TCP_TOTAL_RETRANS: usize = 22;
+    /// `tcp_sock.srtt_us` (u32, scaled by 8).
+    pub const TCP_SRTT_US: usize = 23;
+    /// `tcp_sock.rtt_min.s[0].v` (u32: the windowed minimum RTT, µs).
+    pub const TCP_RTT_MIN: usize = 24;
+    /// `sock.__sk_common.skc_state` (u8, `TCP_*` numbering).
+    pub const SKC_STATE: usize = 25;
+    /// `sock.__sk_common.skc_cookie` (u64: the socket cookie, once
+    /// generated).
+    pub const SKC_COOKIE: usize = 26;
+    /// `sock.sk_protocol` (u16).
+    pub const SK_PROTOCOL: usize = 27;
+    /// Number of offsets.
+    pub const COUNT: usize = 28;
+}
 
 /// A process's TCP `connect()` calls.
 #[repr(C)]
@@ -76,10 +155,12 @@ impl ProcessConnects {
 pub mod drops {
     /// The ring buffer was full: a finished flow's event was lost.
     pub const RING_FULL: u32 = 0;
-    /// The flow table was full: a new flow could not be tracked.
+    /// The agent's table of open flows was full: a new flow could not be
+    /// tracked (counted by the agent, which keeps the table).
     pub const FLOWS_FULL: u32 = 1;
     /// A flow ended that was established before the programs were attached
-    /// (or whose start could not be tracked); it is not reported.
+    /// (or whose establishment was lost, [`ESTABLISH_RING_FULL`]); it is not
+    /// reported (counted by the agent, which matches ends to starts).
     pub const UNTRACKED_END: u32 = 2;
     /// The process table was full: a process's connects went uncounted.
     pub const PROCS_FULL: u32 = 3;
@@ -87,8 +168,29 @@ pub mod drops {
     /// prompt report waits for its next retransmission, the periodic open
     /// report or its close.
     pub const RETRANS_RING_FULL: u32 = 4;
+    /// The ring buffer was full when a flow was established: the flow is
+    /// not tracked, and its end is counted as [`UNTRACKED_END`] too.
+    pub const ESTABLISH_RING_FULL: u32 = 5;
+    /// The kernel skipped a program run because the program was already
+    /// running on that CPU (a state change in an interrupt that came in
+    /// during a run): an establishment, end or connect went unseen.
+    /// Counted by the kernel per program (`recursion_misses`); the agent
+    /// reads it from the programs' fdinfo.
+    pub const RECURSION_MISSES: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
+}
+
+/// What a ring-buffer [`FlowEvent`] reports.
+pub mod kind {
+    /// A flow was established: its identity, start and counters then.
+    pub const ESTABLISHED: u32 = 1;
+    /// A flow ended: its counters at the end, end reason and old state
+    /// (identity and start are the agent's, from its establishment).
+    pub const CLOSED: u32 = 2;
+    /// An open flow retransmitted (its first in the epoch): its counters
+    /// then.
+    pub const RETRANSMITTING: u32 = 3;
 }
 
 /// Direction of a flow's open, numbered as wire-format's `Direction`.
@@ -111,9 +213,9 @@ pub mod end_reason {
     pub const RESET: u8 = 2;
 }
 
-/// One TCP flow as the sock_ops program saw it: at close (in the ring
-/// buffer), as of its latest refresh while open (in the flow map), or at a
-/// retransmission (in the ring buffer, end reason [`end_reason::OPEN`]).
+/// One TCP flow as the programs saw it, at one of the moments [`kind`]
+/// names; the agent keeps the establishment's as its table of open flows
+/// and completes the other two from it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(
@@ -163,13 +265,17 @@ pub struct FlowEvent {
     pub old_state: u32,
     /// `bytes_acked` at establishment (the SYN's sequence number).
     pub start_bytes_acked: u32,
-    /// The [`RETRANS_EPOCH_MAP`] epoch in which the flow last went into the
-    /// ring for retransmitting (0: never): the program's note that the
-    /// agent already knows, so a burst costs one event per epoch.
-    pub retrans_epoch: u64,
+    /// The socket's network namespace cookie (`net.net_cookie`): the agent
+    /// asks sock_diag for current counters only in its own namespace.
+    pub netns_cookie: u64,
+    /// [`kind`].
+    pub kind: u32,
+    /// In a [`RETRANSMITTING_MAP`] entry, the epoch (its low 32 bits) in
+    /// which the flow last went into the ring; 0 elsewhere.
+    pub epoch: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 120);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 128);
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub mod tcp_state {
