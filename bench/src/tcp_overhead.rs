@@ -496,6 +496,13 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
             bulks[which].push(bulk);
         }
     }
+    // The agent's BPF time per flow against the in-kernel bpftrace peer's
+    // in the same round: this VM's speed moves both alike, the ratio less.
+    let mut against_peer: Vec<f64> = bpf_per_flow[1]
+        .iter()
+        .zip(&bpf_per_flow[3])
+        .map(|(agent, peer)| agent / peer.max(1.0))
+        .collect();
     let r: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
     let b: Vec<f64> = bulks.iter_mut().map(|v| median(v)).collect();
     let bpf: Vec<Option<f64>> = bpf_per_flow
@@ -511,6 +518,12 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
             b[i] / 1e6,
             b[i] / b[0],
             bpf[i].map_or("-".to_string(), |ns| format!("{ns:>11.0}"))
+        );
+    }
+    if !against_peer.is_empty() {
+        println!(
+            "  flowmesh-agent BPF ns/flow ÷ in-kernel bpftrace peer's, same round: median {:.2}",
+            median(&mut against_peer)
         );
     }
     println!(
