@@ -77,8 +77,9 @@ pub struct FlowTracing {
     /// window it happened in (not at the next open report or the close);
     /// 0 leaves retransmissions to those.
     pub retrans_report_ms: u64,
-    /// Flows tracked at once (eBPF hash map entries); beyond it new flows are
-    /// counted as dropped.
+    /// Open flows tracked at once (the agent's table, joining each flow's
+    /// end with its establishment); beyond it new flows are counted as
+    /// dropped.
     pub max_tracked_flows: u32,
     /// Kernel → agent ring buffer size, bytes; a power of two, at least one
     /// page.

@@ -34,7 +34,6 @@ pub const FIELDS: [(usize, &str, &str, usize); layout::COUNT] = [
     (layout::SKC_NET, "sock", "__sk_common.skc_net.net", 8),
     (layout::NET_COOKIE, "net", "net_cookie", 8),
     (layout::SK_CGROUP, "sock", "sk_cgrp_data.cgroup", 8),
-    (layout::CGROUP_LEVEL, "cgroup", "level", 4),
     (layout::CGROUP_PARENT, "cgroup", "self.parent", 8),
     (layout::CSS_CGROUP, "cgroup_subsys_state", "cgroup", 8),
     (layout::CGROUP_KN, "cgroup", "kn", 8),
@@ -106,6 +105,8 @@ struct Member {
     name: u32,
     type_id: u32,
     bit_offset: u32,
+    /// A bitfield's width in bits; 0 for a whole member.
+    bits: u32,
 }
 
 /// One BTF type, as far as offsets and sizes go.
@@ -207,6 +208,7 @@ impl Btf {
                             // With the kind flag, the top 8 bits are a
                             // bitfield's size.
                             bit_offset: if bitfield_offsets { offset & 0xff_ffff } else { offset },
+                            bits: if bitfield_offsets { offset >> 24 } else { 0 },
                         });
                     }
                     let size = size_or_type as usize;
@@ -282,7 +284,8 @@ impl Btf {
                 None
             };
             if let Some((inner, type_id)) = found {
-                if m.bit_offset % 8 != 0 {
+                // A bitfield cannot be loaded as a whole field.
+                if m.bit_offset % 8 != 0 || m.bits != 0 {
                     return None;
                 }
                 return Some((m.bit_offset as usize / 8 + inner, type_id));

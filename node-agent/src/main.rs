@@ -431,6 +431,7 @@ async fn trace(
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                 s.kernel_drops = tracer.drops();
                 s.invalid_events = tracer.invalid_events();
+                s.untracked_ends = tracer.untracked_ends();
                 if let Some(connects) = connects {
                     s.connects = connects;
                 }
@@ -465,11 +466,10 @@ async fn trace(
             message = "kernel-side drops",
             ring_full = drops[0],
             flows_full = drops[1],
-            untracked_end = drops[2],
-            procs_full = drops[3],
-            retrans_ring_full = drops[4],
-            establish_ring_full = drops[5],
-            recursion_miss = drops[6],
+            procs_full = drops[2],
+            retrans_ring_full = drops[3],
+            establish_ring_full = drops[4],
+            recursion_miss = drops[5],
             invalid_event = invalid
         );
     }

@@ -83,7 +83,8 @@ pub struct SocketKey {
     pub local: IpSocketAddr,
     /// The remote address and port.
     pub remote: IpSocketAddr,
-    /// The socket cookie (`SO_COOKIE`, the eBPF flow table's key).
+    /// The socket cookie (`SO_COOKIE`, the key of the agent's table of
+    /// open flows).
     pub cookie: u64,
 }
 
@@ -248,7 +249,7 @@ mod tests {
     }
 
     /// `SO_COOKIE`: a socket's cookie, the key sock_diag reports it under
-    /// (and the eBPF flow table's key).
+    /// (and the key of the agent's table of open flows).
     #[derive(Clone, Copy, Debug)]
     struct Cookie;
 

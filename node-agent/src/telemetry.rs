@@ -14,11 +14,16 @@ use crate::probe::ProbeStats;
 use crate::sender::SenderStats;
 
 /// Flows the kernel side reported.
-pub const FLOWS: Family = Family::counter("flowmesh_agent_flows_total", "TCP flows the eBPF program reported.");
+pub const FLOWS: Family = Family::counter("flowmesh_agent_flows_total", "TCP flows the eBPF programs reported.");
+/// Flow ends without an establishment.
+pub const UNTRACKED_ENDS: Family = Family::counter(
+    "flowmesh_agent_untracked_ends_total",
+    "TCP flows that ended without the agent having seen them established: flows older than the agent, or whose establishment was lost (counted under flowmesh_agent_kernel_drops_total, reasons establish_ring_full, flows_full, recursion_miss). Not reported.",
+);
 /// TCP connects by command name.
 pub const CONNECTS: Family = Family::counter(
     "flowmesh_agent_connects_total",
-    "TCP connect() calls by command name (the first 32 names seen; the rest as other).",
+    "TCP connects (a socket entering SYN_SENT) by command name (the first 32 names seen; the rest as other).",
 );
 /// Reports of flows still open.
 pub const OPEN_FLOW_REPORTS: Family = Family::counter(
@@ -33,7 +38,7 @@ pub const RETRANS_FLOW_REPORTS: Family = Family::counter(
 /// Kernel events lost, by reason.
 pub const KERNEL_DROPS: Family = Family::counter(
     "flowmesh_agent_kernel_drops_total",
-    "Events the eBPF programs could not deliver, by reason (ring buffer full, flow table full, flow ended untracked, process table full, ring buffer full at a retransmission, event invalid to the agent).",
+    "Events the eBPF programs could not deliver, by reason (ring_full: a flow's end; flows_full: the agent's table of open flows; procs_full: the process table; retrans_ring_full: an open flow's retransmission; establish_ring_full: a flow's establishment; recursion_miss: a program run the kernel skipped; invalid_event: an event the agent could not read).",
 );
 /// Datagrams sent.
 pub const DATAGRAMS_SENT: Family =
@@ -84,6 +89,7 @@ pub const PROBE_REQUESTS_ANSWERED: Family = Family::counter(
 /// Every family the agent exports.
 pub const FAMILIES: &[Family] = &[
     FLOWS,
+    UNTRACKED_ENDS,
     CONNECTS,
     OPEN_FLOW_REPORTS,
     RETRANS_FLOW_REPORTS,
@@ -105,7 +111,6 @@ pub const FAMILIES: &[Family] = &[
 pub const KERNEL_DROP_REASONS: [&str; KERNEL_DROP_COUNTERS] = [
     "ring_full",
     "flows_full",
-    "untracked_end",
     "procs_full",
     "retrans_ring_full",
     "establish_ring_full",
@@ -164,6 +169,9 @@ pub struct AgentStats {
     pub retrans_reports: u64,
     /// The kernel side's drops, by [`KERNEL_DROP_REASONS`].
     pub kernel_drops: [u64; KERNEL_DROP_COUNTERS],
+    /// Flow ends without an establishment (not drops: see
+    /// [`UNTRACKED_ENDS`]).
+    pub untracked_ends: u64,
     /// Kernel events refused as invalid (short, or a value the shared
     /// definition does not have), by [`INVALID_EVENT_REASON`].
     pub invalid_events: u64,
@@ -188,6 +196,7 @@ pub fn endpoint(stats: Arc<Mutex<AgentStats>>, probes: Arc<Mutex<ProbeStats>>) -
             let s = lock(&stats).clone();
             let p = *lock(&probes);
             FLOWS.absolute(&[], s.flows);
+            UNTRACKED_ENDS.absolute(&[], s.untracked_ends);
             OPEN_FLOW_REPORTS.absolute(&[], s.open_reports);
             RETRANS_FLOW_REPORTS.absolute(&[], s.retrans_reports);
             for (comm, count) in lock(&labels).series(&s.connects) {
@@ -232,7 +241,8 @@ mod tests {
             flows: 11,
             open_reports: 2,
             retrans_reports: 3,
-            kernel_drops: [1, 2, 3, 4, 6, 8, 9],
+            kernel_drops: [1, 2, 4, 6, 8, 9],
+            untracked_ends: 10,
             invalid_events: 5,
             connects: [("curl".to_string(), 7)].into_iter().collect(),
             sender: SenderStats {
@@ -265,6 +275,8 @@ mod tests {
             "flowmesh_agent_connects_total{comm=\"curl\"} 7",
             "flowmesh_agent_connects_total{comm=\"other\"} 0",
             "flowmesh_agent_kernel_drops_total{reason=\"ring_full\"} 1",
+            "flowmesh_agent_kernel_drops_total{reason=\"flows_full\"} 2",
+            "flowmesh_agent_untracked_ends_total 10",
             "flowmesh_agent_kernel_drops_total{reason=\"procs_full\"} 4",
             "flowmesh_agent_kernel_drops_total{reason=\"retrans_ring_full\"} 6",
             "flowmesh_agent_kernel_drops_total{reason=\"establish_ring_full\"} 8",

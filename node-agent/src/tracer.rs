@@ -7,7 +7,7 @@
 //! keeps the establishments as its table of open flows ([`Joiner`]) and
 //! completes each end from it; an end without an establishment (a flow
 //! older than the agent, or whose establishment the full ring lost) is
-//! counted as `untracked_end`, never reported with a made-up start.
+//! counted (`flowmesh_agent_untracked_ends_total`), never reported with a made-up start.
 //!
 //! Three kinds of report leave here: a flow's close (its ring-buffer
 //! events joined), flows still open every `flows.report_open_secs`
@@ -249,7 +249,7 @@ impl Tracer {
         retrans_reports: bool,
     ) -> Result<Tracer, TracerError> {
         let offsets = crate::kernel_layout::resolve(&crate::kernel_layout::Btf::from_kernel()?)?;
-        let (cgroup_id, cgroup_level) = cgroup_scope(cgroup).map_err(|source| TracerError::Cgroup {
+        let cgroup_id = cgroup_scope(cgroup).map_err(|source| TracerError::Cgroup {
             cgroup: cgroup.display().to_string(),
             source,
         })?;
@@ -260,7 +260,6 @@ impl Tracer {
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("NETNS_COOKIE", &netns_cookie, true)
             .override_global("CGROUP_ID", &cgroup_id, true)
-            .override_global("CGROUP_LEVEL", &cgroup_level, true)
             .override_global(LAYOUT_GLOBAL, &offsets, true)
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .map_max_entries(PROCS_MAP, max_processes)
@@ -446,9 +445,19 @@ impl Tracer {
     /// close will carry. Flows that ended wait for [`Tracer::take_flows`].
     pub fn open_flows(&mut self, min_age_ns: u64) -> Vec<Flow> {
         let now = boot_ns();
-        let current = crate::sockdiag::tcp_counters().unwrap_or_default();
+        let dump = crate::sockdiag::tcp_counters();
         let ended = drain(self.events.get_mut(), self.clock, &mut self.invalid, &mut self.joiner).0;
         self.ended.extend(ended);
+        let current = match dump {
+            Ok(current) => {
+                self.joiner.forget_missing(&current, self.own_netns, now);
+                current
+            }
+            Err(error) => {
+                warn!(message = "sock_diag dump failed; open flows of this namespace are not reported this time", %error);
+                std::collections::HashMap::new()
+            }
+        };
         let old_enough: Vec<FlowEvent> = (self.joiner.open.values())
             .filter(|event| now.saturating_sub(event.start_boot_ns) >= min_age_ns)
             .copied()
@@ -476,7 +485,15 @@ impl Tracer {
             return event;
         };
         match read_event(&bytes) {
-            Ok(latest) if latest.end_boot_ns >= event.end_boot_ns => joined(&event, &latest),
+            Ok(latest) if latest.end_boot_ns >= event.end_boot_ns => {
+                let seen = joined(&event, &latest);
+                // Kept, so a report never goes back to older counters if
+                // the LRU map lets the entry go.
+                if let Some(open) = self.joiner.open.get_mut(&event.cookie) {
+                    *open = joined(open, &latest);
+                }
+                seen
+            }
             Ok(_) => event,
             Err(invalid) => {
                 self.invalid.keep(Err(invalid));
@@ -533,9 +550,15 @@ impl Tracer {
             }
         }
         out[drops::FLOWS_FULL as usize] += self.joiner.flows_full;
-        out[drops::UNTRACKED_END as usize] += self.joiner.untracked_ends;
         out[drops::RECURSION_MISSES as usize] = self.recursion_misses();
         out
+    }
+
+    /// Flow ends without an establishment: flows older than the agent (or
+    /// whose establishment was lost, which is counted where it was lost:
+    /// `establish_ring_full`, `flows_full`, `recursion_miss`). Not reported.
+    pub fn untracked_ends(&self) -> u64 {
+        self.joiner.untracked_ends
     }
 
     /// Runs of the programs the kernel skipped because the program was
@@ -604,6 +627,9 @@ pub struct Joiner {
     flows_full: u64,
     /// Ends without an establishment.
     untracked_ends: u64,
+    /// Open flows of the agent's namespace that the latest sock_diag dump
+    /// did not have: forgotten if the next one has not either.
+    missing: std::collections::HashSet<u64>,
 }
 
 impl Joiner {
@@ -656,6 +682,32 @@ impl Joiner {
     }
 }
 
+impl Joiner {
+    /// Forgets open flows whose end was lost (the ring full, or the kernel
+    /// skipping a run): flows of the agent's namespace (`own_netns`),
+    /// established before a sock_diag dump (`current`, taken at
+    /// `dumped_at`), that were missing from it and from the one before.
+    /// Twice, because a socket leaves sock_diag a moment before its end is
+    /// written to the ring. Without this, every lost end would hold a slot
+    /// of the bounded table for good.
+    pub fn forget_missing(
+        &mut self,
+        current: &std::collections::HashMap<u64, TcpCounters>,
+        own_netns: u64,
+        dumped_at: u64,
+    ) {
+        let missing: std::collections::HashSet<u64> = (self.open.values())
+            .filter(|e| e.netns_cookie == own_netns && e.start_boot_ns < dumped_at && !current.contains_key(&e.cookie))
+            .map(|e| e.cookie)
+            .collect();
+        for cookie in missing.intersection(&self.missing) {
+            self.open.remove(cookie);
+            self.retransmitted.remove(cookie);
+        }
+        self.missing = missing;
+    }
+}
+
 /// `start` (an establishment: identity and start) with `later`'s counters,
 /// time, end reason and state.
 fn joined(start: &FlowEvent, later: &FlowEvent) -> FlowEvent {
@@ -676,23 +728,26 @@ fn joined(start: &FlowEvent, later: &FlowEvent) -> FlowEvent {
 }
 
 /// The traced cgroup's id (its directory's inode number, which is the
-/// kernel's `kernfs_node.id`) and depth below the cgroup v2 root; `(0, 0)`
-/// for the root itself, where every socket is in scope.
-fn cgroup_scope(cgroup: &Path) -> std::io::Result<(u64, u32)> {
+/// kernel's `kernfs_node.id`), or 0 for the root of the whole cgroup v2
+/// hierarchy, where every socket is in scope. The root of a cgroup
+/// namespace or of a bind-mounted subtree (the mount's root is not `/`)
+/// is traced by its id like any other cgroup.
+fn cgroup_scope(cgroup: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let root = crate::checks::cgroup2_mount(&mountinfo)
-        .ok_or_else(|| std::io::Error::other("no cgroup v2 hierarchy is mounted"))?;
     let cgroup = cgroup.canonicalize()?;
-    let below = cgroup
-        .strip_prefix(root.canonicalize()?)
-        .map_err(|_| std::io::Error::other(format!("not under the cgroup v2 hierarchy at {}", root.display())))?;
-    let level = below.components().count();
-    if level == 0 {
-        return Ok((0, 0));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let global_root = mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let cgroup2 = line
+            .split(" - ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with("cgroup2 "));
+        cgroup2 && fields.get(3) == Some(&"/") && fields.get(4).map(Path::new) == Some(cgroup.as_path())
+    });
+    if global_root {
+        return Ok(0);
     }
-    let level = u32::try_from(level).map_err(std::io::Error::other)?;
-    Ok((std::fs::metadata(&cgroup)?.ino(), level))
+    Ok(std::fs::metadata(&cgroup)?.ino())
 }
 
 /// Sets `event`'s counters to `c`'s (sock_diag's, current).
@@ -1093,6 +1148,41 @@ mod tests {
         joiner.sort(established(4).as_bytes(), clock(), &mut invalid);
         assert_eq!(joiner.open.len(), 1);
         assert_eq!(invalid.count(), 0);
+    }
+
+    /// An open flow whose end was lost is forgotten once two sock_diag
+    /// dumps in a row miss it — not after one (its end may be on its way),
+    /// not if it is another namespace's (sock_diag here cannot see it), not
+    /// if it started after the dump.
+    #[test]
+    fn open_flows_whose_end_was_lost_are_forgotten_after_two_dumps_miss_them() {
+        const OWN: u64 = 77;
+        let (mut invalid, mut joiner) = (InvalidEvents::default(), Joiner::new(100));
+        let start = event().start_boot_ns;
+        for (cookie, netns, started) in [(1, OWN, start), (2, OWN, start), (3, 5, start), (4, OWN, start + 10)] {
+            let e = FlowEvent {
+                netns_cookie: netns,
+                start_boot_ns: started,
+                ..established(cookie)
+            };
+            joiner.sort(e.as_bytes(), clock(), &mut invalid);
+        }
+        let dump: std::collections::HashMap<u64, TcpCounters> = [(2, TcpCounters::default())].into_iter().collect();
+        let open = |j: &Joiner| {
+            let mut c: Vec<u64> = j.open.keys().copied().collect();
+            c.sort();
+            c
+        };
+        joiner.forget_missing(&dump, OWN, start + 5);
+        assert_eq!(open(&joiner), [1, 2, 3, 4], "one miss forgets nothing");
+        joiner.forget_missing(&dump, OWN, start + 5);
+        assert_eq!(open(&joiner), [2, 3, 4]);
+        // Its end, if it comes after all, is counted, not reported.
+        assert_eq!(
+            joiner.sort(later(1, kind::CLOSED, 0).as_bytes(), clock(), &mut invalid),
+            None
+        );
+        assert_eq!(joiner.untracked_ends, 1);
     }
 
     #[test]

@@ -42,13 +42,9 @@ static NETNS_COOKIE: u64 = 0;
 
 /// Only sockets of processes in the cgroup v2 with this id (its directory's
 /// inode number) or below it are traced; 0 traces every cgroup. Set by the
-/// agent at load (`flows.cgroup`), with [`CGROUP_LEVEL`].
+/// agent at load (`flows.cgroup`).
 #[unsafe(no_mangle)]
 static CGROUP_ID: u64 = 0;
-
-/// The depth of [`CGROUP_ID`] below the cgroup v2 root.
-#[unsafe(no_mangle)]
-static CGROUP_LEVEL: u32 = 0;
 
 /// Kernel struct offsets, indexed by `node_ebpf_common::layout`, resolved
 /// by the agent from the running kernel's BTF and set at load. The map is
@@ -69,7 +65,8 @@ static RETRANS_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 /// Each retransmitting flow's counters as of its latest retransmission
 /// and the epoch in which it last went into the ring, by socket cookie.
 /// LRU: entries of closed flows age out without a delete on every close
-/// (cookies are never reused, so a stale entry is harmless).
+/// (a cookie outlives its flow only on a socket that connects again, and
+/// the agent takes an entry only if it is newer than what it has).
 #[map]
 static RETRANSMITTING: LruHashMap<u64, FlowEvent> = LruHashMap::with_max_entries(16_384, 0);
 
@@ -98,8 +95,10 @@ pub fn flowmesh_set_state(ctx: BtfTracePointContext) -> i32 {
     match new {
         tcp_state::ESTABLISHED if old == tcp_state::SYN_SENT => established(sk, direction::OUTBOUND),
         tcp_state::ESTABLISHED if old == tcp_state::SYN_RECV => established(sk, direction::INBOUND),
-        // From SYN_SENT or SYN_RECV it never was a flow.
-        tcp_state::CLOSE if old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV => closed(sk, old),
+        // From SYN_SENT or SYN_RECV it never was a flow, nor a listener.
+        tcp_state::CLOSE if old != tcp_state::SYN_SENT && old != tcp_state::SYN_RECV && old != tcp_state::LISTEN => {
+            closed(sk, old)
+        }
         tcp_state::SYN_SENT if old == tcp_state::CLOSE => connecting(sk),
         _ => {}
     }
@@ -158,22 +157,19 @@ fn in_scope(sk: *const u8, netns: u64) -> bool {
     if cgroup_id == 0 {
         return true;
     }
-    let level = unsafe { core::ptr::read_volatile(&CGROUP_LEVEL) } as i32;
     unsafe {
         let mut cgroup: *const u8 = field(sk, layout::SK_CGROUP);
-        // Up from the socket's cgroup to the configured one's depth: the
-        // socket is in scope if the cgroup there is the configured one.
+        // Up from the socket's cgroup: the socket is in scope if it or an
+        // ancestor is the traced cgroup. Compared by id at every step, not
+        // at a depth computed in userspace, which a cgroup namespace would
+        // shift.
         for _ in 0..MAX_CGROUP_WALK {
             if cgroup.is_null() {
                 return false;
             }
-            let at: i32 = field(cgroup, layout::CGROUP_LEVEL);
-            if at < level {
-                return false;
-            }
-            if at == level {
-                let kn: *const u8 = field(cgroup, layout::CGROUP_KN);
-                return !kn.is_null() && field::<u64>(kn, layout::KN_ID) == cgroup_id;
+            let kn: *const u8 = field(cgroup, layout::CGROUP_KN);
+            if !kn.is_null() && field::<u64>(kn, layout::KN_ID) == cgroup_id {
+                return true;
             }
             let parent: *const u8 = field(cgroup, layout::CGROUP_PARENT);
             if parent.is_null() {
@@ -323,15 +319,11 @@ fn closed(sk: *const u8, old_state: u32) {
     submit(entry);
 }
 
+/// Keeps a retransmitting flow's counters current in [`RETRANSMITTING`]
+/// (what the agent reports for sockets sock_diag cannot see) and, with
+/// prompt reports on, puts the flow in the ring at its first
+/// retransmission of the agent's epoch.
 fn retransmitting(sk: *const u8) {
-    // An array lookup the verifier inlines: a load, not a helper call.
-    let epoch = match RETRANS_EPOCH.get(0) {
-        Some(epoch) => unsafe { core::ptr::read_volatile(epoch) },
-        None => 0,
-    };
-    if epoch == 0 {
-        return;
-    }
     // A SYN's retransmission is no flow's yet.
     let state: u8 = unsafe { field(sk, layout::SKC_STATE) };
     if u32::from(state) == tcp_state::SYN_SENT || u32::from(state) == tcp_state::SYN_RECV {
@@ -345,9 +337,14 @@ fn retransmitting(sk: *const u8) {
     if tp.is_null() {
         return;
     }
+    // An array lookup the verifier inlines: a load, not a helper call. 0:
+    // prompt reports off.
+    let epoch = match RETRANS_EPOCH.get(0) {
+        Some(epoch) => unsafe { core::ptr::read_volatile(epoch) },
+        None => 0,
+    } as u32;
     let cookie = cookie(sk);
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let epoch = epoch as u32;
     let entry = match RETRANSMITTING.get_ptr_mut(&cookie) {
         Some(entry) => {
             // The entry is this socket's alone, and the socket is locked
@@ -355,7 +352,7 @@ fn retransmitting(sk: *const u8) {
             let latest = unsafe { &mut *entry };
             latest.end_boot_ns = now;
             snapshot(tp, latest);
-            if latest.epoch == epoch {
+            if epoch == 0 || latest.epoch == epoch {
                 return;
             }
             latest.epoch = epoch;
@@ -372,7 +369,7 @@ fn retransmitting(sk: *const u8) {
                 ..FlowEvent::default()
             };
             snapshot(tp, &mut fresh);
-            if RETRANSMITTING.insert(&cookie, &fresh, 0).is_err() {
+            if RETRANSMITTING.insert(&cookie, &fresh, 0).is_err() || epoch == 0 {
                 return;
             }
             fresh

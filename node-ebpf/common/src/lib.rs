@@ -85,45 +85,43 @@ pub mod layout {
     pub const NET_COOKIE: usize = 8;
     /// `sock.sk_cgrp_data.cgroup` (pointer).
     pub const SK_CGROUP: usize = 9;
-    /// `cgroup.level` (int).
-    pub const CGROUP_LEVEL: usize = 10;
     /// `cgroup.self.parent` (pointer to a `cgroup_subsys_state`).
-    pub const CGROUP_PARENT: usize = 11;
+    pub const CGROUP_PARENT: usize = 10;
     /// `cgroup_subsys_state.cgroup` (pointer).
-    pub const CSS_CGROUP: usize = 12;
+    pub const CSS_CGROUP: usize = 11;
     /// `cgroup.kn` (pointer).
-    pub const CGROUP_KN: usize = 13;
+    pub const CGROUP_KN: usize = 12;
     /// `kernfs_node.id` (u64: the cgroup directory's inode number).
-    pub const KN_ID: usize = 14;
+    pub const KN_ID: usize = 13;
     /// `tcp_sock.inet_conn.icsk_inet.tos` (u8).
-    pub const TCP_TOS: usize = 15;
+    pub const TCP_TOS: usize = 14;
     /// `tcp_sock.inet_conn.icsk_inet.pinet6` (pointer).
-    pub const TCP_PINET6: usize = 16;
+    pub const TCP_PINET6: usize = 15;
     /// `ipv6_pinfo.tclass` (u8).
-    pub const IPV6_TCLASS: usize = 17;
+    pub const IPV6_TCLASS: usize = 16;
     /// `tcp_sock.bytes_acked` (u64).
-    pub const TCP_BYTES_ACKED: usize = 18;
+    pub const TCP_BYTES_ACKED: usize = 17;
     /// `tcp_sock.bytes_received` (u64).
-    pub const TCP_BYTES_RECEIVED: usize = 19;
+    pub const TCP_BYTES_RECEIVED: usize = 18;
     /// `tcp_sock.segs_out` (u32).
-    pub const TCP_SEGS_OUT: usize = 20;
+    pub const TCP_SEGS_OUT: usize = 19;
     /// `tcp_sock.segs_in` (u32).
-    pub const TCP_SEGS_IN: usize = 21;
+    pub const TCP_SEGS_IN: usize = 20;
     /// `tcp_sock.total_retrans` (u32).
-    pub const TCP_TOTAL_RETRANS: usize = 22;
+    pub const TCP_TOTAL_RETRANS: usize = 21;
     /// `tcp_sock.srtt_us` (u32, scaled by 8).
-    pub const TCP_SRTT_US: usize = 23;
+    pub const TCP_SRTT_US: usize = 22;
     /// `tcp_sock.rtt_min.s[0].v` (u32: the windowed minimum RTT, µs).
-    pub const TCP_RTT_MIN: usize = 24;
+    pub const TCP_RTT_MIN: usize = 23;
     /// `sock.__sk_common.skc_state` (u8, `TCP_*` numbering).
-    pub const SKC_STATE: usize = 25;
+    pub const SKC_STATE: usize = 24;
     /// `sock.__sk_common.skc_cookie` (u64: the socket cookie, once
     /// generated).
-    pub const SKC_COOKIE: usize = 26;
+    pub const SKC_COOKIE: usize = 25;
     /// `sock.sk_protocol` (u16).
-    pub const SK_PROTOCOL: usize = 27;
+    pub const SK_PROTOCOL: usize = 26;
     /// Number of offsets.
-    pub const COUNT: usize = 28;
+    pub const COUNT: usize = 27;
 }
 
 /// A process's TCP `connect()` calls.
@@ -158,27 +156,23 @@ pub mod drops {
     /// The agent's table of open flows was full: a new flow could not be
     /// tracked (counted by the agent, which keeps the table).
     pub const FLOWS_FULL: u32 = 1;
-    /// A flow ended that was established before the programs were attached
-    /// (or whose establishment was lost, [`ESTABLISH_RING_FULL`]); it is not
-    /// reported (counted by the agent, which matches ends to starts).
-    pub const UNTRACKED_END: u32 = 2;
     /// The process table was full: a process's connects went uncounted.
-    pub const PROCS_FULL: u32 = 3;
+    pub const PROCS_FULL: u32 = 2;
     /// The ring buffer was full when an open flow retransmitted: its
     /// prompt report waits for its next retransmission, the periodic open
     /// report or its close.
-    pub const RETRANS_RING_FULL: u32 = 4;
+    pub const RETRANS_RING_FULL: u32 = 3;
     /// The ring buffer was full when a flow was established: the flow is
-    /// not tracked, and its end is counted as [`UNTRACKED_END`] too.
-    pub const ESTABLISH_RING_FULL: u32 = 5;
+    /// not tracked (its end finds no establishment).
+    pub const ESTABLISH_RING_FULL: u32 = 4;
     /// The kernel skipped a program run because the program was already
     /// running on that CPU (a state change in an interrupt that came in
     /// during a run): an establishment, end or connect went unseen.
     /// Counted by the kernel per program (`recursion_misses`); the agent
     /// reads it from the programs' fdinfo.
-    pub const RECURSION_MISSES: u32 = 6;
+    pub const RECURSION_MISSES: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 6;
 }
 
 /// What a ring-buffer [`FlowEvent`] reports.
@@ -204,8 +198,8 @@ pub mod direction {
 /// How a flow ended, numbered as wire-format's `EndReason` (whose
 /// `Timeout` the programs cannot tell apart from a reset, so never write).
 pub mod end_reason {
-    /// Still open: a map entry, a retransmission event, or a periodic
-    /// report of it.
+    /// Still open: an establishment, a retransmission event, or a
+    /// periodic report of it.
     pub const OPEN: u8 = 0;
     /// Closed by FIN exchange.
     pub const CLOSED: u8 = 1;
@@ -297,6 +291,8 @@ pub mod tcp_state {
     pub const CLOSE_WAIT: u32 = 8;
     /// Our FIN sent after the peer's.
     pub const LAST_ACK: u32 = 9;
+    /// Listening.
+    pub const LISTEN: u32 = 10;
     /// Both sides sent FIN at once.
     pub const CLOSING: u32 = 11;
 }
