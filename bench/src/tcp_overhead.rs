@@ -522,7 +522,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if !against_peer.is_empty() {
         println!(
-            "  flowmesh-agent BPF ns/flow ÷ in-kernel bpftrace peer's, same round: median {:.2}",
+            "  same round: agent BPF ns/flow ÷ the in-kernel bpftrace peer's, median {:.2}",
             median(&mut against_peer)
         );
     }

@@ -94,6 +94,7 @@ fn tcp_overhead_runs_every_tracer_and_reads_their_bpf_run_time() {
         "bpftrace peer, in-kernel hist",
         "CPU-s per 100 000 flows",
         "ns of BPF per flow",
+        "agent BPF ns/flow ÷ the in-kernel bpftrace peer's",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in {stdout}");
     }
