@@ -123,6 +123,10 @@ pub(crate) struct Traffic {
     /// Each agent's next sequence number, kept across sends: a sampler
     /// that saw numbers before drops repeats of them as duplicates.
     seqs: Vec<u32>,
+    /// How far the latest paced [`blast`] fell behind its schedule at
+    /// worst: a sender that falls behind catches up in a burst, which is
+    /// not the load of independent agents.
+    pub(crate) max_lag: Duration,
 }
 
 pub(crate) fn build_traffic(opts: &Options) -> anyhow::Result<Traffic> {
@@ -217,6 +221,7 @@ pub(crate) fn build_traffic(opts: &Options) -> anyhow::Result<Traffic> {
         records_per_datagram,
         agents: opts.agents as usize,
         seqs: vec![0; opts.agents as usize],
+        max_lag: Duration::ZERO,
     })
 }
 
@@ -244,6 +249,7 @@ fn node_ip(rack: u32, index: u32) -> std::net::IpAddr {
 pub(crate) fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: Option<f64>) -> anyhow::Result<u64> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let seqs = &mut traffic.seqs;
+    let mut max_lag = Duration::ZERO;
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut sent = 0u64;
@@ -261,7 +267,9 @@ pub(crate) fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: O
                 if let Some(rate) = rate {
                     // Pace in bursts of 256: sleep until this burst is due.
                     let due = start + Duration::from_secs_f64(sent as f64 / rate);
-                    let wait = due.saturating_duration_since(Instant::now());
+                    let now = Instant::now();
+                    max_lag = max_lag.max(now.saturating_duration_since(due));
+                    let wait = due.saturating_duration_since(now);
                     if !wait.is_zero() {
                         std::thread::sleep(wait);
                     }
@@ -280,6 +288,7 @@ pub(crate) fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: O
             }
         }
     }
+    traffic.max_lag = max_lag;
     Ok(sent)
 }
 
