@@ -367,7 +367,7 @@ impl Tracer {
 
     /// The open flows that retransmitted since the previous call, with
     /// their counters now — from sock_diag where this network namespace
-    /// has the socket, else as the flow table saw them at their latest
+    /// has the socket, else as the programs saw them at their latest
     /// retransmission — and the flows that ended meanwhile (a flow that
     /// ended is reported by its close alone). Call it every
     /// `flows.retrans_report_ms`; with retransmission reports off it
@@ -409,14 +409,21 @@ impl Tracer {
         let now = boot_ns();
         let keys: Vec<Option<SocketKey>> = events.iter().map(socket_key).collect();
         let known: Vec<SocketKey> = keys.iter().flatten().copied().collect();
-        let mut found = crate::sockdiag::tcp_counters_of(&known)
-            .unwrap_or_else(|error| {
-                warn!(message = "sock_diag lookup failed; reporting retransmitting flows as the flow table saw them", %error);
-                Vec::new()
-            })
-            .into_iter();
+        let mut found = match crate::sockdiag::tcp_counters_of(&known) {
+            Ok(found) => Some(found.into_iter()),
+            Err(error) => {
+                warn!(message = "sock_diag lookup failed; reporting retransmitting flows as the programs last saw them", %error);
+                None
+            }
+        };
         let mut flows = Vec::with_capacity(events.len());
         for (mut event, key) in events.into_iter().zip(keys) {
+            let Some(found) = found.as_mut() else {
+                event = self.as_last_seen(event);
+                event.end_boot_ns = now;
+                flows.extend(self.invalid.keep(flow(&event, self.clock)));
+                continue;
+            };
             let lookup = key.and_then(|_| found.next()).unwrap_or(Lookup::Absent);
             match lookup {
                 Lookup::Open(counters) => with_counters(&mut event, &counters),

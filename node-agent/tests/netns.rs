@@ -441,7 +441,7 @@ fn retransmissions_are_reported_within_a_second_while_the_flow_is_open() {
 
 /// The same with the agent outside the traced namespace (`flows.netns`),
 /// where sock_diag does not see the socket: the reports carry the counters
-/// the flow table took at the flow's latest retransmission.
+/// the programs took at the flow's latest retransmission.
 #[test]
 fn retransmissions_in_another_namespace_are_reported_within_a_second() {
     prompt_retransmission_reports(AgentIn::RootNamespace);
