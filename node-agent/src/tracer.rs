@@ -587,12 +587,6 @@ impl Tracer {
             .sum()
     }
 
-    /// Flows open now, as far as the agent knows (established, not yet
-    /// ended in the events read so far).
-    pub fn open_count(&self) -> usize {
-        self.joiner.open.len()
-    }
-
     /// The boot-time to wall-clock conversion.
     pub fn clock(&self) -> Clock {
         self.clock
