@@ -131,14 +131,29 @@ pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
     missing
 }
 
-/// The mount point of the cgroup v2 hierarchy, from a mountinfo text.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // Fields: ... mount point (5th) ... " - " fstype source options.
+/// The cgroup v2 mounts of a mountinfo text: (root within the hierarchy,
+/// mount point) each.
+fn cgroup2_mounts(mountinfo: &str) -> impl Iterator<Item = (&str, PathBuf)> {
+    mountinfo.lines().filter_map(|line| {
+        // Fields: ... root (4th), mount point (5th) ... " - " fstype source options.
         let (left, right) = line.split_once(" - ")?;
         let fstype = right.split_whitespace().next()?;
-        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        let mut fields = left.split_whitespace().skip(3);
+        let (root, mount) = (fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| (root, PathBuf::from(mount)))
     })
+}
+
+/// The mount point of the cgroup v2 hierarchy, from a mountinfo text.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    cgroup2_mounts(mountinfo).next().map(|(_, mount)| mount)
+}
+
+/// Whether `cgroup` is the root of the whole cgroup v2 hierarchy: a cgroup2
+/// mount point whose root is `/` (the root of a cgroup namespace, or a
+/// bind-mounted subtree, is not).
+pub fn is_cgroup2_global_root(mountinfo: &str, cgroup: &Path) -> bool {
+    cgroup2_mounts(mountinfo).any(|(root, mount)| root == "/" && mount == cgroup)
 }
 
 /// `major.minor` of a kernel release string such as `6.18.44-fc`.
@@ -325,6 +340,10 @@ mod tests {
         let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount("36 25 0:31 / /x rw - ext4 /dev/sda rw\n"), None);
+        assert!(is_cgroup2_global_root(unified, Path::new("/sys/fs/cgroup")));
+        assert!(!is_cgroup2_global_root(unified, Path::new("/sys/fs/cgroup/x")));
+        let namespaced = "30 24 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert!(!is_cgroup2_global_root(namespaced, Path::new("/sys/fs/cgroup")));
     }
 
     fn topology(nodes: &[(u32, &str)]) -> Topology {

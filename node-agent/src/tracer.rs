@@ -737,15 +737,7 @@ fn cgroup_scope(cgroup: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let cgroup = cgroup.canonicalize()?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let global_root = mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let cgroup2 = line
-            .split(" - ")
-            .nth(1)
-            .is_some_and(|rest| rest.starts_with("cgroup2 "));
-        cgroup2 && fields.get(3) == Some(&"/") && fields.get(4).map(Path::new) == Some(cgroup.as_path())
-    });
-    if global_root {
+    if crate::checks::is_cgroup2_global_root(&mountinfo, &cgroup) {
         return Ok(0);
     }
     Ok(std::fs::metadata(&cgroup)?.ino())
