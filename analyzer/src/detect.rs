@@ -8,7 +8,13 @@
 //! - **loss**: (lost + failed) / sent above `loss_rate`;
 //! - **retransmissions**: retransmitted / sent segments above
 //!   `retrans_rate`, from at least `min_retrans_flows` flows (one flow's
-//!   burst — a spurious timeout, a stalled host — is one event);
+//!   burst — a spurious timeout, a stalled host — is one event), and by
+//!   more than counting noise: a one-sided binomial test of the window's
+//!   segments against `retrans_rate` at `retrans_significance`. A path
+//!   sending 400 segments a window at exactly the SLA retransmits 6 or more
+//!   in one window of five; the test takes 10 (2.5 %), of 10 000 segments
+//!   125 (1.25 %). A window above the SLA by no more than noise is judged
+//!   against the path's baseline instead;
 //! - **loss and retransmissions against the path's baseline**: a rate
 //!   above the median of the path's previous `baseline_windows` healthy
 //!   windows plus `mad_k` deviations, the deviation at least one probe (or
@@ -39,7 +45,13 @@
 //! (timeouts backed off to seconds fire after the fault cleared), not the
 //! path's state now. A fault only TCP sees (an MTU black hole, an ACL on
 //! TCP) showed nothing in the probes before, so its retransmissions count
-//! from its first window.
+//! from its first window — and its tail is told by its rate instead: with
+//! the probes clean, a retransmission symptom at most [`TAIL_SHARE`] of the
+//! rate the path's retransmissions were flagged at in the last
+//! [`RECOVERY_WINDOWS`] windows is the fault's tail, not taken. A fault
+//! that persists keeps its rate; the timeouts a cleared one leaves behind
+//! are a few segments (the CI's rack simulation once blamed two paths on
+//! them after a TCP-only fault was cleared).
 
 use std::f64::consts::PI;
 
@@ -71,6 +83,14 @@ pub const MAD_FLOOR_SHARE: f64 = 0.10;
 /// off timeouts reach seconds, so the tail can outlast a short window.
 pub const RECOVERY_WINDOWS: u64 = 2;
 
+/// With the probes clean, retransmissions at most this share of the rate
+/// a path's retransmissions were flagged at in the last
+/// [`RECOVERY_WINDOWS`] windows are a TCP-only fault's tail (see the
+/// module's "Clean probes outvote …"). A fault that persists holds its
+/// rate within far less than a factor of three from one window to the
+/// next; in the rack simulation a cleared one fell from 5–9 % to nothing.
+pub const TAIL_SHARE: f64 = 1.0 / 3.0;
+
 /// One reason a path window is anomalous.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "symptom", rename_all = "snake_case")]
@@ -94,7 +114,8 @@ pub enum Symptom {
         /// Retransmitted share of segments.
         rate: f64,
     },
-    /// TCP retransmissions below the SLA but above the path's own baseline.
+    /// TCP retransmissions not shown above the SLA (at or below it, or
+    /// above it by counting noise) but above the path's own baseline.
     RetransmissionsBaseline {
         /// Retransmitted share of segments.
         rate: f64,
@@ -260,6 +281,19 @@ pub struct Detector<'c> {
     /// Per path slot: the number of the latest window in which its probes
     /// showed a fault, loss or RTT (0: never).
     probe_fault_in: Vec<u64>,
+    /// Per path slot: the latest window in which its retransmissions were
+    /// flagged, and the highest rate they were flagged at in that run of
+    /// windows.
+    retrans_fault: Vec<RetransFault>,
+}
+
+/// When a path's retransmissions were last flagged, and at what rate.
+#[derive(Debug, Clone, Copy, Default)]
+struct RetransFault {
+    /// Window number (0: never).
+    window: u64,
+    /// The highest rate of the run of flagged windows that ended there.
+    rate: f64,
 }
 
 /// A host's probes in one window, from and to it.
@@ -344,6 +378,7 @@ impl<'c> Detector<'c> {
             judged_slots: Vec::new(),
             window_number: 0,
             probe_fault_in: Vec::new(),
+            retrans_fault: Vec::new(),
         }
     }
 
@@ -391,6 +426,7 @@ impl<'c> Detector<'c> {
         }
         if slot >= self.probe_fault_in.len() {
             self.probe_fault_in.resize(slot + 1, 0);
+            self.retrans_fault.resize(slot + 1, RetransFault::default());
         }
         slot
     }
@@ -474,16 +510,17 @@ impl<'c> Detector<'c> {
         }
     }
 
-    /// Whether the path is recovering from a fault its probes showed: they
-    /// did in one of the last [`RECOVERY_WINDOWS`] windows and are clean in
-    /// this one (judged, none lost, no symptom so far — loss and RTT are
-    /// judged before retransmissions).
-    fn recovering(&self, slot: usize, path: &PathWindow, probes_judged: bool, symptoms: &[Symptom]) -> bool {
-        let last = self.probe_fault_in[slot];
-        let clean = probes_judged
-            && path.probes_lost + path.probes_failed == 0
-            && !symptoms.iter().any(Symptom::is_probe_fault);
-        clean && last != 0 && self.window_number - last <= RECOVERY_WINDOWS
+    /// Whether a retransmission symptom of rate `rate` on a path whose
+    /// probes are clean now (judged, none lost, no symptom so far — loss and
+    /// RTT are judged before retransmissions) is a fault's tail: its probes
+    /// showed a fault in one of the last [`RECOVERY_WINDOWS`] windows, or its
+    /// retransmissions were flagged there at more than 1 / [`TAIL_SHARE`]
+    /// times this rate.
+    fn tail(&self, slot: usize, rate: f64, probes_clean: bool) -> bool {
+        let recent = |window: u64| window != 0 && self.window_number - window <= RECOVERY_WINDOWS;
+        let retrans = self.retrans_fault[slot];
+        probes_clean
+            && (recent(self.probe_fault_in[slot]) || (recent(retrans.window) && rate <= TAIL_SHARE * retrans.rate))
     }
 
     /// The symptoms of one path window (empty: healthy), or `None` when it
@@ -496,8 +533,9 @@ impl<'c> Detector<'c> {
             return None;
         }
         let mut symptoms = Vec::new();
-        if probes_judged && let Some(rate) = path.loss_rate() {
-            symptoms.extend(self.judge_rate(Rate::Loss, slot, rate, path.probes_sent));
+        if probes_judged {
+            let lost = path.probes_lost + path.probes_failed;
+            symptoms.extend(self.judge_rate(Rate::Loss, slot, lost, path.probes_sent));
         }
         if probes_judged && path.probes_answered() >= u64::from(cfg.min_probes) {
             let p99 = path.rtt_p99_ns;
@@ -540,9 +578,19 @@ impl<'c> Detector<'c> {
         }
         if segments_judged && let Some(rate) = path.retrans_rate() {
             if path.flows_with_retrans >= u64::from(cfg.min_retrans_flows) {
-                let symptom = self.judge_rate(Rate::Retrans, slot, rate, path.segs_out);
-                if !self.recovering(slot, path, probes_judged, &symptoms) {
-                    symptoms.extend(symptom);
+                let symptom = self.judge_rate(Rate::Retrans, slot, path.retrans_segs, path.segs_out);
+                let probes_clean = probes_judged
+                    && path.probes_lost + path.probes_failed == 0
+                    && !symptoms.iter().any(Symptom::is_probe_fault);
+                if let Some(symptom) = symptom
+                    && !self.tail(slot, rate, probes_clean)
+                {
+                    let window = self.window_number;
+                    let last = &mut self.retrans_fault[slot];
+                    let continued = last.window != 0 && window - last.window <= RECOVERY_WINDOWS;
+                    last.rate = if continued { last.rate.max(rate) } else { rate };
+                    last.window = window;
+                    symptoms.push(symptom);
                 }
             } else {
                 // One flow's burst is one event, not the path's state: it
@@ -553,16 +601,21 @@ impl<'c> Detector<'c> {
         Some(symptoms)
     }
 
-    /// Judges a loss or retransmission rate of `out_of` probes or segments
-    /// against its SLA, then against the path's baseline, whose spread is at
+    /// Judges `count` lost probes or retransmitted segments of `out_of`
+    /// against the SLA, then against the path's baseline, whose spread is at
     /// least one of `out_of` so counting noise never flags. A healthy rate
-    /// joins the baseline.
-    fn judge_rate(&mut self, which: Rate, slot: usize, rate: f64, out_of: u64) -> Option<Symptom> {
-        let (sla, arena) = match which {
-            Rate::Loss => (self.cfg.loss_rate, &mut self.loss),
-            Rate::Retrans => (self.cfg.retrans_rate, &mut self.retrans),
+    /// joins the baseline. Retransmissions cross the SLA only when the count
+    /// is improbable at the SLA's rate (`retrans_significance`); one above
+    /// the SLA by counting noise is judged against the baseline, and does
+    /// not join it.
+    fn judge_rate(&mut self, which: Rate, slot: usize, count: u64, out_of: u64) -> Option<Symptom> {
+        let rate = count as f64 / out_of as f64;
+        let (sla, significance, arena) = match which {
+            Rate::Loss => (self.cfg.loss_rate, 0.0, &mut self.loss),
+            Rate::Retrans => (self.cfg.retrans_rate, self.cfg.retrans_significance, &mut self.retrans),
         };
-        if rate > sla {
+        let above = rate > sla;
+        if above && (significance <= 0.0 || binomial_tail(out_of, count, sla) <= significance) {
             return Some(match which {
                 Rate::Loss => Symptom::Loss { rate },
                 Rate::Retrans => Symptom::Retransmissions { rate },
@@ -581,7 +634,9 @@ impl<'c> Detector<'c> {
         )
         .filter(|&(_, threshold)| rate * PPB > threshold);
         let Some((median, threshold)) = crossed else {
-            arena.push(slot, (rate * PPB) as u64);
+            if !above {
+                arena.push(slot, (rate * PPB) as u64);
+            }
             return None;
         };
         let (median, threshold) = (median / PPB, threshold / PPB);

@@ -75,6 +75,14 @@ pub struct Detection {
     /// TCP retransmission rate (retransmitted / sent segments) above which a
     /// path window is flagged.
     pub retrans_rate: f64,
+    /// Significance of the test that a path window's retransmissions cross
+    /// `retrans_rate`: a one-sided binomial test of its segments. A window
+    /// above `retrans_rate` by no more than counting noise (a path of 400
+    /// segments retransmitting 6 at a 1 % SLA; the test takes 10, of 10 000
+    /// segments 125) is judged against the path's own baseline instead. A
+    /// path retransmitting exactly `retrans_rate` crosses it in at most this
+    /// share of windows. 0 turns the test off (any rate above flags).
+    pub retrans_significance: f64,
     /// Fewest flows of a path window with retransmissions before its
     /// retransmission rate can flag it: one flow's burst (a spurious
     /// timeout, a stalled host) is one event, not the path's state — the
@@ -154,6 +162,7 @@ impl Default for Detection {
             loss_rate: 0.02,
             loss_significance: 0.2,
             retrans_rate: 0.01,
+            retrans_significance: 0.01,
             min_retrans_flows: 2,
             p99_rtt_us: 500,
             p99_responder_delay_us: 500,
@@ -193,6 +202,12 @@ impl Component for AnalyzerConfig {
             "a probability",
         );
         c.range("detect.retrans_rate", d.retrans_rate, 0.0..=1.0, "a fraction");
+        c.range(
+            "detect.retrans_significance",
+            d.retrans_significance,
+            0.0..=1.0,
+            "a probability",
+        );
         c.range("detect.min_retrans_flows", d.min_retrans_flows, 1..=1_000_000, "flows");
         c.range("detect.p99_rtt_us", d.p99_rtt_us, 1..=60_000_000, "microseconds");
         c.range(
