@@ -82,7 +82,7 @@ pub(crate) fn udp_sink(listen: SocketAddr, seconds: u64) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let bound = rack_sampler::ingest::bind(listen, 8 << 20)?;
-        let socket = bound.socket;
+        let socket = tokio::net::UdpSocket::from_std(bound.socket)?;
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         let mut buffers = vec![vec![0u8; 1 << 16]; rack_sampler::ingest::RECV_BATCH];
         let mut meta = vec![quinn_udp::RecvMeta::default(); rack_sampler::ingest::RECV_BATCH];

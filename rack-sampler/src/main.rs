@@ -39,7 +39,12 @@ fn run() -> anyhow::Result<()> {
     let Some(config) = cli.config.load_or_print::<SamplerConfig>()? else {
         return Ok(());
     };
+    // Encoding and spooling windows, the uplink and the metrics endpoint
+    // run on the runtime's threads, which yield the core to the receive
+    // loops' thread (rack_sampler::ingest).
+    let background = rack_sampler::ingest::background_nice();
     tokio::runtime::Builder::new_multi_thread()
+        .on_thread_start(move || rack_sampler::ingest::set_thread_nice(background))
         .enable_all()
         .build()
         .context("starting the tokio runtime")?

@@ -48,6 +48,9 @@ pub enum StartError {
     /// The spool directory is unusable.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The receive loops' runtime or thread could not be started.
+    #[error("cannot start receiving agent datagrams: {0}")]
+    Ingest(std::io::Error),
     /// A socket could not be bound.
     #[error("cannot bind {what} {addr}: {source}")]
     Bind {
@@ -137,18 +140,14 @@ impl Sampler {
 
         let spool_dir = config.uplink.spool_dir.clone();
         let per_lock = config.ingest.recv_batch;
+        let (stop, stopped) = watch::channel(false);
+        // On a thread of its own, at this thread's priority (see `ingest`'s
+        // module documentation): receiving starts now.
+        let ingest_thread = ingest::Receivers::new(sockets)
+            .and_then(|receivers| receivers.spawn(aggregator.clone(), per_lock, stopped.clone()))
+            .map_err(StartError::Ingest)?;
         let run = async move {
-            let (stop, stopped) = watch::channel(false);
             let wake = Arc::new(Notify::new());
-            let mut ingest_tasks = Vec::new();
-            for socket in sockets {
-                let task = ingest::run(socket, aggregator.clone(), per_lock, stopped.clone());
-                ingest_tasks.push(tokio::spawn(async move {
-                    if let Err(error) = task.await {
-                        warn!(message = "ingest socket failed", %error);
-                    }
-                }));
-            }
             let uplink_task = tokio::spawn(uplink::run(
                 endpoints.clone(),
                 target,
@@ -179,8 +178,9 @@ impl Sampler {
                         };
                         if let Some(checkpoint) = checkpoint {
                             // Summarizing, encoding and the synced spool
-                            // write run off the runtime's threads, so
-                            // receiving never waits for them.
+                            // write run on the blocking pool, below the
+                            // receive thread's priority, so receiving
+                            // never waits for them.
                             let (spool, wake, spool_dir) = (spool.clone(), wake.clone(), spool_dir.clone());
                             let done = tokio::task::spawn_blocking(move || {
                                 let started = std::time::Instant::now();
@@ -210,8 +210,11 @@ impl Sampler {
             info!(message = "shutting down: emitting open windows to the spool");
             metrics.set_ready(false);
             let _ = stop.send(true);
-            for task in ingest_tasks {
-                let _ = task.await;
+            if !matches!(
+                tokio::task::spawn_blocking(move || ingest_thread.join()).await,
+                Ok(Ok(()))
+            ) {
+                warn!(message = "the ingest thread failed; what it had counted is emitted");
             }
             let (closed, checkpoint) = {
                 let mut aggregator = ingest::lock(&aggregator);

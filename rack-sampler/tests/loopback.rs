@@ -1069,3 +1069,67 @@ fn a_bad_collector_entry_is_named_on_one_line() {
     );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
+
+/// Name and nice value of each thread of process `pid`
+/// (/proc/PID/task/TID/stat: the nice value is the 19th field, the 17th
+/// after the parenthesized name).
+fn threads_of(pid: u32) -> Vec<(String, i32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let nice = stat[close + 1..].split_whitespace().nth(16).unwrap().parse().unwrap();
+        threads.push((stat[open + 1..close].to_string(), nice));
+    }
+    threads
+}
+
+/// The receive loop runs on a thread of its own at the daemon's priority,
+/// and every runtime thread (emission, spooling, the uplink, metrics) ten
+/// nice levels below it: on a sampler with one core, sending a window's
+/// batch over QUIC used to hold up receiving until the socket overflowed
+/// (docs/performance.md, "pipeline"). And it receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receive_loop_runs_on_its_own_thread_ahead_of_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        s, stand_in, sampler, ..
+    } = Rig::start(dir.path(), "sampler").await;
+    let threads = threads_of(sampler.child.id());
+    let own = threads
+        .iter()
+        .find(|(name, _)| name == "flowmesh-sample")
+        .map(|&(_, nice)| nice)
+        .unwrap_or_else(|| panic!("no main thread in {threads:?}"));
+    let ingest: Vec<i32> = threads
+        .iter()
+        .filter(|(name, _)| name == "flowmesh-ingest")
+        .map(|&(_, nice)| nice)
+        .collect();
+    assert_eq!(ingest, [own], "{threads:?}");
+    let workers: Vec<i32> = threads
+        .iter()
+        .filter(|(name, _)| name == "tokio-rt-worker")
+        .map(|&(_, nice)| nice)
+        .collect();
+    assert!(!workers.is_empty(), "{threads:?}");
+    assert!(
+        workers
+            .iter()
+            .all(|&nice| nice == (own + rack_sampler::ingest::BACKGROUND_NICE).min(19)),
+        "{threads:?}"
+    );
+    let agent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seq = 0;
+    let sent = tokio::task::block_in_place(|| send_probes(&agent, s.ingest, 101, &mut seq, 5)).0;
+    wait_for_metrics(s.metrics, "the probes received", |p| {
+        metric(p, "flowmesh_sampler_records_received_total{kind=\"probe\"}").unwrap_or(0.0) >= sent as f64
+    })
+    .await;
+    sampler.stop();
+    stand_in.stop().await;
+}
