@@ -119,7 +119,12 @@ fn start(dir: &std::path::Path, traffic_opts: &sampler_ingest::Options) -> anyho
         "flowmesh-collector",
     )?;
     let mut sampler = pinned(RECEIVER_CPU, &sibling_binary("flowmesh-sampler", BUILD)?);
-    sampler.env("RUST_LOG", "error");
+    // As in sampler-ingest: e.g. `rack_sampler=debug` for each window's
+    // encoding and spooling times, printed at the end.
+    sampler.env(
+        "RUST_LOG",
+        std::env::var("FLOWMESH_BENCH_SAMPLER_LOG").unwrap_or_else(|_| "error".into()),
+    );
     let sampler = start_daemon(
         sampler,
         &sampler_config,
@@ -212,6 +217,9 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     match first_loss {
         Some(tier) => println!("  first tier to lose records: {tier}"),
         None => println!("  no tier lost records at the rates offered"),
+    }
+    if std::env::var_os("FLOWMESH_BENCH_SAMPLER_LOG").is_some() {
+        print!("{}", std::fs::read_to_string(dir.path().join("sampler.log"))?);
     }
     Ok(())
 }

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use configs_runtime::tls::DevPki;
 use wire_format::{
-    DatagramBuilder, Direction, EndReason, Flow, Origin, Probe, ProbeAddr, ProbeOutcome, ProbeTimestamps, Record,
-    Transport,
+    DatagramBuilder, Direction, EndReason, Flow, FlowRecord, Origin, Probe, ProbeAddr, ProbeOutcome, ProbeRecord,
+    ProbeTimestamps, Record, Transport,
 };
+use zerocopy::FromBytes;
 
 use crate::harness::{
     ChildGuard, SamplerToml, cpu_seconds, free_local_addr, metric, peak_rss_kib, pinned, scrape, sibling_binary,
@@ -123,6 +124,7 @@ pub(crate) struct Traffic {
     /// Each agent's next sequence number, kept across sends: a sampler
     /// that saw numbers before drops repeats of them as duplicates.
     seqs: Vec<u32>,
+    kind: Kind,
     /// How far the latest paced [`blast`] fell behind its schedule at
     /// worst: a sender that falls behind catches up in a burst, which is
     /// not the load of independent agents.
@@ -221,8 +223,39 @@ pub(crate) fn build_traffic(opts: &Options) -> anyhow::Result<Traffic> {
         records_per_datagram,
         agents: opts.agents as usize,
         seqs: vec![0; opts.agents as usize],
+        kind: opts.kind,
         max_lag: Duration::ZERO,
     })
+}
+
+/// Gives a datagram about to be sent its agent's next sequence number and
+/// the time `now_ns`, as send time and as its records' own times (a probe's
+/// t1, t4 moved with it; a flow's start, its duration before): the sampler
+/// counts each record in the window of its own time, and a record stamped
+/// long ago would take its path for late records every time.
+fn restamp(datagram: &mut [u8], kind: Kind, seq: &mut u32, now_ns: u64) {
+    datagram[12..16].copy_from_slice(&seq.to_be_bytes());
+    datagram[16..24].copy_from_slice(&now_ns.to_be_bytes());
+    *seq = seq.wrapping_add(1);
+    let records = &mut datagram[wire_format::DATAGRAM_HEADER_LEN..];
+    match kind {
+        Kind::Probe => {
+            for record in <[ProbeRecord]>::mut_from_bytes(records).expect("pack builds whole records") {
+                let t1 = record.requester_send_ns.get();
+                let t4 = record.requester_receive_ns.get();
+                record.requester_send_ns.set(now_ns);
+                if t4 != 0 {
+                    record.requester_receive_ns.set(now_ns + (t4 - t1));
+                }
+            }
+        }
+        Kind::Flow => {
+            for record in <[FlowRecord]>::mut_from_bytes(records).expect("pack builds whole records") {
+                let duration = record.duration_ns.get();
+                record.start_ns.set(now_ns.saturating_sub(duration));
+            }
+        }
+    }
 }
 
 /// Full default-size datagrams of `records` (the last may be short).
@@ -275,10 +308,7 @@ pub(crate) fn blast(traffic: &mut Traffic, to: SocketAddr, seconds: u64, rate: O
                     }
                 }
             }
-            let seq = &mut seqs[*agent];
-            datagram[12..16].copy_from_slice(&seq.to_be_bytes());
-            datagram[16..24].copy_from_slice(&now_ns.to_be_bytes());
-            *seq = seq.wrapping_add(1);
+            restamp(datagram, traffic.kind, &mut seqs[*agent], now_ns);
             match socket.send_to(datagram, to) {
                 Ok(_) => sent += 1,
                 // The loopback queue is full: the receiver is behind. Count
@@ -435,10 +465,7 @@ fn aggregate_only(dir: &Path, opts: &Options, traffic: &mut Traffic) -> anyhow::
     let mut now_ns = rack_sampler::now_ns();
     while start.elapsed() < Duration::from_secs(opts.seconds.min(5)) {
         for (agent, datagram) in traffic.datagrams.iter_mut() {
-            let seq = &mut seqs[*agent];
-            datagram[12..16].copy_from_slice(&seq.to_be_bytes());
-            datagram[16..24].copy_from_slice(&now_ns.to_be_bytes());
-            *seq = seq.wrapping_add(1);
+            restamp(datagram, traffic.kind, &mut seqs[*agent], now_ns);
             if let rack_sampler::aggregate::Ingested::Accepted { records: n } = aggregator.ingest(datagram, now_ns) {
                 records += n as u64;
             }
