@@ -123,6 +123,17 @@ fn retransmissions_name_a_host_only_when_several_flows_retransmit() {
     }
 }
 
+/// The anomalies of an analysis as (element, first window, windows), sorted.
+fn named(a: &Analysis) -> Vec<(String, u64, u32)> {
+    let mut named: Vec<(String, u64, u32)> = a
+        .anomalies
+        .iter()
+        .map(|x| (x.element.clone(), (x.first_window_ns - T0) / W, x.windows))
+        .collect();
+    named.sort();
+    named
+}
+
 /// Issue 17, item 1: clean probes outvote a fault's retransmission tail.
 /// Host r3n1 loses in windows 3 and 4 (probes and TCP agree); in windows 5
 /// and 6 the fault is gone and its paths' probes lose nothing, while TCP
@@ -162,27 +173,10 @@ fn clean_probes_outvote_a_faults_retransmission_tail() {
         never,
     );
     let a = analysis(&store, 11, 0);
-    let mut named: Vec<(String, u64, u32)> = a
-        .anomalies
-        .iter()
-        .map(|x| (x.element.clone(), (x.first_window_ns - T0) / W, x.windows))
-        .collect();
-    named.sort();
     // r3n1: windows 3–4, then (retransmitting, probes clean since window 5,
     // three windows after the fault) 9–10; r2n2 from window 3 to the end.
     let expected = [("r2n2".to_string(), 3, 8), ("r3n1".into(), 3, 2), ("r3n1".into(), 9, 2)];
-    assert_eq!(named, expected, "{:#?}", a.anomalies);
-}
-
-/// The anomalies of an analysis as (element, first window, windows), sorted.
-fn named(a: &Analysis) -> Vec<(String, u64, u32)> {
-    let mut named: Vec<(String, u64, u32)> = a
-        .anomalies
-        .iter()
-        .map(|x| (x.element.clone(), (x.first_window_ns - T0) / W, x.windows))
-        .collect();
-    named.sort();
-    named
+    assert_eq!(named(&a), expected, "{:#?}", a.anomalies);
 }
 
 /// A TCP-only fault's tail. r3n1's flows retransmit 10 % in windows 11–12
