@@ -213,8 +213,19 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("opening the store panicked"))??;
     let mut server_config = tls::server_config(&config.tls)?;
     server_config.transport_config(Arc::new(server::transport_config(32)));
-    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+    // Bound here rather than by quinn, for the receive buffer the samplers'
+    // window-end bursts need; dual-stack when `listen` is `[::]`, as
+    // quinn's own binding is.
+    let bound = configs_runtime::udp::bind(config.listen, config.socket_buffer_bytes, false, "socket_buffer_bytes")
         .with_context(|| format!("listening on {} (key `listen`)", config.listen))?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        bound.socket,
+        runtime,
+    )
+    .with_context(|| format!("listening on {} (key `listen`)", config.listen))?;
     let local: SocketAddr = endpoint.local_addr()?;
     let storage = match config.storage.backend {
         Backend::Sqlite => config.database.display().to_string(),
@@ -223,7 +234,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
             config.storage.clickhouse.url, config.storage.clickhouse.database, config.storage.clickhouse.cluster
         ),
     };
-    info!(message = "Collector listening.", %local, %storage);
+    info!(message = "Collector listening.", %local, %storage, receive_buffer = bound.buffer_bytes);
 
     let stats = Arc::new(Stats::default());
     let sqlite_file = (config.storage.backend == Backend::Sqlite).then_some(config.database.as_path());

@@ -500,3 +500,42 @@ async fn sigterm_exits_cleanly_after_the_last_commit() {
     assert!(!dir.path().join("flowmesh.db-wal").exists(), "WAL left behind");
     assert_eq!(rows(&dir.path().join("flowmesh.db")).batches, 5);
 }
+
+/// The receive buffer of UDP socket `port` on 127.0.0.1 (`ss`'s `rb`), once
+/// it is bound (bounded wait).
+fn receive_buffer(port: u16) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("ss")
+            .args(["-H", "-u", "-a", "-n", "-m", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(rb) = text.split(['(', ',', ')']).find_map(|f| f.strip_prefix("rb")) {
+            return rb.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "nothing bound to UDP port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The QUIC socket gets the configured receive buffer (8 MiB by default):
+/// every rack's sampler sends its window's batch at about the same moment,
+/// and the kernel's default (≈ 208 KiB) dropped packets of one sampler's
+/// batch in the pipeline benchmark. The kernel grants twice the request,
+/// capped at `net.core.rmem_max`.
+#[test]
+fn the_quic_socket_has_the_configured_receive_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::generate(&dir.path().join("pki"), &["localhost".into()], &["sampler-a".into()]).unwrap();
+    let port = free_port();
+    let _collector = Collector::start(dir.path(), &pki, port);
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let requested = configs::CollectorConfig::default().socket_buffer_bytes as u64;
+    assert_eq!(requested, 8 << 20);
+    assert_eq!(receive_buffer(port), 2 * requested.min(rmem_max));
+}

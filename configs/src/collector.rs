@@ -15,6 +15,11 @@ use crate::storage::Storage;
 pub struct CollectorConfig {
     /// QUIC listen address.
     pub listen: SocketAddr,
+    /// Receive buffer of the QUIC socket to request, bytes (the kernel caps
+    /// it at `net.core.rmem_max`). Every rack's sampler sends its window's
+    /// batch at about the same moment; what the buffer cannot hold QUIC
+    /// sends again, at the cost of both ends' CPU and its congestion window.
+    pub socket_buffer_bytes: usize,
     /// The collector's server certificate and the CA that signs samplers'
     /// client certificates.
     pub tls: TlsFiles,
@@ -80,6 +85,7 @@ impl Default for CollectorConfig {
             authorize_any_signed_sampler: false,
             retention_days: 30,
             max_pending_batches: 64,
+            socket_buffer_bytes: 8 << 20,
             batches_per_transaction: 16,
             metrics: MetricsEndpoint {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9103)),
@@ -102,6 +108,12 @@ impl Component for CollectorConfig {
         self.check_authorize(&mut c);
         c.range("retention_days", self.retention_days, 1..=3_650, "days");
         c.range("max_pending_batches", self.max_pending_batches, 1..=100_000, "batches");
+        c.range(
+            "socket_buffer_bytes",
+            self.socket_buffer_bytes,
+            65_536..=1 << 30,
+            "bytes",
+        );
         c.range(
             "batches_per_transaction",
             self.batches_per_transaction,

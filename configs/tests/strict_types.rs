@@ -118,7 +118,7 @@ fn other_wrong_types_name_key_value_and_type() {
     assert_eq!(
         refused::<CollectorConfig>("retention_dayz = 3\n"),
         "collector configuration in c.toml: line 1, column 1: retention_dayz = 3: expected one of the keys listen, \
-         tls, database, storage, topology, authorize, authorize_any_signed_sampler, retention_days, \
+         socket_buffer_bytes, tls, database, storage, topology, authorize, authorize_any_signed_sampler, retention_days, \
          max_pending_batches, batches_per_transaction, metrics"
     );
 }
@@ -447,7 +447,7 @@ fn environment_text_that_is_not_the_keys_type_is_refused() {
     assert_eq!(
         env_refused::<CollectorConfig>(&[("FLOWMESH_COLLECTOR_RETENTION", "3")]),
         "collector configuration from environment variable FLOWMESH_COLLECTOR_RETENTION: retention = \"3\": \
-         expected one of the keys listen, tls, database, storage, topology, authorize, authorize_any_signed_sampler, \
+         expected one of the keys listen, socket_buffer_bytes, tls, database, storage, topology, authorize, authorize_any_signed_sampler, \
          retention_days, max_pending_batches, batches_per_transaction, metrics"
     );
     assert_eq!(

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -30,41 +29,10 @@ use crate::aggregate::Aggregator;
 /// Datagrams taken per receive system call at most (quinn-udp's batch).
 pub const RECV_BATCH: usize = 32;
 
-/// A bound ingest socket and the receive buffer the kernel granted.
-#[derive(Debug)]
-pub struct IngestSocket {
-    /// The socket, non-blocking, for the runtime that will receive on it
-    /// (`tokio::net::UdpSocket::from_std`).
-    pub socket: std::net::UdpSocket,
-    /// Receive buffer granted, bytes (the kernel doubles the request and caps
-    /// it at `net.core.rmem_max`).
-    pub buffer_bytes: usize,
-}
-
-/// Binds `addr` with a receive buffer of about `buffer_bytes`.
-pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<IngestSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    // Root may exceed rmem_max (SO_RCVBUFFORCE); others get what the cap allows.
-    if socket.set_recv_buffer_size(buffer_bytes).is_ok() {
-        let granted = socket.recv_buffer_size().unwrap_or(0);
-        if granted < buffer_bytes {
-            warn!(
-                message = "socket receive buffer is smaller than configured; raise net.core.rmem_max (sysctl -w net.core.rmem_max=BYTES)",
-                requested = buffer_bytes,
-                granted
-            );
-        }
-    }
-    socket.bind(&addr.into())?;
-    socket.set_nonblocking(true)?;
-    let buffer_bytes = socket.recv_buffer_size()?;
-    Ok(IngestSocket {
-        socket: socket.into(),
-        buffer_bytes,
-    })
+/// Binds `addr` with a receive buffer of about `buffer_bytes`; an IPv6
+/// socket is IPv6-only.
+pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<configs_runtime::udp::Bound> {
+    configs_runtime::udp::bind(addr, buffer_bytes, true, "ingest.socket_buffer_bytes")
 }
 
 /// How much lower than the receive thread's the priority of the daemon's

@@ -23,6 +23,8 @@ pub mod promtool;
 pub mod signal;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "udp")]
+pub mod udp;
 
 pub use exit::exit_code;
 pub use logging::{LogFormat, init_logging};
