@@ -51,6 +51,7 @@ pub const FIELDS: [(usize, &str, &str, usize); layout::COUNT] = [
     (layout::SKC_STATE, "sock", "__sk_common.skc_state", 1),
     (layout::SKC_COOKIE, "sock", "__sk_common.skc_cookie", 8),
     (layout::SK_PROTOCOL, "sock", "sk_protocol", 2),
+    (layout::TCP_CLOCK_CACHE, "tcp_sock", "tcp_clock_cache", 8),
 ];
 
 /// Why the offsets could not be resolved.

@@ -202,33 +202,34 @@ impl InvalidEvents {
     }
 }
 
-/// `CLOCK_BOOTTIME` now, ns: the clock the programs stamp with.
-fn boot_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+/// `CLOCK_MONOTONIC` now, ns: the clock the programs stamp with (the
+/// kernel's TCP clock).
+fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
-/// Converts the kernel's `CLOCK_BOOTTIME` to wall-clock time.
+/// Converts the kernel's `CLOCK_MONOTONIC` to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    /// Wall-clock ns minus boot-time ns, measured at start.
+    /// Wall-clock ns minus monotonic ns, measured at start.
     offset_ns: i128,
 }
 
 impl Clock {
     /// Measures the offset now.
     pub fn now() -> Clock {
-        let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let mono = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         let wall = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
         let ns = |t: rustix::time::Timespec| i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec);
         Clock {
-            offset_ns: ns(wall) - ns(boot),
+            offset_ns: ns(wall) - ns(mono),
         }
     }
 
-    /// Wall-clock ns since the Unix epoch for a boot-time instant.
-    pub fn wall_ns(&self, boot_ns: u64) -> u64 {
-        u64::try_from(i128::from(boot_ns) + self.offset_ns).unwrap_or(0)
+    /// Wall-clock ns since the Unix epoch for a monotonic instant.
+    pub fn wall_ns(&self, mono_ns: u64) -> u64 {
+        u64::try_from(i128::from(mono_ns) + self.offset_ns).unwrap_or(0)
     }
 }
 
@@ -406,7 +407,7 @@ impl Tracer {
         if events.is_empty() {
             return Vec::new();
         }
-        let now = boot_ns();
+        let now = mono_ns();
         let keys: Vec<Option<SocketKey>> = events.iter().map(socket_key).collect();
         let known: Vec<SocketKey> = keys.iter().flatten().copied().collect();
         let mut found = match crate::sockdiag::tcp_counters_of(&known) {
@@ -420,7 +421,7 @@ impl Tracer {
         for (mut event, key) in events.into_iter().zip(keys) {
             let Some(found) = found.as_mut() else {
                 event = self.as_last_seen(event);
-                event.end_boot_ns = now;
+                event.end_mono_ns = now;
                 flows.extend(self.invalid.keep(flow(&event, self.clock)));
                 continue;
             };
@@ -434,7 +435,7 @@ impl Tracer {
                 // latest retransmission.
                 Lookup::Absent => event = self.as_last_seen(event),
             }
-            event.end_boot_ns = now;
+            event.end_mono_ns = now;
             flows.extend(self.invalid.keep(flow(&event, self.clock)));
         }
         flows
@@ -451,7 +452,7 @@ impl Tracer {
     /// the dump is reported with the dump's counters, never more than its
     /// close will carry. Flows that ended wait for [`Tracer::take_flows`].
     pub fn open_flows(&mut self, min_age_ns: u64) -> Vec<Flow> {
-        let now = boot_ns();
+        let now = mono_ns();
         let dump = crate::sockdiag::tcp_counters();
         let ended = drain(self.events.get_mut(), self.clock, &mut self.invalid, &mut self.joiner).0;
         self.ended.extend(ended);
@@ -466,7 +467,7 @@ impl Tracer {
             }
         };
         let old_enough: Vec<FlowEvent> = (self.joiner.open.values())
-            .filter(|event| now.saturating_sub(event.start_boot_ns) >= min_age_ns)
+            .filter(|event| now.saturating_sub(event.start_mono_ns) >= min_age_ns)
             .copied()
             .collect();
         let mut flows = Vec::with_capacity(old_enough.len());
@@ -479,7 +480,7 @@ impl Tracer {
                 // see: as the programs last saw it.
                 None => event = self.as_last_seen(event),
             }
-            event.end_boot_ns = now;
+            event.end_mono_ns = now;
             flows.extend(self.invalid.keep(flow(&event, self.clock)));
         }
         flows
@@ -492,7 +493,7 @@ impl Tracer {
             return event;
         };
         match read_event(&bytes) {
-            Ok(latest) if latest.end_boot_ns >= event.end_boot_ns => {
+            Ok(latest) if latest.end_mono_ns >= event.end_mono_ns => {
                 let seen = joined(&event, &latest);
                 // Kept, so a report never goes back to older counters if
                 // the LRU map lets the entry go.
@@ -587,7 +588,7 @@ impl Tracer {
             .sum()
     }
 
-    /// The boot-time to wall-clock conversion.
+    /// The monotonic to wall-clock conversion.
     pub fn clock(&self) -> Clock {
         self.clock
     }
@@ -698,7 +699,7 @@ impl Joiner {
         dumped_at: u64,
     ) {
         let missing: std::collections::HashSet<u64> = (self.open.values())
-            .filter(|e| e.netns_cookie == own_netns && e.start_boot_ns < dumped_at && !current.contains_key(&e.cookie))
+            .filter(|e| e.netns_cookie == own_netns && e.start_mono_ns < dumped_at && !current.contains_key(&e.cookie))
             .map(|e| e.cookie)
             .collect();
         for cookie in missing.intersection(&self.missing) {
@@ -713,7 +714,7 @@ impl Joiner {
 /// time, end reason and state.
 fn joined(start: &FlowEvent, later: &FlowEvent) -> FlowEvent {
     FlowEvent {
-        end_boot_ns: later.end_boot_ns,
+        end_mono_ns: later.end_mono_ns,
         bytes_acked: later.bytes_acked,
         bytes_received: later.bytes_received,
         segs_out: later.segs_out,
@@ -780,7 +781,7 @@ fn address(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, InvalidEvent> {
     }
 }
 
-/// The wire-format flow for a kernel event, its boot-time stamps converted
+/// The wire-format flow for a kernel event, its monotonic stamps converted
 /// with `clock`: the one conversion from the kernel's numbering to the
 /// wire's. A value node-ebpf-common does not define is an error, never
 /// mapped to a default.
@@ -805,8 +806,8 @@ pub fn flow(event: &FlowEvent, clock: Clock) -> Result<Flow, InvalidEvent> {
         dscp: (event.tos >> 2) as u8 & 0x3f,
         direction,
         end_reason,
-        start_ns: clock.wall_ns(event.start_boot_ns),
-        duration_ns: event.end_boot_ns.saturating_sub(event.start_boot_ns),
+        start_ns: clock.wall_ns(event.start_mono_ns),
+        duration_ns: event.end_mono_ns.saturating_sub(event.start_mono_ns),
         bytes_acked: event.payload_acked(),
         bytes_received: event.payload_received(),
         segs_out: event.segs_out,
@@ -842,7 +843,7 @@ mod tests {
 
     use super::*;
 
-    /// Boot time 0 is this wall-clock instant.
+    /// Monotonic time 0 is this wall-clock instant.
     const BOOTED_AT_NS: u64 = 1_700_000_000_000_000_000;
 
     #[test]
@@ -868,8 +869,8 @@ mod tests {
     fn event() -> FlowEvent {
         let mut event = FlowEvent {
             cookie: 0x1234_5678_9abc_def0,
-            start_boot_ns: 5_000_000_000,
-            end_boot_ns: 5_250_000_000,
+            start_mono_ns: 5_000_000_000,
+            end_mono_ns: 5_250_000_000,
             bytes_acked: 7 + 100 + 1,
             bytes_received: 2_000 + 1,
             local_port: 40_000,
@@ -1038,7 +1039,7 @@ mod tests {
             cookie,
             kind: kind::ESTABLISHED,
             end_reason: end_reason::OPEN,
-            end_boot_ns: event().start_boot_ns,
+            end_mono_ns: event().start_mono_ns,
             old_state: 0,
             bytes_acked: 7,
             bytes_received: 0,
@@ -1056,7 +1057,7 @@ mod tests {
         FlowEvent {
             cookie,
             kind,
-            end_boot_ns: e.end_boot_ns,
+            end_mono_ns: e.end_mono_ns,
             bytes_acked: e.bytes_acked,
             bytes_received: e.bytes_received,
             segs_out: e.segs_out,
@@ -1151,11 +1152,11 @@ mod tests {
     fn open_flows_whose_end_was_lost_are_forgotten_after_two_dumps_miss_them() {
         const OWN: u64 = 77;
         let (mut invalid, mut joiner) = (InvalidEvents::default(), Joiner::new(100));
-        let start = event().start_boot_ns;
+        let start = event().start_mono_ns;
         for (cookie, netns, started) in [(1, OWN, start), (2, OWN, start), (3, 5, start), (4, OWN, start + 10)] {
             let e = FlowEvent {
                 netns_cookie: netns,
-                start_boot_ns: started,
+                start_mono_ns: started,
                 ..established(cookie)
             };
             joiner.sort(e.as_bytes(), clock(), &mut invalid);

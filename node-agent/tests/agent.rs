@@ -251,6 +251,76 @@ fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
     }
 }
 
+/// The start and end of both ends of a connection (both in the traced
+/// cgroup) fall between the wall-clock reads around the connect/accept and
+/// around the close: a flow's start is the kernel's TCP clock as it
+/// processed the handshake's last segment (a stale clock there — the
+/// listener's, say, for the accepted socket — would put it far outside).
+#[test]
+fn a_flows_start_and_end_are_when_it_was_established_and_closed_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = write_topology(dir.path(), &[(101, "127.0.0.1")], no_extra);
+    let cgroup = TestCgroup::create();
+    let mut agent = Agent::start(
+        &cgroup,
+        dir.path(),
+        "agent",
+        &format!(
+            "node_id = 101\ntopology = \"{}\"\n[flows]\n[probes]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            topology.display()
+        ),
+    );
+    let times = dir.path().join("times");
+    // Sleeps keep the instants apart by far more than any clock error.
+    let script = format!(
+        "import socket, time\n\
+         listener = socket.socket()\n\
+         listener.bind(('127.0.0.1', 0))\n\
+         listener.listen(1)\n\
+         time.sleep(0.2)\n\
+         t0 = time.time_ns()\n\
+         client = socket.create_connection(listener.getsockname())\n\
+         server, _ = listener.accept()\n\
+         t1 = time.time_ns()\n\
+         time.sleep(0.3)\n\
+         client.sendall(b'x' * 1000)\n\
+         server.recv(4096)\n\
+         t2 = time.time_ns()\n\
+         client.close()\n\
+         server.close()\n\
+         time.sleep(0.2)\n\
+         t3 = time.time_ns()\n\
+         open('{}', 'w').write(f'{{t0}} {{t1}} {{t2}} {{t3}}')\n",
+        times.display()
+    );
+    assert!(python_in(&cgroup, None, &script).success());
+    let t: Vec<u64> = std::fs::read_to_string(&times)
+        .unwrap()
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (connect, connected, closing, closed) = (t[0], t[1], t[2], t[3]);
+    let mut directions = Vec::new();
+    for flow in agent.flows(2) {
+        let start = flow["start_ns"].as_u64().unwrap();
+        let end = start + flow["duration_ns"].as_u64().unwrap();
+        // The agent converts the kernel's clock to wall-clock time with an
+        // offset measured at its start: allow a millisecond of drift.
+        let slack = 1_000_000;
+        assert!(
+            connect - slack <= start && start <= connected + slack,
+            "start {start} not within [{connect}, {connected}]: {flow}"
+        );
+        assert!(
+            closing - slack <= end && end <= closed + slack,
+            "end {end} not within [{closing}, {closed}]: {flow}"
+        );
+        directions.push(flow["direction"].as_str().unwrap().to_owned());
+    }
+    directions.sort();
+    assert_eq!(directions, ["inbound", "outbound"]);
+}
+
 #[test]
 fn without_capabilities_it_says_which_and_how_to_grant_them() {
     // setpriv (util-linux) drops every capability for the child.

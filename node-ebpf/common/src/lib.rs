@@ -120,8 +120,12 @@ pub mod layout {
     pub const SKC_COOKIE: usize = 25;
     /// `sock.sk_protocol` (u16).
     pub const SK_PROTOCOL: usize = 26;
+    /// `tcp_sock.tcp_clock_cache` (u64: the socket's latest TCP clock read,
+    /// `CLOCK_MONOTONIC` ns; refreshed as the handshake's last segment is
+    /// processed, just before the socket becomes established).
+    pub const TCP_CLOCK_CACHE: usize = 27;
     /// Number of offsets.
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 28;
 }
 
 /// A process's TCP `connect()` calls.
@@ -220,10 +224,12 @@ pub struct FlowEvent {
     /// The kernel's socket cookie: unique while the kernel runs, so a new
     /// connection reusing addresses and ports is a new flow.
     pub cookie: u64,
-    /// `CLOCK_BOOTTIME` at establishment, ns.
-    pub start_boot_ns: u64,
-    /// `CLOCK_BOOTTIME` at close, or at the latest refresh of an open flow, ns.
-    pub end_boot_ns: u64,
+    /// `CLOCK_MONOTONIC` at establishment, ns: the kernel's TCP clock as
+    /// it stamped the handshake's last segment.
+    pub start_mono_ns: u64,
+    /// `CLOCK_MONOTONIC` at close, or at the latest refresh of an open
+    /// flow, ns.
+    pub end_mono_ns: u64,
     /// Payload bytes sent and acknowledged.
     pub bytes_acked: u64,
     /// Payload bytes received.
