@@ -254,6 +254,37 @@ impl Counts {
         self.total += other.total;
     }
 
+    /// hdrhistogram's `value_at_quantile` of each of `quantiles`, in one
+    /// pass over just this path's cells: a window's summary needs a few
+    /// quantiles of every path, and building each path's histogram to scan
+    /// it once per quantile from 1 ns up was most of encoding a window.
+    fn values_at_quantiles<const N: usize>(&self, quantiles: [f64; N]) -> [u64; N] {
+        // hdrhistogram's count to reach: ⌈q·total⌉, at least 1.
+        let targets = quantiles.map(|q| ((q.min(1.0) * self.total as f64).ceil() as u64).max(1));
+        let mut order: [usize; N] = std::array::from_fn(|i| i);
+        order.sort_unstable_by_key(|&i| targets[i]);
+        let mut values = [0; N];
+        let mut next = 0;
+        let mut seen = 0u64;
+        self.cells.each_nonzero(|i, n| {
+            seen += n;
+            let bucket = self.first + i;
+            while next < N && seen >= targets[order[next]] {
+                let q = order[next];
+                // The lowest value of the bucket for quantile 0, else its
+                // highest (the next bucket's lowest less one), as
+                // hdrhistogram reports.
+                values[q] = if quantiles[q] == 0.0 {
+                    layout::lowest_in(bucket)
+                } else {
+                    layout::lowest_in(bucket + 1) - 1
+                };
+                next += 1;
+            }
+        });
+        values
+    }
+
     /// The HDR histogram of the values recorded: the same buckets, so the
     /// same quantiles and encoding as recording each value into it.
     fn histogram(&self) -> Histogram<u64> {
@@ -327,11 +358,16 @@ impl Dist {
         }
     }
 
-    fn into_histogram(self) -> Histogram<u64> {
+    fn into_counts(self) -> Counts {
         match self {
-            Dist::Many(counts) => counts.histogram(),
-            Dist::Few(values) => Counts::of(&values).histogram(),
+            Dist::Many(counts) => counts,
+            Dist::Few(values) => Counts::of(&values),
         }
+    }
+
+    #[cfg(test)]
+    fn into_histogram(self) -> Histogram<u64> {
+        self.into_counts().histogram()
     }
 }
 
@@ -526,24 +562,24 @@ pub(super) fn summarize(key: &PathKey, mut p: PathAgg, scratch: &mut Vec<u8>) ->
     s.retrans_segs = p.retrans_segs.into();
     scratch.clear();
     if !p.rtts.is_empty() {
-        let h = p.rtts.into_histogram();
+        let counts = p.rtts.into_counts();
         s.rtt_min_ns = p.rtt_min_ns.into();
         s.rtt_max_ns = p.rtt_max_ns.into();
         // Quantiles report the highest value equivalent to the bucket, which
         // may exceed the exact maximum by the histogram's precision.
-        let q = |q: f64| h.value_at_quantile(q).min(p.rtt_max_ns);
-        s.rtt_p50_ns = q(0.5).into();
-        s.rtt_p90_ns = q(0.9).into();
-        s.rtt_p99_ns = q(tail_quantile(h.len())).into();
-        s.rtt_p999_ns = q(0.999).into();
+        let [p50, p90, p99, p999] = counts
+            .values_at_quantiles([0.5, 0.9, tail_quantile(counts.total), 0.999])
+            .map(|v| v.min(p.rtt_max_ns));
+        (s.rtt_p50_ns, s.rtt_p90_ns, s.rtt_p99_ns, s.rtt_p999_ns) = (p50.into(), p90.into(), p99.into(), p999.into());
         // Encoding a valid histogram into a Vec cannot fail; a path without
         // a histogram still carries its quantiles.
-        let _ = encode_histogram(&h, scratch);
+        let _ = encode_histogram(&counts.histogram(), scratch);
     }
     if !p.delays.is_empty() {
-        let h = p.delays.into_histogram();
-        s.responder_delay_p50_ns = h.value_at_quantile(0.5).into();
-        s.responder_delay_p99_ns = h.value_at_quantile(tail_quantile(h.len())).into();
+        // Only quantiles of the delays travel: no histogram is built.
+        let counts = p.delays.into_counts();
+        let [p50, p99] = counts.values_at_quantiles([0.5, tail_quantile(counts.total)]);
+        (s.responder_delay_p50_ns, s.responder_delay_p99_ns) = (p50.into(), p99.into());
     }
     (s, scratch.clone())
 }
@@ -648,8 +684,24 @@ mod tests {
                 panic!("{} vs {} buckets; {diff:?}", x.len(), y.len());
             }
             assert_eq!(h.len(), direct.len());
-            for q in [0.0, 0.01, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            let quantiles = [
+                0.0,
+                0.01,
+                0.5,
+                0.9,
+                0.99,
+                0.999,
+                1.0,
+                tail_quantile(direct.len()),
+                0.3,
+                1e-9,
+            ];
+            let from_counts = dist(values.iter().copied(), 16)
+                .into_counts()
+                .values_at_quantiles(quantiles);
+            for (q, from_counts) in quantiles.into_iter().zip(from_counts) {
                 assert_eq!(h.value_at_quantile(q), direct.value_at_quantile(q), "q{q}");
+                assert_eq!(from_counts, direct.value_at_quantile(q), "q{q} from the counts");
             }
             let (mut a, mut b) = (Vec::new(), Vec::new());
             wire_format::encode_histogram(&h, &mut a).unwrap();
