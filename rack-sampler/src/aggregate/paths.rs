@@ -301,6 +301,22 @@ impl Counts {
     }
 }
 
+/// Makes room in a path's raw values on a schedule of the path's own: from
+/// an eighth of its spill threshold, doubling, up to the threshold.
+///
+/// Not `Vec`'s 4, 8, 16, …: a rack's paths see values at about the same
+/// rate, so with one schedule every path reallocated at the same moment of
+/// a window — at 100 values a second per path and 20 000 paths, 40 000
+/// reallocations within a few milliseconds at 0.16, 0.33 and 0.65 s into
+/// each window, each time stalling the receive loop long enough for its
+/// socket to overflow. The thresholds are spread over [64, 128) per path,
+/// so these growth points are spread over a factor of two in time.
+#[cold]
+fn grow(values: &mut Vec<u64>, spill_at: usize) {
+    let target = (values.len() * 2).max(spill_at / 8).min(spill_at + 1);
+    values.reserve_exact(target.saturating_sub(values.len()).max(1));
+}
+
 /// A distribution of values: raw while few, counts per bucket beyond.
 #[derive(Debug, Clone)]
 enum Dist {
@@ -322,7 +338,12 @@ impl Dist {
         let value = value.min(HISTOGRAM_CLAMP_NS);
         match self {
             Dist::Many(counts) => counts.record(value),
-            Dist::Few(values) if values.len() < spill_at => values.push(value),
+            Dist::Few(values) if values.len() < spill_at => {
+                if values.len() == values.capacity() {
+                    grow(values, spill_at);
+                }
+                values.push(value);
+            }
             Dist::Few(values) => {
                 values.push(value);
                 *self = Dist::Many(Counts::of(values));
