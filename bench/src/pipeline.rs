@@ -161,6 +161,19 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
          {} agents × {} targets = {paths} paths, {} s windows, {} s per rate",
         opts.agents, opts.targets, opts.window_secs, opts.seconds
     );
+    // The sampler's socket buffer, which decides how long a stall it rides
+    // out, is the kernel's to cap: say what it was, so runs compare.
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/rmem_max") {
+        let rmem_max: u64 = text.trim().parse().unwrap_or(0);
+        let asked = configs::SamplerConfig::default().ingest.socket_buffer_bytes as u64;
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        println!(
+            "  net.core.rmem_max {:.1} MiB: the sampler's ingest socket buffer is {:.1} MiB (twice the smaller of that and the {:.1} MiB it asks; deploy/sysctl.d/flowmesh.conf sets 8 MiB)",
+            mib(rmem_max),
+            mib(2 * rmem_max.min(asked)),
+            mib(asked)
+        );
+    }
     println!(
         "  offered M rec/s | received M rec/s | lost datagrams | windows stored/emitted | spool | rows/s stored | sampler CPU | collector CPU | sender lag"
     );
