@@ -184,12 +184,13 @@ fn bpf_object_exists(kind: &str, id: u32) -> bool {
         .success()
 }
 
-#[test]
-fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
+/// An agent tracing flows of a fresh test cgroup (probes off), with its
+/// directory and the cgroup.
+fn tracing_agent() -> (tempfile::TempDir, TestCgroup, Agent) {
     let dir = tempfile::tempdir().unwrap();
     let topology = write_topology(dir.path(), &[(101, "127.0.0.1")], no_extra);
     let cgroup = TestCgroup::create();
-    let mut agent = Agent::start(
+    let agent = Agent::start(
         &cgroup,
         dir.path(),
         "agent",
@@ -198,6 +199,12 @@ fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
             topology.display()
         ),
     );
+    (dir, cgroup, agent)
+}
+
+#[test]
+fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
+    let (_dir, cgroup, mut agent) = tracing_agent();
     let held = bpf_objects_of(agent.child.id());
     assert!(
         held.iter().any(|(k, _)| *k == "prog_id"),
@@ -258,18 +265,7 @@ fn real_tcp_flows_are_reported_exactly_and_nothing_stays_attached() {
 /// listener's, say, for the accepted socket — would put it far outside).
 #[test]
 fn a_flows_start_and_end_are_when_it_was_established_and_closed_on_both_sides() {
-    let dir = tempfile::tempdir().unwrap();
-    let topology = write_topology(dir.path(), &[(101, "127.0.0.1")], no_extra);
-    let cgroup = TestCgroup::create();
-    let mut agent = Agent::start(
-        &cgroup,
-        dir.path(),
-        "agent",
-        &format!(
-            "node_id = 101\ntopology = \"{}\"\n[flows]\n[probes]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-            topology.display()
-        ),
-    );
+    let (dir, cgroup, mut agent) = tracing_agent();
     let times = dir.path().join("times");
     // Sleeps keep the instants apart by far more than any clock error.
     let script = format!(
