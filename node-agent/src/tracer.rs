@@ -254,8 +254,8 @@ impl Tracer {
             cgroup: cgroup.display().to_string(),
             source,
         })?;
-        // Wake the agent when an eighth of the ring waits; it drains the
-        // rest on its flush timer (Tracer::take_events).
+        // Wake the agent each time another eighth of the ring waits; it
+        // drains the rest on its flush timer (Tracer::take_flows).
         let wakeup_bytes = u64::from(ring_bytes / 8);
         let mut ebpf = EbpfLoader::new()
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -690,7 +690,9 @@ impl Joiner {
     /// established before a sock_diag dump (`current`, taken at
     /// `dumped_at`), that were missing from it and from the one before.
     /// Twice, because a socket leaves sock_diag a moment before its end is
-    /// written to the ring. Without this, every lost end would hold a slot
+    /// written to the ring, and one established just before the dump (its
+    /// start is the handshake's clock, read before the socket is
+    /// established) may not be in it yet. Without this, every lost end would hold a slot
     /// of the bounded table for good.
     pub fn forget_missing(
         &mut self,
@@ -844,14 +846,14 @@ mod tests {
     use super::*;
 
     /// Monotonic time 0 is this wall-clock instant.
-    const BOOTED_AT_NS: u64 = 1_700_000_000_000_000_000;
+    const A_WALL_CLOCK_NS: u64 = 1_700_000_000_000_000_000;
 
     #[test]
     fn retransmission_reports_fall_on_wall_clock_multiples_of_their_period() {
         let second = Duration::from_secs(1);
-        let now = Duration::from_nanos(BOOTED_AT_NS + 300_000_000);
+        let now = Duration::from_nanos(A_WALL_CLOCK_NS + 300_000_000);
         assert_eq!(until_aligned(second, now), Duration::from_millis(700));
-        let on = Duration::from_nanos(BOOTED_AT_NS);
+        let on = Duration::from_nanos(A_WALL_CLOCK_NS);
         assert_eq!(until_aligned(second, on), second, "on a multiple: the next one");
         let quarter = Duration::from_millis(250);
         assert_eq!(until_aligned(quarter, now), Duration::from_millis(200));
@@ -860,7 +862,7 @@ mod tests {
 
     fn clock() -> Clock {
         Clock {
-            offset_ns: i128::from(BOOTED_AT_NS),
+            offset_ns: i128::from(A_WALL_CLOCK_NS),
         }
     }
 
@@ -921,7 +923,7 @@ mod tests {
                 dscp: 46,
                 direction: Direction::Outbound,
                 end_reason: EndReason::Closed,
-                start_ns: BOOTED_AT_NS + 5_000_000_000,
+                start_ns: A_WALL_CLOCK_NS + 5_000_000_000,
                 duration_ns: 250_000_000,
                 bytes_acked: 100,
                 bytes_received: 2_000,

@@ -28,10 +28,11 @@ use node_ebpf_common::{
 #[map]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// The agent is woken only once this many bytes of events wait (it also
-/// drains the ring on its flush timer): at tens of thousands of flows a
-/// second, a wakeup per flow would cost the host more than the tracing.
-/// Set by the agent at load (an eighth of the ring).
+/// The agent is woken each time the bytes of events waiting cross a
+/// multiple of this ([`submit`]; it also drains the ring on its flush
+/// timer): at tens of thousands of flows a second, a wakeup per flow would
+/// cost the host more than the tracing. Set by the agent at load (an
+/// eighth of the ring).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 17;
 
@@ -260,10 +261,17 @@ fn established(sk: *const u8, direction: u8) {
     let event = unsafe { &mut *entry.as_mut_ptr() };
     let family: u16 = unsafe { field(sk, layout::SKC_FAMILY) };
     // The TCP clock the kernel read (tcp_mstamp_refresh in
-    // tcp_rcv_state_process) just before it processed the segment that
-    // established the socket, on either side: the same instant as a clock
-    // read here, without the cost of one (a tenth of a flow's run time).
-    let now: u64 = unsafe { field(tp, layout::TCP_CLOCK_CACHE) };
+    // tcp_rcv_state_process) as it began processing the segment that
+    // established the socket, on either side: microseconds before a clock
+    // read here would be, without the cost of one (≈ 6 % of a flow's run
+    // time). A socket established without a segment — TCP repair, as
+    // checkpoint/restore does — never read that clock (0): read it here.
+    let cached: u64 = unsafe { field(tp, layout::TCP_CLOCK_CACHE) };
+    let now = if cached != 0 {
+        cached
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
     // Generated here (the helper's first call for this socket); the end
     // reads it back from the socket.
     event.cookie = cookie(sk);
@@ -397,18 +405,27 @@ const RECORD_BYTES: u64 = ((core::mem::size_of::<FlowEvent>() + 8 + 7) & !7) as 
 
 /// Submits a ring-buffer item, waking the agent when the bytes waiting
 /// cross a multiple of [`WAKEUP_BYTES`] (it also drains the ring on its
-/// timers).
+/// timers), and at every submit once three quarters of the ring wait.
 ///
-/// Only at the crossing: a wakeup is an inter-processor interrupt, and
-/// waking at every submit past the threshold, until the agent had read the
-/// batch, cost about a tenth of the program's run time in a loopback
-/// connection storm. A crossing missed (another CPU's record reserved
-/// between this one and the query) is made up by the next multiple.
+/// Only at the crossing below that: a wakeup is an inter-processor
+/// interrupt, and waking at every submit past the threshold, until the
+/// agent had read the batch, cost ≈ 6 % of the programs' samples in a
+/// loopback connection storm. A crossing can be missed — another CPU's
+/// record reserved between this one's reservation and the query hides it
+/// from both — and is then made up by the next multiple; past three
+/// quarters every submit wakes the agent, as all did before, so a run of
+/// missed crossings cannot let the ring fill unnoticed. Every record in
+/// the ring is a [`FlowEvent`], so each takes [`RECORD_BYTES`].
 fn submit(entry: RingBufEntry<FlowEvent>) {
     let waiting = FLOW_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let every = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }.max(1);
     let crossed = waiting / every > waiting.saturating_sub(RECORD_BYTES) / every;
-    let wakeup = if crossed { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    let behind = waiting >= 6 * every;
+    let wakeup = if crossed || behind {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     entry.submit(wakeup as u64);
 }
 
