@@ -20,16 +20,19 @@ pub struct Bound {
 }
 
 /// Binds `addr` (IPv6-only when `only_v6`) with a receive buffer of about
-/// `buffer_bytes`; a buffer smaller than that is logged with the `key` that
-/// asked for it and the sysctl that caps it.
+/// `buffer_bytes`; a request the kernel capped is logged with the `key`
+/// that asked for it and the sysctl that caps it.
 pub fn bind(addr: SocketAddr, buffer_bytes: usize, only_v6: bool, key: &str) -> std::io::Result<Bound> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(only_v6)?;
     }
     if socket.set_recv_buffer_size(buffer_bytes).is_ok() {
+        // The kernel grants twice the request (room for its own overhead)
+        // unless net.core.rmem_max capped it: less than that is a cap, even
+        // when it still reads as at least the number asked for.
         let granted = socket.recv_buffer_size().unwrap_or(0);
-        if granted < buffer_bytes {
+        if granted < buffer_bytes.saturating_mul(2) {
             warn!(
                 message = "socket receive buffer is smaller than configured; raise net.core.rmem_max (sysctl -w net.core.rmem_max=BYTES)",
                 key,
