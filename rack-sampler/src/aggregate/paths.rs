@@ -260,7 +260,11 @@ impl Counts {
     /// it once per quantile from 1 ns up was most of encoding a window.
     fn values_at_quantiles<const N: usize>(&self, quantiles: [f64; N]) -> [u64; N] {
         // hdrhistogram's count to reach: ⌈q·total⌉, at least 1.
-        let targets = quantiles.map(|q| ((q.min(1.0) * self.total as f64).ceil() as u64).max(1));
+        let targets = quantiles.map(|q| {
+            // As hdrhistogram caps it (a NaN is not capped, and counts 0).
+            let q = if q > 1.0 { 1.0 } else { q };
+            ((q * self.total as f64).ceil() as u64).max(1)
+        });
         let mut order: [usize; N] = std::array::from_fn(|i| i);
         order.sort_unstable_by_key(|&i| targets[i]);
         let mut values = [0; N];
@@ -308,13 +312,18 @@ impl Counts {
 /// rate, so with one schedule every path reallocated at the same moment of
 /// a window — at 100 values a second per path and 20 000 paths, 40 000
 /// reallocations within a few milliseconds at 0.16, 0.33 and 0.65 s into
-/// each window, each time stalling the receive loop long enough for its
-/// socket to overflow. The thresholds are spread over [64, 128) per path,
-/// so these growth points are spread over a factor of two in time.
+/// each window, on top of the receive thread's profile while its socket
+/// overflowed. The thresholds are spread over [64, 128) per path, so these
+/// growth points are spread over a factor of two in time. The last step
+/// makes room for the value that spills (`spill_at + 1`), so spilling
+/// never reallocates first.
 #[cold]
 fn grow(values: &mut Vec<u64>, spill_at: usize) {
-    let target = (values.len() * 2).max(spill_at / 8).min(spill_at + 1);
-    values.reserve_exact(target.saturating_sub(values.len()).max(1));
+    let mut target = (values.len() * 2).max(spill_at / 8);
+    if target >= spill_at {
+        target = spill_at + 1;
+    }
+    values.reserve_exact(target - values.len());
 }
 
 /// A distribution of values: raw while few, counts per bucket beyond.
@@ -742,6 +751,31 @@ mod tests {
         let h = counts.histogram();
         assert_eq!(h.count_at(1_000), u64::from(u32::MAX) + 2);
         assert_eq!(h.len(), u64::from(u32::MAX) + 3);
+    }
+
+    /// Raw values grow from an eighth of the path's own threshold,
+    /// doubling, and end with room for the value that spills: growth
+    /// points differ between thresholds, and spilling never reallocates.
+    #[test]
+    fn raw_values_grow_on_the_paths_own_schedule() {
+        let mut first_steps = std::collections::BTreeSet::new();
+        for spill_at in FEW_SAMPLES..2 * FEW_SAMPLES {
+            let mut d = Dist::default();
+            let mut capacities = Vec::new();
+            for v in 0..spill_at as u64 {
+                d.record(v, spill_at);
+                let Dist::Few(values) = &d else {
+                    panic!("spilled early at {spill_at}")
+                };
+                capacities.push(values.capacity());
+            }
+            assert_eq!(capacities[0], spill_at / 8, "{spill_at}");
+            assert_eq!(capacities.last(), Some(&(spill_at + 1)), "{spill_at}");
+            first_steps.insert(capacities[0]);
+            d.record(7, spill_at);
+            assert!(matches!(&d, Dist::Many(c) if c.total == spill_at as u64 + 1));
+        }
+        assert_eq!(first_steps.len(), 8, "{first_steps:?}");
     }
 
     #[test]
