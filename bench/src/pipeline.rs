@@ -168,7 +168,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         let asked = configs::SamplerConfig::default().ingest.socket_buffer_bytes as u64;
         let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
         println!(
-            "  net.core.rmem_max {:.1} MiB: the sampler's ingest socket buffer is {:.1} MiB (twice the smaller of that and the {:.1} MiB it asks; deploy/sysctl.d/flowmesh.conf sets 8 MiB)",
+            "  net.core.rmem_max {:.1} MiB: the sampler's ingest socket buffer is {:.1} MiB (twice the smaller of that and the {:.1} MiB it asks; deploy/sysctl.d/60-flowmesh.conf sets 8 MiB)",
             mib(rmem_max),
             mib(2 * rmem_max.min(asked)),
             mib(asked)
