@@ -161,24 +161,34 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
          {} agents × {} targets = {paths} paths, {} s windows, {} s per rate",
         opts.agents, opts.targets, opts.window_secs, opts.seconds
     );
+    let dir = tempfile::tempdir()?;
+    let tiers = start(dir.path(), &traffic_opts)?;
     // The sampler's socket buffer, which decides how long a stall it rides
-    // out, is the kernel's to cap: say what it was, so runs compare.
-    if let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/rmem_max") {
-        let rmem_max: u64 = text.trim().parse().unwrap_or(0);
-        let asked = configs::SamplerConfig::default().ingest.socket_buffer_bytes as u64;
-        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
-        println!(
-            "  net.core.rmem_max {:.1} MiB: the sampler's ingest socket buffer is {:.1} MiB (twice the smaller of that and the {:.1} MiB it asks; deploy/sysctl.d/60-flowmesh.conf sets 8 MiB)",
-            mib(rmem_max),
-            mib(2 * rmem_max.min(asked)),
-            mib(asked)
-        );
-    }
+    // out, is the kernel's to cap: say what the socket got, so runs compare.
+    let page = scrape(tiers.sampler_metrics)?;
+    let series = format!(
+        "flowmesh_sampler_ingest_receive_buffer_bytes{{listen=\"{}\"}}",
+        tiers.ingest
+    );
+    let capped = format!(
+        "flowmesh_sampler_ingest_receive_buffer_capped{{listen=\"{}\"}}",
+        tiers.ingest
+    );
+    let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").map_or(0, |t| t.trim().parse().unwrap_or(0));
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    println!(
+        "  the sampler's ingest socket buffer: {:.1} MiB{} (net.core.rmem_max {:.1} MiB; deploy/sysctl.d/60-flowmesh.conf sets 8 MiB)",
+        mib(metric(&page, &series)),
+        if metric(&page, &capped) == 1 {
+            ", capped by net.core.rmem_max"
+        } else {
+            ""
+        },
+        mib(rmem_max)
+    );
     println!(
         "  offered M rec/s | received M rec/s | lost datagrams | windows stored/emitted | spool | rows/s stored | sampler CPU | collector CPU | sender lag"
     );
-    let dir = tempfile::tempdir()?;
-    let tiers = start(dir.path(), &traffic_opts)?;
     let settle = Duration::from_secs(opts.window_secs + 4);
     let mut best = None;
     let mut first_loss = None;

@@ -413,6 +413,16 @@ fn start_bpftrace(dir: &Path, script: &str) -> anyhow::Result<ChildGuard> {
     Ok(child)
 }
 
+/// The agent's dropped events, every reason
+/// (`flowmesh_agent_kernel_drops_total`, all series) in a scraped page.
+fn kernel_drops(page: &str) -> u64 {
+    page.lines()
+        .filter(|l| l.starts_with("flowmesh_agent_kernel_drops_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -434,6 +444,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     let mut bpf_per_flow: [Vec<f64>; 4] = Default::default();
     let mut agent_cpu = 0.0;
     let mut agent_flows = 0u64;
+    let mut agent_lost = 0u64;
     let mut agent_rss_kib = 0u64;
     for round in 0..opts.rounds {
         for (which, name) in TRACERS.iter().enumerate() {
@@ -452,11 +463,15 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
                 .map(|a| a.child.0.id())
                 .or(tracer.as_ref().map(|t| t.0.id()));
             let before = match &agent {
-                Some(a) => (
-                    cpu_seconds(&a.child.0.id().to_string())?,
-                    metric(&scrape(a.metrics)?, "flowmesh_agent_flows_total"),
-                ),
-                None => (0.0, 0),
+                Some(a) => {
+                    let page = scrape(a.metrics)?;
+                    (
+                        cpu_seconds(&a.child.0.id().to_string())?,
+                        metric(&page, "flowmesh_agent_flows_total"),
+                        kernel_drops(&page),
+                    )
+                }
+                None => (0.0, 0, 0),
             };
             let runs_before = pid.map(ProgRuns::of).transpose()?;
             let (rate, connections) = connection_rate(opts.seconds, opts.clients)?;
@@ -465,11 +480,17 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
                 _ => None,
             };
             let bulk = bulk_rate(opts.bulk_seconds)?;
+            let mut lost = None;
             if let Some(a) = &agent {
                 // The last flows reach the agent's counters.
                 std::thread::sleep(Duration::from_millis(500));
                 agent_cpu += cpu_seconds(&a.child.0.id().to_string())? - before.0;
-                agent_flows += metric(&scrape(a.metrics)?, "flowmesh_agent_flows_total") - before.1;
+                let page = scrape(a.metrics)?;
+                agent_flows += metric(&page, "flowmesh_agent_flows_total") - before.1;
+                // A run that dropped events is no measure of the programs:
+                // an event the ring had no room for was never written.
+                lost = Some(kernel_drops(&page) - before.2);
+                agent_lost += lost.unwrap_or(0);
                 agent_rss_kib = agent_rss_kib.max(peak_rss_kib(a.child.0.id())?);
             }
             drop(tracer);
@@ -487,10 +508,13 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
                 )
             });
             println!(
-                "  round {}: {name:<30} {rate:>9.0} connections/s   bulk {:>7.0} MB/s{}",
+                "  round {}: {name:<30} {rate:>9.0} connections/s   bulk {:>7.0} MB/s{}{}",
                 round + 1,
                 bulk / 1e6,
-                cost.unwrap_or_default()
+                cost.unwrap_or_default(),
+                lost.filter(|&n| n > 0).map_or(String::new(), |n| format!(
+                    "   DROPPED {n} events (flowmesh_agent_kernel_drops_total)"
+                ))
             );
             rates[which].push(rate);
             bulks[which].push(bulk);
@@ -527,7 +551,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  flowmesh-agent: {:.2} CPU-s per 100 000 flows ({agent_flows} flows traced), peak RSS {} MiB",
+        "  flowmesh-agent: {:.2} CPU-s per 100 000 flows ({agent_flows} flows traced, {agent_lost} events dropped), peak RSS {} MiB",
         agent_cpu * 100_000.0 / agent_flows.max(1) as f64,
         agent_rss_kib / 1024
     );
@@ -549,6 +573,17 @@ mod tests {
     use super::*;
 
     /// The shape `bpftool prog show --json` prints (bpftool 7).
+    #[test]
+    fn kernel_drops_sum_every_reason_and_nothing_else() {
+        let page = "# HELP flowmesh_agent_kernel_drops_total x\n\
+                    flowmesh_agent_kernel_drops_total{reason=\"ring_full\"} 3\n\
+                    flowmesh_agent_kernel_drops_total{reason=\"recursion_miss\"} 2\n\
+                    flowmesh_agent_kernel_drops_totally 100\n\
+                    flowmesh_agent_flows_total 7\n";
+        assert_eq!(kernel_drops(page), 5);
+        assert_eq!(kernel_drops(""), 0);
+    }
+
     #[test]
     fn program_runs_are_read_per_process_and_differenced() {
         let json = br#"[

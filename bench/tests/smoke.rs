@@ -76,6 +76,13 @@ fn pipeline_runs_through_sampler_and_collector() {
         stdout.contains("highest rate with zero loss end to end: 0.01"),
         "{stdout}"
     );
+    // The socket buffer as the sampler reports it, read from its metrics.
+    let buffer_mib = stdout
+        .split("the sampler's ingest socket buffer: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|mib| mib.parse::<f64>().ok());
+    assert!(buffer_mib.is_some_and(|mib| mib > 0.0), "{stdout}");
 }
 
 /// Needs root, bpftrace and the agent binary (all there in CI).
@@ -93,6 +100,7 @@ fn tcp_overhead_runs_every_tracer_and_reads_their_bpf_run_time() {
         "bpftrace peer, printf",
         "bpftrace peer, in-kernel hist",
         "CPU-s per 100 000 flows",
+        "events dropped)",
         "ns of BPF per flow",
         "agent BPF ns/flow ÷ the in-kernel bpftrace peer's",
     ] {

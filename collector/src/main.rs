@@ -238,7 +238,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
 
     let stats = Arc::new(Stats::default());
     let sqlite_file = (config.storage.backend == Backend::Sqlite).then_some(config.database.as_path());
-    let telemetry = collector::telemetry::endpoint(stats.clone(), sqlite_file);
+    let telemetry = collector::telemetry::endpoint(stats.clone(), sqlite_file, (bound.buffer_bytes, bound.capped));
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics.listen)
         .await
         .with_context(|| format!("listening on {} (key `metrics.listen`)", config.metrics.listen))?;

@@ -1,8 +1,8 @@
 //! What the collector's Prometheus endpoint reports
 //! ([`configs_runtime::endpoint`] serves it): batches by outcome (and
 //! unauthorized ones by reason), rows stored, refused clients, write
-//! latency and database size. Each family is declared once here and
-//! recorded through that declaration.
+//! latency, database size and the QUIC socket's receive buffer. Each family
+//! is declared once here and recorded through that declaration.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -61,6 +61,18 @@ pub const DATABASE_BYTES: Family = Family::gauge(
 )
 .with_unit(Unit::Bytes);
 
+/// Receive buffer the kernel granted the QUIC socket.
+pub const RECEIVE_BUFFER_BYTES: Family = Family::gauge(
+    "flowmesh_collector_receive_buffer_bytes",
+    "Receive buffer the kernel granted the QUIC socket (SO_RCVBUF): twice socket_buffer_bytes unless net.core.rmem_max capped it.",
+)
+.with_unit(Unit::Bytes);
+/// 1 if net.core.rmem_max capped the QUIC socket's receive buffer.
+pub const RECEIVE_BUFFER_CAPPED: Family = Family::gauge(
+    "flowmesh_collector_receive_buffer_capped",
+    "1 if net.core.rmem_max capped the QUIC socket's receive buffer below what socket_buffer_bytes asks (the samplers' window-end bursts overflow it and QUIC resends), else 0.",
+);
+
 /// Every family the collector exports.
 pub const FAMILIES: &[Family] = &[
     BATCHES,
@@ -71,12 +83,15 @@ pub const FAMILIES: &[Family] = &[
     BATCHES_PRUNED,
     WRITE_SECONDS,
     DATABASE_BYTES,
+    RECEIVE_BUFFER_BYTES,
+    RECEIVE_BUFFER_CAPPED,
 ];
 
 /// The collector's endpoint: its counters in `stats`, the size of the
 /// SQLite database file at `database` (`None`: another backend, whose size
-/// its own server reports).
-pub fn endpoint(stats: Arc<Stats>, database: Option<&Path>) -> Endpoint {
+/// its own server reports), and the QUIC socket's receive buffer as bound
+/// (bytes granted, whether `net.core.rmem_max` capped it).
+pub fn endpoint(stats: Arc<Stats>, database: Option<&Path>, receive_buffer: (usize, bool)) -> Endpoint {
     let database = database.map(Path::to_path_buf);
     Endpoint::new(
         "collector",
@@ -99,6 +114,8 @@ pub fn endpoint(stats: Arc<Stats>, database: Option<&Path>) -> Endpoint {
             CONNECTIONS_REFUSED.absolute(&[], Stats::get(&s.connections_refused));
             TRANSACTIONS.absolute(&[], Stats::get(&s.transactions));
             BATCHES_PRUNED.absolute(&[], Stats::get(&s.batches_pruned));
+            RECEIVE_BUFFER_BYTES.set(&[], receive_buffer.0 as f64);
+            RECEIVE_BUFFER_CAPPED.set(&[], f64::from(u8::from(receive_buffer.1)));
             if let Some(database) = &database {
                 DATABASE_BYTES.set(&[], collector_storage::sqlite::database_bytes(database) as f64);
             }

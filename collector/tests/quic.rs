@@ -397,6 +397,18 @@ async fn prometheus_scrape_reports_what_happened() {
     assert_eq!(value("flowmesh_collector_rows_stored_total"), 6.0); // the batch row + 5 paths
     assert_eq!(value("flowmesh_collector_write_seconds_count"), 2.0); // one per transaction
     assert!(value("flowmesh_collector_database_bytes") > 0.0);
+    // The QUIC socket's receive buffer as the kernel granted it, and
+    // whether net.core.rmem_max capped the 8 MiB asked.
+    let rmem_max = rmem_max();
+    let requested = configs::CollectorConfig::default().socket_buffer_bytes as u64;
+    assert_eq!(
+        value("flowmesh_collector_receive_buffer_bytes"),
+        receive_buffer(port) as f64
+    );
+    assert_eq!(
+        value("flowmesh_collector_receive_buffer_capped"),
+        f64::from(u8::from(requested > rmem_max))
+    );
     assert!(
         body.contains("# TYPE flowmesh_collector_batches_total counter"),
         "{body}"
@@ -501,6 +513,16 @@ async fn sigterm_exits_cleanly_after_the_last_commit() {
     assert_eq!(rows(&dir.path().join("flowmesh.db")).batches, 5);
 }
 
+/// This host's `net.core.rmem_max`: the most a socket's receive buffer
+/// request is granted (twice it, for the kernel's overhead).
+fn rmem_max() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// The receive buffer of UDP socket `port` on 127.0.0.1 (`ss`'s `rb`), once
 /// it is bound (bounded wait).
 fn receive_buffer(port: u16) -> u64 {
@@ -530,11 +552,7 @@ fn the_quic_socket_has_the_configured_receive_buffer() {
     let pki = DevPki::generate(&dir.path().join("pki"), &["localhost".into()], &["sampler-a".into()]).unwrap();
     let port = free_port();
     let _collector = Collector::start(dir.path(), &pki, port);
-    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let rmem_max = rmem_max();
     let requested = configs::CollectorConfig::default().socket_buffer_bytes as u64;
     assert_eq!(requested, 8 << 20);
     assert_eq!(receive_buffer(port), 2 * requested.min(rmem_max));

@@ -104,6 +104,7 @@ impl Sampler {
         let spool = Arc::new(Mutex::new(spool));
 
         let mut sockets = Vec::new();
+        let mut buffers = Vec::new();
         for &addr in &config.ingest.listen {
             let bound = ingest::bind(addr, config.ingest.socket_buffer_bytes).map_err(|source| StartError::Bind {
                 what: "ingest socket",
@@ -111,6 +112,12 @@ impl Sampler {
                 source,
             })?;
             info!(message = "receiving agent datagrams", %addr, receive_buffer = bound.buffer_bytes);
+            let listen = bound.socket.local_addr().unwrap_or(addr).to_string();
+            buffers.push(telemetry::ReceiveBuffer {
+                listen,
+                bytes: bound.buffer_bytes,
+                capped: bound.capped,
+            });
             sockets.push(bound.socket);
         }
         let ingest_addrs = sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
@@ -136,7 +143,7 @@ impl Sampler {
         let endpoints = Arc::new(uplink::Endpoints::new(client_config));
         let backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF, uplink::jitter(config.sampler_id));
         let stats = Arc::new(UplinkStats::new(config.uplink.collectors.clone()));
-        let metrics = telemetry::endpoint(aggregator.clone(), spool.clone(), stats.clone(), topology);
+        let metrics = telemetry::endpoint(aggregator.clone(), spool.clone(), stats.clone(), topology, buffers);
 
         let spool_dir = config.uplink.spool_dir.clone();
         let per_lock = config.ingest.recv_batch;

@@ -1,8 +1,8 @@
 //! What the sampler's Prometheus endpoint reports
 //! ([`configs_runtime::endpoint`] serves it): datagrams and records
 //! received, drops by reason, per-agent completeness, bounds reached, spool
-//! depth and the uplink's state (which collector it is connected to,
-//! failovers). Each family is declared once here and recorded through that
+//! depth, the uplink's state (which collector it is connected to,
+//! failovers) and the ingest sockets' receive buffers. Each family is declared once here and recorded through that
 //! declaration.
 
 use std::sync::atomic::Ordering;
@@ -159,6 +159,19 @@ pub const SPOOL_CAPACITY_BYTES: Family = Family::gauge(
 )
 .with_unit(Unit::Bytes);
 
+/// Receive buffer the kernel granted each ingest socket.
+pub const INGEST_RECEIVE_BUFFER_BYTES: Family = Family::gauge(
+    "flowmesh_sampler_ingest_receive_buffer_bytes",
+    "Receive buffer the kernel granted each ingest socket (SO_RCVBUF): twice ingest.socket_buffer_bytes unless net.core.rmem_max capped it.",
+)
+.with_unit(Unit::Bytes);
+
+/// 1 if net.core.rmem_max capped an ingest socket's receive buffer.
+pub const INGEST_RECEIVE_BUFFER_CAPPED: Family = Family::gauge(
+    "flowmesh_sampler_ingest_receive_buffer_capped",
+    "1 if net.core.rmem_max capped the ingest socket's receive buffer below what ingest.socket_buffer_bytes asks (bursts it was sized for overflow it), else 0.",
+);
+
 /// 1 while connected to a collector, else 0.
 pub const UPLINK_CONNECTED: Family = Family::gauge(
     "flowmesh_sampler_uplink_connected",
@@ -207,7 +220,20 @@ pub const FAMILIES: &[Family] = &[
     AGENT_LAST_SEEN_SECONDS,
     SPOOL_BYTES,
     SPOOL_CAPACITY_BYTES,
+    INGEST_RECEIVE_BUFFER_BYTES,
+    INGEST_RECEIVE_BUFFER_CAPPED,
 ];
+
+/// An ingest socket's receive buffer as the kernel granted it at start.
+#[derive(Clone, Debug)]
+pub struct ReceiveBuffer {
+    /// The socket's address (the `listen` label).
+    pub listen: String,
+    /// Bytes granted.
+    pub bytes: usize,
+    /// Capped by `net.core.rmem_max` below what was configured.
+    pub capped: bool,
+}
 
 /// The sampler's endpoint over its shared state.
 pub fn endpoint(
@@ -215,6 +241,7 @@ pub fn endpoint(
     spool: Arc<Mutex<Spool>>,
     uplink: Arc<UplinkStats>,
     topology: Arc<Topology>,
+    buffers: Vec<ReceiveBuffer>,
 ) -> Endpoint {
     Endpoint::new(
         "sampler",
@@ -239,6 +266,11 @@ pub fn endpoint(
             WINDOWS_EMITTED.absolute(&[], totals.windows_emitted);
             WINDOWS_SKIPPED.absolute(&[], totals.windows_skipped);
             FLOWS_TRACKED.set(&[], tracked as f64);
+            for buffer in &buffers {
+                let labels = [("listen", buffer.listen.as_str())];
+                INGEST_RECEIVE_BUFFER_BYTES.set(&labels, buffer.bytes as f64);
+                INGEST_RECEIVE_BUFFER_CAPPED.set(&labels, f64::from(u8::from(buffer.capped)));
+            }
             for (node, a) in &totals.agents {
                 let id = node.to_string();
                 let name = topology.node(*node).map_or("", |n| n.name.as_str());

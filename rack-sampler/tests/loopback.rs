@@ -712,6 +712,27 @@ async fn malformed_datagrams_are_counted_by_reason_while_good_traffic_flows() {
         "every reason is exposed, zero included"
     );
     assert!(page.contains("# HELP flowmesh_sampler_datagrams_dropped_total"));
+    // Each ingest socket's receive buffer as the kernel granted it, and
+    // whether net.core.rmem_max capped what ingest.socket_buffer_bytes asks.
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let asked = configs::SamplerConfig::default().ingest.socket_buffer_bytes;
+    for listen in [s.ingest.to_string(), format!("[::1]:{}", s.ingest.port())] {
+        let series = |name: &str| format!("flowmesh_sampler_ingest_receive_buffer_{name}{{listen=\"{listen}\"}}");
+        assert_eq!(
+            metric(&page, &series("bytes")),
+            Some((2 * asked.min(rmem_max)) as f64),
+            "{page}"
+        );
+        assert_eq!(
+            metric(&page, &series("capped")),
+            Some(f64::from(u8::from(asked > rmem_max))),
+            "{page}"
+        );
+    }
     configs_runtime::promtool::promtool_check(&page).unwrap();
     let health = http_get(s.metrics, "/healthz").await.unwrap();
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");

@@ -17,6 +17,11 @@ pub struct Bound {
     /// Receive buffer granted, bytes: the kernel doubles the request (for
     /// its own overhead) and caps it at twice `net.core.rmem_max`.
     pub buffer_bytes: usize,
+    /// Whether `net.core.rmem_max` capped the buffer below what the request
+    /// would have been granted: the bursts it was sized for can overflow
+    /// it. The daemons export it, so a cap is an alert, not only a log
+    /// line read at start.
+    pub capped: bool,
 }
 
 /// Binds `addr` (IPv6-only when `only_v6`) with a receive buffer of about
@@ -27,26 +32,27 @@ pub fn bind(addr: SocketAddr, buffer_bytes: usize, only_v6: bool, key: &str) -> 
     if addr.is_ipv6() {
         socket.set_only_v6(only_v6)?;
     }
-    if socket.set_recv_buffer_size(buffer_bytes).is_ok() {
-        // The kernel grants twice the request (room for its own overhead)
-        // unless net.core.rmem_max capped it: less than that is a cap, even
-        // when it still reads as at least the number asked for.
-        let granted = socket.recv_buffer_size().unwrap_or(0);
-        if granted < buffer_bytes.saturating_mul(2) {
-            warn!(
-                message = "socket receive buffer is smaller than configured; raise net.core.rmem_max (sysctl -w net.core.rmem_max=BYTES)",
-                key,
-                requested = buffer_bytes,
-                granted
-            );
-        }
-    }
+    // A refused request leaves the kernel's default, which is a cap too.
+    let asked = socket.set_recv_buffer_size(buffer_bytes).is_ok();
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    let buffer_bytes = socket.recv_buffer_size()?;
+    let granted = socket.recv_buffer_size()?;
+    // The kernel grants twice the request (room for its own overhead)
+    // unless net.core.rmem_max capped it: less than that is a cap, even
+    // when it still reads as at least the number asked for.
+    let capped = !asked || granted < buffer_bytes.saturating_mul(2);
+    if capped {
+        warn!(
+            message = "socket receive buffer is smaller than configured; raise net.core.rmem_max (sysctl -w net.core.rmem_max=BYTES)",
+            key,
+            requested = buffer_bytes,
+            granted
+        );
+    }
     Ok(Bound {
         socket: socket.into(),
-        buffer_bytes,
+        buffer_bytes: granted,
+        capped,
     })
 }
 
@@ -64,6 +70,28 @@ mod tests {
         let requested = 300_000;
         let bound = bind("127.0.0.1:0".parse().unwrap(), requested, true, "test").unwrap();
         assert_eq!(bound.buffer_bytes, 2 * requested.min(rmem_max));
+        assert_eq!(bound.capped, requested > rmem_max);
         assert_ne!(bound.socket.local_addr().unwrap().port(), 0);
+    }
+
+    /// A request above `net.core.rmem_max` is capped, and says so: the
+    /// request is made larger than this host's limit, whatever it is.
+    #[test]
+    fn a_request_above_rmem_max_is_reported_as_capped() {
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The kernel also holds a request to half of i32::MAX: a host whose
+        // limit is above that cannot be asked for more than it.
+        if rmem_max >= (i32::MAX / 2) as usize {
+            return;
+        }
+        let bound = bind("127.0.0.1:0".parse().unwrap(), rmem_max + 4096, true, "test").unwrap();
+        assert!(bound.capped);
+        assert_eq!(bound.buffer_bytes, 2 * rmem_max);
+        let small = bind("127.0.0.1:0".parse().unwrap(), 4096, true, "test").unwrap();
+        assert!(!small.capped, "4 KiB is under any rmem_max");
     }
 }
