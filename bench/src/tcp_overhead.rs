@@ -572,7 +572,6 @@ mod tests {
 
     use super::*;
 
-    /// The shape `bpftool prog show --json` prints (bpftool 7).
     #[test]
     fn kernel_drops_sum_every_reason_and_nothing_else() {
         let page = "# HELP flowmesh_agent_kernel_drops_total x\n\
@@ -584,6 +583,7 @@ mod tests {
         assert_eq!(kernel_drops(""), 0);
     }
 
+    /// The shape `bpftool prog show --json` prints (bpftool 7).
     #[test]
     fn program_runs_are_read_per_process_and_differenced() {
         let json = br#"[
