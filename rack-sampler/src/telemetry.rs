@@ -2,8 +2,8 @@
 //! ([`configs_runtime::endpoint`] serves it): datagrams and records
 //! received, drops by reason, per-agent completeness, bounds reached, spool
 //! depth, the uplink's state (which collector it is connected to,
-//! failovers) and the ingest sockets' receive buffers. Each family is declared once here and recorded through that
-//! declaration.
+//! failovers) and the ingest sockets' receive buffers. Each family is
+//! declared once here and recorded through that declaration.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
